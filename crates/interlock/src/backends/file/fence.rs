@@ -1,0 +1,86 @@
+//! Fencing tokens for file locks: a counter in a hidden file beside the lock file
+//! (`.NAME.fence`), so that tools which truncate or rewrite the lock file itself cannot reset it.
+//!
+//! The counter is read and written under its own short `flock`, by every acquisition: an
+//! exclusive holder (mutex, writer, semaphore permit) adds one and takes the new value; a reader
+//! takes the current value, which is the last exclusive token because readers and writers exclude
+//! each other on the lock file. The value is written in place, fixed width, so a reader never sees
+//! a half-written number. It survives process restarts; it is not fsynced, so a power loss can lose
+//! the most recent increments. Deleting the file restarts the count: don't.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use rustix::fs::FlockOperation;
+
+use super::raw::open_in_dir;
+use crate::error::{Error, Result};
+
+const WIDTH: usize = 21; // 20 digits (u64::MAX) and a newline
+
+/// Adds one to the counter at `path` and returns the new value (`bump`), or returns the current
+/// value (`!bump`).
+pub(crate) fn next(path: &Path, bump: bool) -> Result<u64> {
+    let ctx = || format!("fencing counter {}", path.display());
+    let file: File = open_in_dir(path, true).map_err(|e| Error::io(ctx(), e))?;
+    rustix::fs::flock(&file, FlockOperation::LockExclusive).map_err(|e| Error::io(ctx(), e.into()))?;
+    let mut buf = [0u8; 64];
+    let n = read_full(&file, &mut buf).map_err(|e| Error::io(ctx(), e))?;
+    let text = std::str::from_utf8(&buf[..n]).unwrap_or("?").trim();
+    let current: u64 = if text.is_empty() {
+        0
+    } else {
+        text.parse().map_err(|_| Error::Backend {
+            backend: "file",
+            message: format!(
+                "{} does not hold a counter ({:?}); refusing to restart fencing tokens from zero",
+                path.display(),
+                text.chars().take(24).collect::<String>()
+            ),
+            source: None,
+        })?
+    };
+    if !bump {
+        return Ok(current);
+    }
+    let value = current.checked_add(1).ok_or_else(|| Error::Backend {
+        backend: "file",
+        message: format!("{} reached the largest fencing token", path.display()),
+        source: None,
+    })?;
+    let text = format!("{value:0w$}\n", w = WIDTH - 1);
+    file.write_all_at(text.as_bytes(), 0).map_err(|e| Error::io(ctx(), e))?;
+    // Closing `file` drops its flock.
+    Ok(value)
+}
+
+fn read_full(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_persists_and_refuses_garbage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join(".x.fence");
+        assert_eq!(next(&p, false).unwrap(), 0);
+        assert_eq!(next(&p, true).unwrap(), 1);
+        assert_eq!(next(&p, true).unwrap(), 2);
+        assert_eq!(next(&p, false).unwrap(), 2);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "00000000000000000002\n");
+        std::fs::write(&p, b"junk").unwrap();
+        assert!(next(&p, true).unwrap_err().to_string().contains("refusing"));
+    }
+}

@@ -1,0 +1,64 @@
+//! `memory://[SPACE][?lease=DUR&renew=DUR]`
+
+use crate::error::Result;
+use crate::provider::{DEFAULT_LEASE, check_lease};
+use crate::raw::LeaseConfig;
+use crate::url::LockUrl;
+
+/// What a `memory://` URL says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MemoryConfig {
+    /// Locks in one space exclude each other; `memory://` is the space named "".
+    pub space: String,
+    /// Locks expire (and are renewed by the lease monitor) only when the URL sets `lease`.
+    pub expiring: bool,
+    pub lease: LeaseConfig,
+}
+
+pub(crate) const OPTIONS: &[&str] = &["lease", "renew"];
+
+impl MemoryConfig {
+    pub(crate) fn from_url(url: &LockUrl) -> Result<Self> {
+        if url.user().is_some() || url.password().is_some() {
+            return Err(url.invalid("memory:// takes no user or password"));
+        }
+        if url.hosts().len() > 1 || !url.path().trim_start_matches('/').is_empty() {
+            return Err(url.invalid("memory:// takes at most a space name: memory://[SPACE]"));
+        }
+        let space = url.hosts().first().cloned().unwrap_or_default();
+        let mut opts = url.options();
+        let lease = opts.take_duration("lease")?;
+        let renew = opts.take_duration("renew")?;
+        opts.finish(OPTIONS)?;
+        let expiring = lease.is_some();
+        let lease = lease.unwrap_or(DEFAULT_LEASE);
+        let renew_every = renew.unwrap_or(lease / 3);
+        check_lease(lease, renew_every).map_err(|e| url.invalid(e.to_string()))?;
+        Ok(MemoryConfig { space, expiring, lease: LeaseConfig { lease, renew_every } })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cfg(s: &str) -> Result<MemoryConfig> {
+        MemoryConfig::from_url(&LockUrl::parse(s)?)
+    }
+
+    #[test]
+    fn parses() {
+        let c = cfg("memory://").unwrap();
+        assert_eq!((c.space.as_str(), c.expiring), ("", false));
+        let c = cfg("memory://tests?lease=300ms").unwrap();
+        assert_eq!(
+            (c.space.as_str(), c.expiring, c.lease.lease, c.lease.renew_every),
+            ("tests", true, Duration::from_millis(300), Duration::from_millis(100))
+        );
+        assert!(cfg("memory://a,b").is_err());
+        assert!(cfg("memory://x/y").is_err());
+        assert!(cfg("memory://?lease=1s&renew=2s").is_err());
+        assert!(cfg("memory://?ttl=1s").is_err());
+    }
+}

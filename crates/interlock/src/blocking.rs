@@ -1,0 +1,298 @@
+//! The blocking facade: the same API with the same names, for programs without an async runtime.
+//!
+//! A blocking [`Provider`] owns a small private tokio runtime (one worker thread) that runs the
+//! backend and the lease monitor, so leases keep being renewed while the calling thread works.
+//! Calling it from inside an async runtime is refused with [`Error::Unsupported`] rather than
+//! deadlocking or panicking; use the async API there.
+//!
+//! # Examples
+//!
+//! ```
+//! let locks = interlock::blocking::connect("memory://blocking-doc")?;
+//! let counter = locks.mutex("counter")?;
+//! std::thread::scope(|s| {
+//!     for _ in 0..4 {
+//!         s.spawn(|| {
+//!             let guard = counter.lock().unwrap();
+//!             // ... critical section ...
+//!             guard.release().unwrap();
+//!         });
+//!     }
+//! });
+//! # Ok::<(), interlock::Error>(())
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::provider::AcquireOptions;
+use crate::raw::{LockKind, LockStatus};
+
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            // Never blocks, so dropping the last handle inside another runtime cannot panic.
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Runtime {
+    fn block_on<F: Future>(&self, f: F) -> Result<F::Output> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::Unsupported {
+                backend: "interlock",
+                operation: "the blocking API inside an async runtime (use the async API there)".into(),
+            });
+        }
+        match &self.0 {
+            Some(rt) => Ok(rt.block_on(f)),
+            None => Err(Error::Unsupported { backend: "interlock", operation: "a runtime that was shut down".into() }),
+        }
+    }
+
+    fn handle(&self) -> Option<&tokio::runtime::Runtime> {
+        self.0.as_ref()
+    }
+}
+
+/// Connects to the backend named by `url`, like [`crate::connect`], for blocking use.
+///
+/// # Errors
+///
+/// As [`crate::connect`]; [`Error::Io`] if the private runtime cannot start;
+/// [`Error::Unsupported`] when called inside an async runtime.
+pub fn connect(url: &str) -> Result<Provider> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("interlock-blocking")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start interlock's runtime", e))?;
+    let rt = Arc::new(Runtime(Some(rt)));
+    let inner = rt.block_on(crate::connect(url))??;
+    Ok(Provider { inner, rt })
+}
+
+/// A blocking provider; see [`crate::Provider`].
+#[derive(Clone)]
+pub struct Provider {
+    inner: crate::Provider,
+    rt: Arc<Runtime>,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("blocking::Provider").field(&self.inner).finish()
+    }
+}
+
+impl Provider {
+    /// The async provider behind this one.
+    pub fn as_async(&self) -> &crate::Provider {
+        &self.inner
+    }
+
+    /// The backend's short name.
+    pub fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    /// A mutex; see [`crate::Provider::mutex`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`].
+    pub fn mutex(&self, name: impl AsRef<str>) -> Result<Mutex> {
+        Ok(Mutex { inner: self.inner.mutex(name)?, rt: self.rt.clone() })
+    }
+
+    /// A read-write lock; see [`crate::Provider::rwlock`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`].
+    pub fn rwlock(&self, name: impl AsRef<str>) -> Result<RwLock> {
+        Ok(RwLock { inner: self.inner.rwlock(name)?, rt: self.rt.clone() })
+    }
+
+    /// A semaphore; see [`crate::Provider::semaphore`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`]; [`Error::InvalidArgument`] for 0 permits.
+    pub fn semaphore(&self, name: impl AsRef<str>, permits: u32) -> Result<Semaphore> {
+        Ok(Semaphore { inner: self.inner.semaphore(name, permits)?, rt: self.rt.clone() })
+    }
+
+    /// Who holds `name`; see [`crate::Provider::status`].
+    ///
+    /// # Errors
+    ///
+    /// As the async form.
+    pub fn status(&self, name: impl AsRef<str>) -> Result<LockStatus> {
+        self.rt.block_on(self.inner.status(name))?
+    }
+}
+
+macro_rules! blocking_methods {
+    ($plain:ident, $try_:ident, $timeout:ident, $with:ident) => {
+        /// Waits for the lock; see the async form.
+        ///
+        /// # Errors
+        ///
+        /// As the async form.
+        pub fn $plain(&self) -> Result<Guard> {
+            self.$with(AcquireOptions::forever())?.ok_or_else(|| Error::InvalidArgument("no guard".into()))
+        }
+
+        /// One attempt; `Ok(None)` when held elsewhere.
+        ///
+        /// # Errors
+        ///
+        /// As the async form.
+        pub fn $try_(&self) -> Result<Option<Guard>> {
+            self.$with(AcquireOptions::try_once())
+        }
+
+        /// Waits at most `timeout`.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::Timeout`]; as the async form.
+        pub fn $timeout(&self, timeout: Duration) -> Result<Guard> {
+            self.$with(AcquireOptions::timeout(timeout))?.ok_or_else(|| Error::InvalidArgument("no guard".into()))
+        }
+
+        /// With explicit options; `Ok(None)` only for [`crate::WaitFor::Try`].
+        ///
+        /// # Errors
+        ///
+        /// As the async form.
+        pub fn $with(&self, options: AcquireOptions) -> Result<Option<Guard>> {
+            let guard = self.rt.block_on(self.inner.$with(options))??;
+            Ok(guard.map(|g| Guard { inner: Some(g), rt: self.rt.clone() }))
+        }
+    };
+}
+
+/// A blocking mutex; see [`crate::Mutex`].
+#[derive(Clone)]
+pub struct Mutex {
+    inner: crate::Mutex,
+    rt: Arc<Runtime>,
+}
+
+impl Mutex {
+    blocking_methods!(lock, try_lock, lock_timeout, lock_with);
+}
+
+/// A blocking read-write lock; see [`crate::RwLock`].
+#[derive(Clone)]
+pub struct RwLock {
+    inner: crate::RwLock,
+    rt: Arc<Runtime>,
+}
+
+impl RwLock {
+    blocking_methods!(read, try_read, read_timeout, read_with);
+    blocking_methods!(write, try_write, write_timeout, write_with);
+}
+
+/// A blocking semaphore; see [`crate::Semaphore`].
+#[derive(Clone)]
+pub struct Semaphore {
+    inner: crate::Semaphore,
+    rt: Arc<Runtime>,
+}
+
+impl Semaphore {
+    blocking_methods!(acquire, try_acquire, acquire_timeout, acquire_with);
+}
+
+macro_rules! debug_via_inner {
+    ($($t:ident),*) => {$(
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(concat!("blocking::", stringify!($t))).field(&self.inner).finish()
+            }
+        }
+    )*};
+}
+debug_via_inner!(Mutex, RwLock, Semaphore, Guard);
+
+/// A held lock; see [`crate::Guard`]. Dropping it releases the lock.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct Guard {
+    inner: Option<crate::Guard>,
+    rt: Arc<Runtime>,
+}
+
+impl Guard {
+    fn get(&self) -> &crate::Guard {
+        // `inner` is only taken by `release` and `drop`, which consume the guard.
+        self.inner.as_ref().unwrap_or_else(|| unreachable!("guard used after release"))
+    }
+
+    /// The lock name.
+    pub fn name(&self) -> &str {
+        self.get().name()
+    }
+
+    /// Which primitive this guard holds.
+    pub fn kind(&self) -> LockKind {
+        self.get().kind()
+    }
+
+    /// The fencing token; see [`crate::Guard::fencing_token`].
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.get().fencing_token()
+    }
+
+    /// True once the lock is known to be lost; see [`crate::Guard::is_lost`].
+    pub fn is_lost(&self) -> bool {
+        self.get().is_lost()
+    }
+
+    /// Blocks up to `timeout` for the lock to be lost; true if it was.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] inside an async runtime.
+    pub fn wait_lost_timeout(&self, timeout: Duration) -> Result<bool> {
+        let lost = self.get().lost();
+        self.rt.block_on(async move { tokio::time::timeout(timeout, lost).await.is_ok() })
+    }
+
+    /// Releases the lock; see [`crate::Guard::release`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockLost`] when the lock was lost before release; backend errors.
+    pub fn release(mut self) -> Result<()> {
+        match self.inner.take() {
+            Some(g) => self.rt.block_on(g.release())?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(g) = self.inner.take() {
+            // Enter our runtime so a backend that releases in the background can spawn there.
+            match self.rt.handle() {
+                Some(rt) => {
+                    let _enter = rt.enter();
+                    drop(g);
+                }
+                None => drop(g),
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The guard: proof of a held lock, its fencing token, its lost signal, and its release.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::lease::{self, Validity};
+use crate::local::LocalPermit;
+use crate::name::LockName;
+use crate::raw::{LeaseConfig, LockKind, LostSignal, RawHeld};
+
+/// A held lock. Released by [`Guard::release`] (which reports errors and lost locks) or,
+/// best-effort, when dropped.
+///
+/// Dropping a guard releases at once on backends that can release synchronously (`file`,
+/// `memory`); on network backends the release is sent in the background and may complete shortly
+/// after the drop. Prefer `release().await` where the outcome matters: it is the only way to learn
+/// that the lock was lost before the critical section ended.
+///
+/// Locks are not re-entrant: taking the same lock again while holding a guard waits for (or, with
+/// `try_*`, is refused by) this guard like any other holder.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct Guard {
+    name: LockName,
+    kind: LockKind,
+    backend: &'static str,
+    token: Option<u64>,
+    lost: LostSignal,
+    validity: Option<Arc<Validity>>,
+    held: Option<Held>,
+}
+
+struct Held {
+    raw: Arc<dyn RawHeld>,
+    monitor: Option<JoinHandle<()>>,
+    // Dropped after the backend lock is released, so the next local waiter goes to the backend
+    // only once this holder is gone there.
+    local: Option<LocalPermit>,
+}
+
+impl Guard {
+    pub(crate) fn new(
+        name: LockName,
+        kind: LockKind,
+        backend: &'static str,
+        raw: Arc<dyn RawHeld>,
+        lease: LeaseConfig,
+        lost: LostSignal,
+        local: LocalPermit,
+    ) -> Guard {
+        let token = raw.fencing_token();
+        let (validity, monitor) = match raw.valid_until() {
+            None => (None, None),
+            Some(until) => {
+                let validity = Validity::new(until);
+                let monitor = lease::spawn(raw.clone(), lease, lost.clone(), validity.clone());
+                (Some(validity), Some(monitor))
+            }
+        };
+        Guard { name, kind, backend, token, lost, validity, held: Some(Held { raw, monitor, local: Some(local) }) }
+    }
+
+    /// The lock name.
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    /// Which primitive (and side) this guard holds.
+    pub fn kind(&self) -> LockKind {
+        self.kind
+    }
+
+    /// The backend that holds the lock (`file`, `memory`, ...).
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The fencing token of this acquisition.
+    ///
+    /// For one lock name, an exclusive acquisition's token is greater than every token issued
+    /// before it, across processes and restarts; a shared holder's token is not smaller than the
+    /// last exclusive one. Hand it to any store you write to under the lock and have the store
+    /// refuse tokens lower than the highest it has seen: that protects the store from a holder that
+    /// lost its lock without knowing (a long pause, an expired lease).
+    ///
+    /// Every backend gives one; only a Redlock configuration that cannot prove monotonicity
+    /// returns `None` (and documents it).
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.token
+    }
+
+    /// True once the lock is known to be lost: the backend said so, or the lease ran out by the
+    /// local monotonic clock without a successful renewal. Never true on `file` and `memory`
+    /// without a lease, where a lock cannot be lost while the process lives.
+    pub fn is_lost(&self) -> bool {
+        if self.lost.is_set() {
+            return true;
+        }
+        match &self.validity {
+            Some(v) if v.expired() => {
+                self.lost.set("the lease ran out by the local clock");
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A future that completes when the lock is lost. It never completes for a lock that is
+    /// released normally. It does not borrow the guard, so it can be awaited next to the work:
+    ///
+    /// ```
+    /// # async fn f(provider: interlock::Provider) -> interlock::Result<()> {
+    /// let guard = provider.mutex("report")?.lock().await?;
+    /// tokio::select! {
+    ///     () = guard.lost() => eprintln!("lock lost; stopping"),
+    ///     () = async { /* the critical section */ } => {}
+    /// }
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        let wait = self.lost.wait();
+        let until = self.validity.as_ref().map(|v| v.clone());
+        async move {
+            match until {
+                None => wait.await,
+                Some(v) => {
+                    // The monitor raises the signal at expiry; this is a second, local guarantee
+                    // that does not depend on the monitor task being scheduled.
+                    let expiry = async {
+                        loop {
+                            let t = v.get();
+                            tokio::time::sleep_until(t.into()).await;
+                            if v.get() <= Instant::now() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        () = wait => {}
+                        () = expiry => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Releases the lock and reports how it went.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockLost`] when the lock was lost before this call (the critical section may not
+    /// have been exclusive); a backend error when the release itself failed (the lock then expires
+    /// on its own where the backend has leases, or goes with the connection).
+    pub async fn release(mut self) -> Result<()> {
+        let Some(mut held) = self.held.take() else {
+            return Ok(());
+        };
+        if let Some(m) = held.monitor.take() {
+            m.abort();
+        }
+        let was_lost = self.is_lost();
+        let result = held.raw.release().await;
+        drop(held.local.take());
+        if was_lost || self.lost.is_set() {
+            return Err(Error::LockLost {
+                name: self.name.display(),
+                reason: self.lost.reason().unwrap_or_else(|| "lost".into()),
+            });
+        }
+        result
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut held) = self.held.take() {
+            if let Some(m) = held.monitor.take() {
+                m.abort();
+            }
+            held.raw.clone().release_on_drop();
+            drop(held.local.take());
+        }
+    }
+}
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("backend", &self.backend)
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("fencing_token", &self.token)
+            .field("lost", &self.lost.is_set())
+            .field("released", &self.held.is_none())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_traits<T: Send + Sync + fmt::Debug + 'static>() {}
+
+    #[test]
+    fn guard_is_send_sync_static_debug() {
+        assert_traits::<Guard>();
+    }
+}

@@ -1,0 +1,83 @@
+//! The lease monitor: renews an expiring lock in the background and raises the lost signal when
+//! it can no longer prove the lock is held. Written once for every backend with leases.
+//!
+//! The monitor trusts only the local monotonic clock: a lock is valid until the instant the
+//! backend reported for the last successful renewal (counted from when that renewal was *sent*),
+//! and is declared lost as soon as that instant passes without a newer one, even if the backend
+//! cannot be reached to say so.
+
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use crate::raw::{LeaseConfig, LostSignal, RawHeld, Renewal};
+
+/// The instant until which a lock is known to be valid, shared by the guard and its monitor.
+#[derive(Debug)]
+pub(crate) struct Validity(StdMutex<Instant>);
+
+impl Validity {
+    pub(crate) fn new(until: Instant) -> Arc<Self> {
+        Arc::new(Validity(StdMutex::new(until)))
+    }
+
+    pub(crate) fn get(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, until: Instant) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
+
+    /// True when the validity has run out by the local clock.
+    pub(crate) fn expired(&self) -> bool {
+        Instant::now() >= self.get()
+    }
+}
+
+/// Starts renewing `raw` every `cfg.renew_every`; stops when the lock is lost (and says so on
+/// `lost`) or when the returned task is aborted (release or drop of the guard).
+pub(crate) fn spawn(
+    raw: Arc<dyn RawHeld>,
+    cfg: LeaseConfig,
+    lost: LostSignal,
+    validity: Arc<Validity>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let reason = tokio::select! {
+            reason = renew_until_lost(&*raw, cfg, &validity) => reason,
+            () = lost.wait() => return,
+        };
+        lost.set(reason);
+    })
+}
+
+async fn renew_until_lost(raw: &dyn RawHeld, cfg: LeaseConfig, validity: &Validity) -> String {
+    // Retry a failed renewal a few times per renewal period, never past the validity.
+    let retry_every = (cfg.renew_every / 4).max(Duration::from_millis(10));
+    let mut next = Instant::now() + cfg.renew_every;
+    loop {
+        let until = validity.get();
+        // Wake at the next renewal, or at expiry if that comes first.
+        tokio::time::sleep_until(next.min(until).into()).await;
+        if Instant::now() >= until {
+            return format!("lease of {:?} ran out by the local clock before a renewal succeeded", cfg.lease);
+        }
+        let sent = Instant::now();
+        match tokio::time::timeout_at(until.into(), raw.renew(cfg.lease)).await {
+            Err(_) => return format!("lease of {:?} ran out while a renewal was in flight", cfg.lease),
+            Ok(Ok(Renewal::Until(t))) => {
+                validity.set(t);
+                next = sent + cfg.renew_every;
+            }
+            Ok(Ok(Renewal::Lost)) => {
+                return "the backend no longer holds the lock for us (expired, deleted or taken over)".into();
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "lease renewal failed; retrying until the lease runs out");
+                next = Instant::now() + retry_every;
+            }
+        }
+    }
+}

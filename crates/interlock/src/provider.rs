@@ -1,0 +1,393 @@
+//! The public async API: a [`Provider`] makes [`Mutex`], [`RwLock`] and [`Semaphore`] handles from
+//! names; each handle acquires in three forms (try, timeout, wait forever) plus a `_with(options)`
+//! form. All of it is written once here on top of [`RawProvider`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::guard::Guard;
+use crate::local::{LocalQueues, Outcome};
+use crate::name::LockName;
+use crate::raw::{Capabilities, LeaseConfig, LockKind, LockStatus, LostSignal, RawProvider, Request, Wait};
+
+/// The default lease of backends whose locks expire.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// How long an acquisition may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WaitFor {
+    /// One attempt; `Ok(None)` when the lock is held elsewhere.
+    Try,
+    /// Wait at most this long; then [`Error::Timeout`].
+    Timeout(Duration),
+    /// Wait until the lock is ours.
+    Forever,
+}
+
+/// Options for one acquisition, for the `*_with` methods.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use interlock::AcquireOptions;
+/// let opts = AcquireOptions::timeout(Duration::from_secs(5)).lease(Duration::from_secs(30));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcquireOptions {
+    wait: WaitFor,
+    lease: Option<Duration>,
+    renew_every: Option<Duration>,
+}
+
+impl Default for AcquireOptions {
+    fn default() -> Self {
+        AcquireOptions::forever()
+    }
+}
+
+impl AcquireOptions {
+    /// One attempt.
+    pub fn try_once() -> Self {
+        AcquireOptions { wait: WaitFor::Try, lease: None, renew_every: None }
+    }
+
+    /// Wait at most `timeout` (`Duration::ZERO` behaves like one attempt, but reports
+    /// [`Error::Timeout`] instead of `None`).
+    pub fn timeout(timeout: Duration) -> Self {
+        AcquireOptions { wait: WaitFor::Timeout(timeout), ..Self::try_once() }
+    }
+
+    /// Wait as long as it takes.
+    pub fn forever() -> Self {
+        AcquireOptions { wait: WaitFor::Forever, ..Self::try_once() }
+    }
+
+    /// Sets the lease, for backends whose locks expire (ignored by `file`). Renewal happens every
+    /// third of it unless [`AcquireOptions::renew_every`] says otherwise.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Sets how often the lease is renewed.
+    pub fn renew_every(mut self, every: Duration) -> Self {
+        self.renew_every = Some(every);
+        self
+    }
+
+    /// How long the acquisition may wait.
+    pub fn wait(&self) -> WaitFor {
+        self.wait
+    }
+}
+
+/// Makes locks on one backend. Cheap to clone; clones share the in-process queues.
+///
+/// Create one with [`crate::connect`].
+#[derive(Clone)]
+pub struct Provider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raw: Arc<dyn RawProvider>,
+    local: LocalQueues,
+    lease: LeaseConfig,
+    url: String,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("url", &self.inner.url)
+            .field("backend", &self.inner.raw)
+            .field("lease", &self.inner.lease)
+            .finish()
+    }
+}
+
+impl Provider {
+    /// Wraps a raw backend. `url` must already be redacted.
+    pub fn from_raw(raw: Arc<dyn RawProvider>, lease: LeaseConfig, url: String) -> Self {
+        Provider { inner: Arc::new(Inner { raw, local: LocalQueues::default(), lease, url }) }
+    }
+
+    /// The backend's short name (`file`, `memory`, ...).
+    pub fn backend(&self) -> &'static str {
+        self.inner.raw.backend()
+    }
+
+    /// The URL this provider was made from, password redacted.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// What the backend can do.
+    pub fn capabilities(&self) -> Capabilities {
+        self.inner.raw.capabilities()
+    }
+
+    /// The lease settings used when an acquisition does not set its own.
+    pub fn default_lease(&self) -> LeaseConfig {
+        self.inner.lease
+    }
+
+    /// A mutex: one holder at a time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] for an empty name, a name over 1024 bytes or one containing NUL.
+    pub fn mutex(&self, name: impl AsRef<str>) -> Result<Mutex> {
+        Ok(Mutex { provider: self.clone(), name: LockName::new(name)? })
+    }
+
+    /// A read-write lock: many readers or one writer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] as for [`Provider::mutex`].
+    pub fn rwlock(&self, name: impl AsRef<str>) -> Result<RwLock> {
+        Ok(RwLock { provider: self.clone(), name: LockName::new(name)? })
+    }
+
+    /// A semaphore: at most `permits` holders at a time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] as for [`Provider::mutex`]; [`Error::InvalidArgument`] when
+    /// `permits` is 0.
+    pub fn semaphore(&self, name: impl AsRef<str>, permits: u32) -> Result<Semaphore> {
+        if permits == 0 {
+            return Err(Error::InvalidArgument("a semaphore needs at least 1 permit".into()));
+        }
+        Ok(Semaphore { provider: self.clone(), name: LockName::new(name)?, permits })
+    }
+
+    /// Who holds `name` (as a mutex or read-write lock; semaphores report their permits where the
+    /// backend can tell), as far as the backend can tell.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`]; backend errors.
+    pub async fn status(&self, name: impl AsRef<str>) -> Result<LockStatus> {
+        let name = LockName::new(name)?;
+        self.inner.raw.status(&name).await
+    }
+
+    /// Number of names that have local waiters or holders in this provider (a diagnostic, used by
+    /// tests to show that cancelled acquisitions leave nothing queued).
+    #[doc(hidden)]
+    pub fn local_queue_len(&self) -> usize {
+        self.inner.local.len()
+    }
+
+    /// The one acquisition path every public method goes through.
+    async fn acquire(&self, name: &LockName, kind: LockKind, opts: AcquireOptions) -> Result<Option<Guard>> {
+        let lease = self.lease_config(opts)?;
+        let (try_only, deadline) = match opts.wait {
+            WaitFor::Try => (true, None),
+            WaitFor::Forever => (false, None),
+            // A deadline too far to represent is "forever".
+            WaitFor::Timeout(d) => (false, Instant::now().checked_add(d)),
+        };
+        let timeout = || match opts.wait {
+            WaitFor::Timeout(waited) => Err(Error::Timeout { name: name.display(), waited }),
+            _ => Ok(None),
+        };
+        let local = match self.inner.local.enter(name, kind, try_only, deadline).await? {
+            Outcome::Entered(p) => p,
+            Outcome::Busy => return timeout(),
+        };
+        let lost = LostSignal::new();
+        let request = Request { name: name.clone(), kind, lease, lost: lost.clone() };
+        let wait = if try_only { Wait::Try } else { Wait::Until(deadline) };
+        let attempt = self.inner.raw.acquire(request, wait);
+        let held = match deadline {
+            Some(d) => match tokio::time::timeout_at(d.into(), attempt).await {
+                Ok(r) => r?,
+                Err(_) => None,
+            },
+            None => attempt.await?,
+        };
+        match held {
+            Some(raw) => Ok(Some(Guard::new(name.clone(), kind, self.backend(), raw, lease, lost, local))),
+            None => timeout(),
+        }
+    }
+
+    fn lease_config(&self, opts: AcquireOptions) -> Result<LeaseConfig> {
+        let base = self.inner.lease;
+        let lease = opts.lease.unwrap_or(base.lease);
+        let renew_every = match (opts.renew_every, opts.lease) {
+            (Some(r), _) => r,
+            (None, Some(l)) => l / 3,
+            (None, None) => base.renew_every,
+        };
+        check_lease(lease, renew_every)?;
+        Ok(LeaseConfig { lease, renew_every })
+    }
+}
+
+/// Checks that a lease is usable: at least 10 ms, renewed more often than it expires.
+pub(crate) fn check_lease(lease: Duration, renew_every: Duration) -> Result<()> {
+    if lease < Duration::from_millis(10) {
+        return Err(Error::InvalidArgument(format!("lease {lease:?} is too short (at least 10ms)")));
+    }
+    if renew_every.is_zero() || renew_every >= lease {
+        return Err(Error::InvalidArgument(format!(
+            "renewal interval {renew_every:?} must be above zero and shorter than the lease {lease:?}"
+        )));
+    }
+    Ok(())
+}
+
+macro_rules! acquire_methods {
+    ($kind:expr, $plain:ident, $try_:ident, $timeout:ident, $with:ident, $what:literal) => {
+        #[doc = concat!("Waits until the ", $what, " is ours.")]
+        ///
+        /// # Errors
+        ///
+        /// Backend errors ([`Error::Unavailable`], ...); [`Error::PermitsMismatch`] for a semaphore
+        /// used with two permit counts. Cancel-safe: dropping the future leaves nothing behind.
+        pub async fn $plain(&self) -> Result<Guard> {
+            self.$with(AcquireOptions::forever()).await?.ok_or_else(|| unreachable_none(&self.name))
+        }
+
+        #[doc = concat!("Makes one attempt to take the ", $what, "; `Ok(None)` when it is held elsewhere.")]
+        ///
+        /// # Errors
+        ///
+        /// Backend errors; contention is not an error.
+        pub async fn $try_(&self) -> Result<Option<Guard>> {
+            self.$with(AcquireOptions::try_once()).await
+        }
+
+        #[doc = concat!("Waits at most `timeout` for the ", $what, ".")]
+        ///
+        /// # Errors
+        ///
+        /// [`Error::Timeout`] when the time runs out; backend errors.
+        pub async fn $timeout(&self, timeout: Duration) -> Result<Guard> {
+            self.$with(AcquireOptions::timeout(timeout)).await?.ok_or_else(|| unreachable_none(&self.name))
+        }
+
+        #[doc = concat!("Takes the ", $what, " with explicit options. Returns `Ok(None)` only for [`WaitFor::Try`].")]
+        ///
+        /// # Errors
+        ///
+        /// As for the other forms; [`Error::InvalidArgument`] for a bad lease.
+        pub async fn $with(&self, options: AcquireOptions) -> Result<Option<Guard>> {
+            self.provider.acquire(&self.name, ($kind)(self), options).await
+        }
+    };
+}
+
+fn unreachable_none(name: &LockName) -> Error {
+    // Only `WaitFor::Try` yields `None`; the waiting forms turn a missed deadline into `Timeout`.
+    Error::Timeout { name: name.display(), waited: Duration::ZERO }
+}
+
+/// A named mutex. Made by [`Provider::mutex`].
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> interlock::Result<()> {
+/// let locks = interlock::connect("memory://").await?;
+/// let job = locks.mutex("nightly-report")?;
+/// let guard = job.lock().await?;
+/// assert!(job.try_lock().await?.is_none()); // not re-entrant: a second holder is refused
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Mutex {
+    provider: Provider,
+    name: LockName,
+}
+
+impl Mutex {
+    acquire_methods!(|_: &Self| LockKind::Mutex, lock, try_lock, lock_timeout, lock_with, "mutex");
+
+    /// The lock name.
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+}
+
+/// A named read-write lock: many readers or one writer. Made by [`Provider::rwlock`].
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> interlock::Result<()> {
+/// let locks = interlock::connect("memory://").await?;
+/// let config = locks.rwlock("config")?;
+/// let r1 = config.read().await?;
+/// let r2 = config.read().await?; // readers share
+/// assert!(config.try_write().await?.is_none());
+/// drop((r1, r2));
+/// let _w = config.write().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct RwLock {
+    provider: Provider,
+    name: LockName,
+}
+
+impl RwLock {
+    acquire_methods!(|_: &Self| LockKind::Read, read, try_read, read_timeout, read_with, "read lock");
+    acquire_methods!(|_: &Self| LockKind::Write, write, try_write, write_timeout, write_with, "write lock");
+
+    /// The lock name.
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+}
+
+/// A named counting semaphore. Made by [`Provider::semaphore`].
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> interlock::Result<()> {
+/// let locks = interlock::connect("memory://").await?;
+/// let slots = locks.semaphore("downloads", 2)?;
+/// let a = slots.acquire().await?;
+/// let b = slots.acquire().await?;
+/// assert!(slots.try_acquire().await?.is_none());
+/// # drop((a, b));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Semaphore {
+    provider: Provider,
+    name: LockName,
+    permits: u32,
+}
+
+impl Semaphore {
+    acquire_methods!(
+        |s: &Self| LockKind::Semaphore { permits: s.permits },
+        acquire,
+        try_acquire,
+        acquire_timeout,
+        acquire_with,
+        "permit"
+    );
+
+    /// The lock name.
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    /// The number of permits.
+    pub fn permits(&self) -> u32 {
+        self.permits
+    }
+}

@@ -1,0 +1,268 @@
+//! The traits a backend implements.
+//!
+//! A backend implements ONE acquisition method ([`RawProvider::acquire`]: "try once, or wait until
+//! a deadline") and a held-lock type ([`RawHeld`]). Everything else in the contract is written once
+//! in the core on top of these: the public try / timeout / wait-forever forms, in-process queueing
+//! of waiters, deadlines, the lease monitor, the lost signal, release on drop and the blocking facade.
+//!
+//! Rules for implementors:
+//! - `acquire` must be cancel-safe: dropping its future at any await point leaves nothing behind
+//!   (no lock held, no queue node, no waiter key).
+//! - `acquire` waits on the backend's own signal, not by sleeping in a loop; a bounded re-check is
+//!   allowed where a peer tool can release without signalling, and must be documented.
+//! - Every acquisition is an independent holder, even within one process.
+//! - [`RawHeld::release`] is idempotent and only ever releases this holder's own lock.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::error::Result;
+use crate::name::LockName;
+
+/// A boxed, sendable future, as the raw traits return (they must stay object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which primitive, and which side of it, an acquisition is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockKind {
+    /// One holder.
+    Mutex,
+    /// The shared side of a read-write lock.
+    Read,
+    /// The exclusive side of a read-write lock.
+    Write,
+    /// One of `permits` holders.
+    Semaphore {
+        /// How many holders the semaphore admits.
+        permits: u32,
+    },
+}
+
+impl LockKind {
+    /// True when no other holder may coexist (mutex, write lock).
+    pub fn is_exclusive(self) -> bool {
+        matches!(self, LockKind::Mutex | LockKind::Write)
+    }
+
+    /// A short word for messages: `mutex`, `read`, `write`, `semaphore`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockKind::Mutex => "mutex",
+            LockKind::Read => "read",
+            LockKind::Write => "write",
+            LockKind::Semaphore { .. } => "semaphore",
+        }
+    }
+}
+
+/// How long `acquire` may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// One attempt; contention returns `Ok(None)` at once.
+    Try,
+    /// Wait until the deadline (`None`: forever); at the deadline return `Ok(None)`.
+    /// The core also enforces the deadline by dropping the future, so backends may rely on
+    /// cancellation instead of checking it themselves.
+    Until(Option<Instant>),
+}
+
+/// Lease settings for one acquisition (ignored by backends without leases).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// How long the backend keeps the lock without a renewal.
+    pub lease: Duration,
+    /// How often the core renews it.
+    pub renew_every: Duration,
+}
+
+/// Everything a backend needs to know about one acquisition.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The lock name.
+    pub name: LockName,
+    /// The primitive.
+    pub kind: LockKind,
+    /// Lease settings, for backends whose locks expire.
+    pub lease: LeaseConfig,
+    /// Lets the backend report that the lock was lost (session expired, key deleted, ...).
+    pub lost: LostSignal,
+}
+
+/// What the lease monitor learns from one renewal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Renewal {
+    /// Still held, valid until this instant of the local monotonic clock.
+    Until(Instant),
+    /// The lock is no longer ours (key gone, overwritten, session expired).
+    Lost,
+}
+
+/// A lock held on a backend.
+pub trait RawHeld: Send + Sync + Debug + 'static {
+    /// The fencing token of this acquisition, if the backend can give one.
+    fn fencing_token(&self) -> Option<u64>;
+
+    /// For backends whose locks expire: until when this lock is valid by the local monotonic
+    /// clock, counted from the moment the acquiring request was sent. `None` when the lock cannot
+    /// expire while the process lives.
+    fn valid_until(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Extends the lease to `lease` from now. Only called when [`RawHeld::valid_until`] is `Some`.
+    fn renew(&self, lease: Duration) -> BoxFuture<'_, Result<Renewal>> {
+        let _ = lease;
+        Box::pin(async { Ok(Renewal::Lost) })
+    }
+
+    /// Releases the lock. Idempotent; never releases another holder's lock.
+    fn release(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// Best-effort release when a guard is dropped without [`RawHeld::release`]. Backends that can
+    /// release synchronously (closing a file) do so here; the default spawns `release` on the
+    /// current tokio runtime when there is one.
+    fn release_on_drop(self: Arc<Self>) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Err(e) = self.release().await {
+                        tracing::debug!(error = %e, "release on drop failed");
+                    }
+                });
+            }
+            Err(_) => tracing::warn!(
+                "a guard was dropped outside a tokio runtime; its lock is released when the backend times it out"
+            ),
+        }
+    }
+}
+
+/// A backend: makes raw holders from requests.
+pub trait RawProvider: Send + Sync + Debug + 'static {
+    /// The backend's short name (`file`, `memory`, `redis`, ...), used in errors and logs.
+    fn backend(&self) -> &'static str;
+
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Tries once ([`Wait::Try`]) or waits ([`Wait::Until`]) for the lock. Returns `Ok(None)` on
+    /// contention (try) or at the deadline. Must be cancel-safe.
+    fn acquire(&self, request: Request, wait: Wait) -> BoxFuture<'_, Result<Option<Arc<dyn RawHeld>>>>;
+
+    /// Who holds `name`, as far as the backend can tell.
+    fn status<'a>(&'a self, name: &'a LockName) -> BoxFuture<'a, Result<LockStatus>>;
+}
+
+/// What a backend supports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Locks are visible to other processes (false for `memory://`).
+    pub cross_process: bool,
+    /// Locks can be lost while the process lives (leases, sessions).
+    pub can_lose: bool,
+    /// Fencing tokens are always present.
+    pub fencing: bool,
+}
+
+impl Capabilities {
+    /// Builds a capability set (the struct is `#[non_exhaustive]`).
+    pub fn new(cross_process: bool, can_lose: bool, fencing: bool) -> Self {
+        Capabilities { cross_process, can_lose, fencing }
+    }
+}
+
+/// Who holds a lock, as far as the backend can tell.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockStatus {
+    /// `None`: nobody; otherwise whether the holders are exclusive or shared.
+    pub held: Option<HeldMode>,
+    /// The holders the backend can name (process ids, client ids), possibly empty even when held.
+    pub holders: Vec<String>,
+    /// How many are waiting, where the backend can tell.
+    pub waiters: Option<usize>,
+    /// For a semaphore: its permits count, where known.
+    pub permits: Option<u32>,
+    /// Where the lock lives on the backend (a file path, a key), for humans.
+    pub location: Option<String>,
+}
+
+impl LockStatus {
+    /// A status that says "free" (the struct is `#[non_exhaustive]`).
+    pub fn free() -> Self {
+        LockStatus::default()
+    }
+}
+
+/// How a lock is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeldMode {
+    /// One exclusive holder.
+    Exclusive,
+    /// This many shared holders (readers or semaphore permits).
+    Shared(usize),
+}
+
+/// The "lock lost" signal of one guard: set once, never cleared.
+#[derive(Clone, Debug)]
+pub struct LostSignal {
+    tx: Arc<watch::Sender<Option<String>>>,
+}
+
+impl Default for LostSignal {
+    fn default() -> Self {
+        LostSignal::new()
+    }
+}
+
+impl LostSignal {
+    /// A fresh, unset signal.
+    pub fn new() -> Self {
+        LostSignal { tx: Arc::new(watch::Sender::new(None)) }
+    }
+
+    /// Marks the lock lost, with a reason for logs and errors. Later calls keep the first reason.
+    pub fn set(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.tx.send_if_modified(|slot| {
+            if slot.is_none() {
+                tracing::warn!(%reason, "lock lost");
+                *slot = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The reason, if the lock was lost.
+    pub fn reason(&self) -> Option<String> {
+        self.tx.borrow().clone()
+    }
+
+    /// True once the lock was lost.
+    pub fn is_set(&self) -> bool {
+        self.tx.borrow().is_some()
+    }
+
+    /// A future that completes when the signal is set.
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.tx.subscribe();
+        async move {
+            // `wait_for` only fails when the sender is dropped; we hold it alive in `tx` clones,
+            // but if every clone is gone nobody can ever set it, so pending forever is right.
+            if rx.wait_for(Option::is_some).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
