@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The project's test command (named in README.md, called by .ci/run).
+# Installs what the tests need when it is missing, then runs fmt, clippy, docs and every test with
+# INTERLOCK_TEST_REQUIRE=1, so a missing tool or server is a failure rather than a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v flock >/dev/null 2>&1 || missing+=(util-linux)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if ((${#missing[@]})); then
+  echo "scripts/test.sh: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+export INTERLOCK_TEST_REQUIRE=1
+export CARGO_TERM_COLOR=never
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet
+echo "== cargo test"
+cargo test --workspace --all-features
+echo "== all tests passed"
