@@ -1,1 +1,45 @@
+//! Test support for interlock: the conformance suite every backend runs, harnesses for the
+//! backends that need no server, helper processes (`interlock hold`, `interlock worker`), and the
+//! plumbing to run private server processes on loopback.
+//!
+//! A backend's test file instantiates the suite once per harness:
+//!
+//! ```ignore
+//! interlock_testkit::conformance_suite!(file, interlock_testkit::FileHarness::new(env!("CARGO_BIN_EXE_interlock")));
+//! ```
+//!
+//! which expands into one `#[tokio::test]` per case, named `file::<case>`, so a failure names both.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod conformance;
+pub mod harness;
+pub mod process;
+pub mod servers;
+
+pub use harness::{FileHarness, Harness, MemoryHarness};
+
+/// True when missing tools or servers must fail the tests (`INTERLOCK_TEST_REQUIRE=1`, as in CI).
+pub fn required() -> bool {
+    std::env::var("INTERLOCK_TEST_REQUIRE").is_ok_and(|v| v == "1")
+}
+
+/// Skips (loudly) or fails, depending on [`required`]. Returns normally when skipping, so
+/// callers write `if !have_x { return skip("x") }`.
+///
+/// # Panics
+///
+/// When `INTERLOCK_TEST_REQUIRE=1`.
+pub fn skip(what: &str) {
+    if required() {
+        panic!("{what} is required (INTERLOCK_TEST_REQUIRE=1)");
+    }
+    eprintln!("\n*** SKIPPED: {what} (set INTERLOCK_TEST_REQUIRE=1 to make this a failure) ***\n");
+}
+
+/// A lock name no other test uses: `prefix-PID-N`.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}

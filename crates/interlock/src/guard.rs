@@ -166,13 +166,16 @@ impl Guard {
         let was_lost = self.is_lost();
         let result = held.raw.release().await;
         drop(held.local.take());
+        if let Ok(false) = result {
+            self.lost.set("the backend no longer held the lock at release");
+        }
         if was_lost || self.lost.is_set() {
             return Err(Error::LockLost {
                 name: self.name.display(),
                 reason: self.lost.reason().unwrap_or_else(|| "lost".into()),
             });
         }
-        result
+        result.map(drop)
     }
 }
 

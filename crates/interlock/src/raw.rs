@@ -122,8 +122,11 @@ pub trait RawHeld: Send + Sync + Debug + 'static {
         Box::pin(async { Ok(Renewal::Lost) })
     }
 
-    /// Releases the lock. Idempotent; never releases another holder's lock.
-    fn release(&self) -> BoxFuture<'_, Result<()>>;
+    /// Releases the lock. Idempotent; never releases another holder's lock. Returns `Ok(false)`
+    /// when the backend no longer held the lock for us (expired, deleted, taken over): the core
+    /// then reports [`crate::Error::LockLost`], since the critical section may not have been
+    /// exclusive.
+    fn release(&self) -> BoxFuture<'_, Result<bool>>;
 
     /// Best-effort release when a guard is dropped without [`RawHeld::release`]. Backends that can
     /// release synchronously (closing a file) do so here; the default spawns `release` on the

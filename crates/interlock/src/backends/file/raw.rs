@@ -159,9 +159,10 @@ impl RawHeld for FileHeld {
         Some(self.token)
     }
 
-    fn release(&self) -> BoxFuture<'_, Result<()>> {
+    fn release(&self) -> BoxFuture<'_, Result<bool>> {
         self.release_now();
-        Box::pin(async { Ok(()) })
+        // A file lock cannot be lost while we hold the descriptor.
+        Box::pin(async { Ok(true) })
     }
 
     fn release_on_drop(self: Arc<Self>) {

@@ -282,15 +282,17 @@ struct MemoryHeld {
 }
 
 impl MemoryHeld {
-    fn release_now(&self) {
+    /// Removes our holder entry; false when it was already gone (expired or revoked).
+    fn release_now(&self) -> bool {
         let mut st = self.space.state();
-        if let Some(e) = st.locks.get_mut(&self.key) {
-            let before = e.holders.len();
-            e.holders.retain(|h| h.id != self.id);
-            if e.holders.len() != before {
-                e.changed.notify_waiters();
-            }
+        let Some(e) = st.locks.get_mut(&self.key) else { return false };
+        let before = e.holders.len();
+        e.holders.retain(|h| h.id != self.id);
+        let removed = e.holders.len() != before;
+        if removed {
+            e.changed.notify_waiters();
         }
+        removed
     }
 }
 
@@ -326,9 +328,9 @@ impl RawHeld for MemoryHeld {
         })
     }
 
-    fn release(&self) -> BoxFuture<'_, Result<()>> {
-        self.release_now();
-        Box::pin(async { Ok(()) })
+    fn release(&self) -> BoxFuture<'_, Result<bool>> {
+        let released = self.release_now();
+        Box::pin(async move { Ok(released) })
     }
 
     fn release_on_drop(self: Arc<Self>) {

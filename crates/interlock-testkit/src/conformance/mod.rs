@@ -1,0 +1,80 @@
+//! The conformance suite: the same cases against every backend (DESIGN section 5).
+//!
+//! Each case is an `async fn case<H: Harness>(h: &H)`; [`conformance_suite!`](crate::conformance_suite)
+//! expands them into one named test per case per backend. Cases that need a capability the
+//! backend lacks (cross-process, losing a lock) return early with a note.
+
+mod exclusion;
+mod faults;
+mod fencing;
+mod input;
+mod shared;
+mod waiting;
+
+pub use exclusion::*;
+pub use faults::*;
+pub use fencing::*;
+pub use input::*;
+pub use shared::*;
+pub use waiting::*;
+
+use std::time::Duration;
+
+/// "Eventually" bound for things that must happen (never a speed assertion).
+pub(crate) const EVENTUALLY: Duration = Duration::from_secs(20);
+
+pub(crate) fn not_applicable(case: &str, why: &str) {
+    eprintln!("conformance: {case}: not applicable ({why})");
+}
+
+/// Expands into a module `$name` with one `#[tokio::test]` per conformance case, each running
+/// against a fresh `$harness`.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($name:ident, $harness:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_suite!(@cases $harness;
+                mutex_excludes_tasks,
+                mutex_excludes_threads,
+                mutex_excludes_across_providers,
+                mutex_excludes_processes,
+                unlocked_tasks_lose_updates,
+                unlocked_processes_lose_updates,
+                not_reentrant,
+                rwlock_readers_share_writers_alone,
+                rwlock_mixed_load_never_overlaps_a_writer,
+                semaphore_never_exceeds_permits,
+                semaphore_permits_mismatch_is_an_error,
+                try_is_none_when_held,
+                timeout_expires_on_time,
+                zero_timeout_is_one_attempt,
+                timeout_succeeds_after_release,
+                waiter_wakes_on_release,
+                cancelled_wait_leaves_nothing_behind,
+                timed_out_wait_leaves_nothing_behind,
+                drop_releases,
+                release_then_reacquire,
+                fencing_tokens_strictly_increase,
+                fencing_tokens_shared_holders,
+                fencing_tokens_across_processes,
+                kill_9_of_holder_releases,
+                lost_lock_is_signalled,
+                renewal_keeps_lock_past_its_lease,
+                stale_release_never_frees_another_holder,
+                bad_names_are_refused,
+                status_reports_holders
+            );
+        }
+    };
+    (@cases $harness:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let harness = $harness;
+                $crate::conformance::$case(&harness).await;
+            }
+        )*
+    };
+}
