@@ -63,6 +63,7 @@ impl LockKind {
 
 /// How long `acquire` may wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Wait {
     /// One attempt; contention returns `Ok(None)` at once.
     Try,

@@ -107,6 +107,23 @@ pub async fn cancelled_wait_leaves_nothing_behind<H: Harness>(h: &H) {
     assert!(local_waiter.await.unwrap_err().is_cancelled());
     g.release().await.unwrap();
     assert_nothing_left(h, &p2, &name).await;
+
+    // The same for a semaphore waiter.
+    let sem_name = unique("cancelsem");
+    let held = p1.semaphore(&sem_name, 1).unwrap().acquire().await.unwrap();
+    let s = p2.semaphore(&sem_name, 1).unwrap();
+    let waiter = tokio::spawn(async move { s.acquire().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    held.release().await.unwrap();
+    assert_eq!(p2.local_queue_len(), 0);
+    let other = h.provider().await.semaphore(&sem_name, 1).unwrap();
+    for _ in 0..3 {
+        let g = other.acquire_timeout(EVENTUALLY).await.expect("the cancelled semaphore waiter took nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        g.release().await.unwrap();
+    }
 }
 
 /// A wait that times out leaves nothing behind either.
