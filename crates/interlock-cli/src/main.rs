@@ -1,1 +1,120 @@
-fn main() {}
+//! `interlock`: run a command under a lock on any backend (what `flock(1)` does for files), hold a
+//! lock from a script, show who holds one, and watch a lock prevent a race.
+//!
+//! One file per job: [`exit`] (exit codes and one-line errors), [`acquire`] (the shared flags),
+//! [`signals`], and one file per subcommand.
+
+mod acquire;
+mod demo;
+mod exit;
+mod hold;
+mod run;
+mod signals;
+mod status;
+mod worker;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Run commands under a lock, on files or the coordination systems you already run.
+#[derive(Parser, Debug)]
+#[command(name = "interlock", version, after_help = exit::HELP, disable_help_subcommand = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Take a lock, run COMMAND while holding it, release it when COMMAND exits
+    #[command(
+        override_usage = "interlock run [-u URL] [-s|--shared] [-n|--nonblock] [-w|--timeout SECS] \
+                          [-E|--conflict-exit-code N] [--permits N] [--lease DUR] [--kill-after DUR] \
+                          NAME -- COMMAND [ARGS...]",
+        after_help = concat!(
+            "COMMAND gets INTERLOCK_NAME and INTERLOCK_TOKEN (the fencing token) in its environment. SIGINT, \
+             SIGTERM and SIGHUP sent to interlock are passed on to COMMAND. If the lock is lost while COMMAND \
+             runs, COMMAND gets SIGTERM, then SIGKILL after --kill-after, and interlock exits 75.\n\n",
+            exit::help_text!()
+        )
+    )]
+    Run(run::RunArgs),
+
+    /// Take a lock, print `token=N` on stdout, hold it until stdin closes or SIGINT/SIGTERM
+    #[command(
+        override_usage = "interlock hold [-u URL] [-s|--shared] [-n|--nonblock] [-w|--timeout SECS] \
+                          [-E|--conflict-exit-code N] [--permits N] [--lease DUR] NAME",
+        after_help = concat!(
+            "Prints one line, token=N (or token=none), once the lock is held. Releases the lock and exits 0 \
+             when stdin reaches end of file or on SIGINT, SIGTERM or SIGHUP; exits 75 at once if the lock is \
+             lost.\n\n",
+            exit::help_text!()
+        )
+    )]
+    Hold(hold::HoldArgs),
+
+    /// Show whether each lock is held, and by whom where the backend can tell
+    #[command(override_usage = "interlock status [-u URL] NAME...")]
+    Status(status::StatusArgs),
+
+    /// Watch a lock prevent a race
+    Demo(demo::DemoArgs),
+
+    /// One buyer of `demo flash-sale` (internal)
+    #[command(hide = true)]
+    DemoBuyer(demo::BuyerArgs),
+
+    /// Increment a counter file under a lock from T threads (test and bench helper)
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
+}
+
+/// Parses the command line (clap errors exit 64, `--help` and `--version` 0), sets up logging, runs
+/// the subcommand and turns its outcome into the exit code.
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return exit::clap_error(e),
+    };
+    init_tracing();
+    let outcome = match cli.command {
+        // The worker uses the blocking API, which must not run inside an async runtime.
+        Command::Worker(args) => worker::worker(args),
+        other => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(dispatch(other)),
+            Err(e) => Err(exit::Failure::io("cannot start the async runtime", e)),
+        },
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => failure.report(),
+    }
+}
+
+/// Runs an async subcommand. (The runtime is built by hand rather than with `#[tokio::main]`, so
+/// that a failure to start it is an error message, not a panic.)
+async fn dispatch(command: Command) -> exit::Outcome {
+    match command {
+        Command::Run(args) => run::run(args).await,
+        Command::Hold(args) => hold::hold(args).await,
+        Command::Status(args) => status::status(args).await,
+        Command::Demo(args) => demo::demo(args).await,
+        Command::DemoBuyer(args) => demo::buyer(args).await,
+        // `main` runs the worker outside the runtime; it never comes here.
+        Command::Worker(_) => Err(exit::Failure::usage("the worker cannot run inside an async runtime")),
+    }
+}
+
+/// Logs go to stderr, filtered by `$INTERLOCK_LOG` (default `warn`).
+fn init_tracing() {
+    let filter = EnvFilter::try_from_env("INTERLOCK_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    // Fails only if a subscriber is already set, which cannot happen here.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}

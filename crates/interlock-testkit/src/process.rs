@@ -68,23 +68,28 @@ impl Hold {
 /// Result lines of one `interlock worker`: `(counter value read, fencing token)` per iteration.
 pub type WorkerLog = Vec<(u64, Option<u64>)>;
 
-/// Runs `processes` workers, each with `threads` threads doing `iterations` increments of the
-/// counter in `counter` (under the lock unless `no_lock`), all released at the same instant.
-/// Returns every worker's log.
+/// The shape of a [`run_workers`] run.
+#[derive(Clone, Copy, Debug)]
+pub struct Workers {
+    /// Worker processes.
+    pub processes: usize,
+    /// Threads per process.
+    pub threads: usize,
+    /// Increments per thread.
+    pub iterations: usize,
+    /// Increment without the lock (the control run).
+    pub no_lock: bool,
+}
+
+/// Runs `w.processes` workers, each with `w.threads` threads doing `w.iterations` increments of
+/// the counter in `counter` (under the lock unless `w.no_lock`), all released at the same
+/// instant. Returns every worker's log.
 ///
 /// # Panics
 ///
 /// When a worker fails.
-pub async fn run_workers(
-    bin: &Path,
-    url: &str,
-    name: &str,
-    counter: &Path,
-    processes: usize,
-    threads: usize,
-    iterations: usize,
-    no_lock: bool,
-) -> WorkerLog {
+pub async fn run_workers(bin: &Path, url: &str, name: &str, counter: &Path, w: Workers) -> WorkerLog {
+    let Workers { processes, threads, iterations, no_lock } = w;
     let mut children = Vec::new();
     for _ in 0..processes {
         let mut cmd = Command::new(bin);

@@ -46,13 +46,16 @@ impl Runtime {
     fn block_on<F: Future>(&self, f: F) -> Result<F::Output> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Error::Unsupported {
-                backend: "interlock",
-                operation: "the blocking API inside an async runtime (use the async API there)".into(),
+                backend: "blocking",
+                operation: "the blocking API is not supported inside an async runtime; use the async API there".into(),
             });
         }
         match &self.0 {
             Some(rt) => Ok(rt.block_on(f)),
-            None => Err(Error::Unsupported { backend: "interlock", operation: "a runtime that was shut down".into() }),
+            None => Err(Error::Unsupported {
+                backend: "blocking",
+                operation: "this provider's runtime was shut down".into(),
+            }),
         }
     }
 

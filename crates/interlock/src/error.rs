@@ -20,7 +20,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// A timed acquisition did not get the lock in time.
-    #[error("timed out after {waited:?} waiting for lock `{name}`")]
+    #[error("timed out after {waited:?} waiting for lock {name:?}")]
     Timeout {
         /// The lock name (possibly shortened for display).
         name: String,
@@ -30,7 +30,7 @@ pub enum Error {
 
     /// The lock was lost while held (lease expired, session gone, key deleted or overwritten).
     /// The critical section that ran under it may not have been exclusive.
-    #[error("lock `{name}` was lost while held ({reason})")]
+    #[error("lock {name:?} was lost while held ({reason})")]
     LockLost {
         /// The lock name (possibly shortened for display).
         name: String,
@@ -61,7 +61,7 @@ pub enum Error {
     InvalidArgument(String),
 
     /// Holders of one semaphore disagree on its number of permits.
-    #[error("semaphore `{name}` has {existing} permits here, but {requested} were requested")]
+    #[error("semaphore {name:?} has {existing} permits, but {requested} were requested")]
     PermitsMismatch {
         /// The semaphore name (possibly shortened for display).
         name: String,
@@ -71,12 +71,12 @@ pub enum Error {
         requested: u32,
     },
 
-    /// The backend cannot do this (or it is not built into this binary).
-    #[error("{backend}: {operation} is not supported")]
+    /// The backend cannot do this, or is not built into this binary.
+    #[error("{backend}: {operation}")]
     Unsupported {
         /// The backend name, e.g. `file` or `redis`.
         backend: &'static str,
-        /// What was asked of it.
+        /// What was asked and why it cannot be done, as a sentence ("... is not supported ...").
         operation: String,
     },
 

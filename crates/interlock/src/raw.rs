@@ -239,7 +239,7 @@ impl LostSignal {
         let reason = reason.into();
         self.tx.send_if_modified(|slot| {
             if slot.is_none() {
-                tracing::warn!(%reason, "lock lost");
+                tracing::info!(%reason, "lock lost");
                 *slot = Some(reason);
                 true
             } else {

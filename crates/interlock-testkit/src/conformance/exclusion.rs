@@ -126,6 +126,10 @@ const PROCS: usize = 4;
 const THREADS: usize = 3;
 const PROC_ITERATIONS: usize = 25;
 
+fn workers(no_lock: bool) -> process::Workers {
+    process::Workers { processes: PROCS, threads: THREADS, iterations: PROC_ITERATIONS, no_lock }
+}
+
 /// P processes x T threads x K increments of a counter in a plain file, under the lock: exactly
 /// P*T*K, and the fencing tokens, ordered by the value each holder read, strictly increase.
 pub async fn mutex_excludes_processes<H: Harness>(h: &H) {
@@ -133,7 +137,7 @@ pub async fn mutex_excludes_processes<H: Harness>(h: &H) {
     let dir = tempfile::tempdir().unwrap();
     let counter = dir.path().join("counter");
     let name = unique("procs");
-    let mut log = process::run_workers(bin, &h.url(), &name, &counter, PROCS, THREADS, PROC_ITERATIONS, false).await;
+    let mut log = process::run_workers(bin, &h.url(), &name, &counter, workers(false)).await;
     let total = (PROCS * THREADS * PROC_ITERATIONS) as u64;
     let value: u64 = std::fs::read_to_string(&counter).unwrap().trim().parse().unwrap();
     assert_eq!(value, total, "lost updates under the lock");
@@ -152,7 +156,7 @@ pub async fn unlocked_processes_lose_updates<H: Harness>(h: &H) {
     let dir = tempfile::tempdir().unwrap();
     let counter = dir.path().join("counter");
     let name = unique("nolock");
-    process::run_workers(bin, &h.url(), &name, &counter, PROCS, THREADS, PROC_ITERATIONS, true).await;
+    process::run_workers(bin, &h.url(), &name, &counter, workers(true)).await;
     let value: u64 = std::fs::read_to_string(&counter).unwrap().trim().parse().unwrap_or(0);
     assert!(value < (PROCS * THREADS * PROC_ITERATIONS) as u64, "the unlocked control did not lose updates ({value})");
 }

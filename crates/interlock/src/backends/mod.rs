@@ -12,18 +12,19 @@ use crate::provider::DEFAULT_LEASE;
 use crate::raw::{LeaseConfig, RawProvider};
 use crate::url::LockUrl;
 
-/// Backends that are planned but not built into this binary: scheme → (backend, cargo feature).
-const NOT_BUILT: &[(&str, &str, &str)] = &[
-    ("redis", "Redis", "redis"),
-    ("rediss", "Redis over TLS", "redis"),
-    ("redlock", "Redlock", "redis"),
-    ("zk", "ZooKeeper", "zookeeper"),
-    ("zookeeper", "ZooKeeper", "zookeeper"),
-    ("etcd", "etcd", "etcd"),
-    ("mysql", "MySQL/MariaDB", "mysql"),
-    ("mariadb", "MySQL/MariaDB", "mysql"),
-    ("postgres", "PostgreSQL", "postgres"),
-    ("postgresql", "PostgreSQL", "postgres"),
+/// Backends that are planned but not built into this binary: scheme → (backend, description,
+/// cargo feature).
+const NOT_BUILT: &[(&str, &str, &str, &str)] = &[
+    ("redis", "redis", "Redis", "redis"),
+    ("rediss", "redis", "Redis over TLS", "redis"),
+    ("redlock", "redlock", "Redlock", "redis"),
+    ("zk", "zookeeper", "ZooKeeper", "zookeeper"),
+    ("zookeeper", "zookeeper", "ZooKeeper", "zookeeper"),
+    ("etcd", "etcd", "etcd", "etcd"),
+    ("mysql", "mysql", "MySQL/MariaDB", "mysql"),
+    ("mariadb", "mysql", "MySQL/MariaDB", "mysql"),
+    ("postgres", "postgres", "PostgreSQL", "postgres"),
+    ("postgresql", "postgres", "PostgreSQL", "postgres"),
 ];
 
 /// Builds the raw backend for `url`, and its default lease settings.
@@ -36,10 +37,12 @@ pub(crate) fn connect_raw(url: &LockUrl) -> Result<(Arc<dyn RawProvider>, LeaseC
             let lease = config.lease;
             Ok((Arc::new(memory::MemoryProvider::new(config)), lease))
         }
-        other => match NOT_BUILT.iter().find(|(scheme, _, _)| *scheme == other) {
-            Some((_, backend, feature)) => Err(Error::Unsupported {
-                backend: "interlock",
-                operation: format!("`{other}://` (the {backend} backend, cargo feature `{feature}`, not built yet)"),
+        other => match NOT_BUILT.iter().find(|(scheme, ..)| *scheme == other) {
+            Some((_, backend, what, feature)) => Err(Error::Unsupported {
+                backend,
+                operation: format!(
+                    "`{other}://` URLs are not supported by this build: the {what} backend needs cargo feature `{feature}`, which is not implemented yet"
+                ),
             }),
             None => Err(url.invalid(format!(
                 "unknown scheme `{other}` (known: file, memory, redis, rediss, redlock, zk, etcd, mysql, postgres)"

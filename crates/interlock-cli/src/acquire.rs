@@ -1,0 +1,145 @@
+//! The acquisition flags shared by `run` and `hold`: which URL, which primitive, how long to wait.
+
+use std::time::Duration;
+
+use clap::Args;
+use interlock::{AcquireOptions, Guard, Provider};
+
+use crate::exit::{self, Failure};
+
+/// The URL used when neither `-u` nor `$INTERLOCK_URL` names one: the private default directory.
+pub const DEFAULT_URL: &str = "file://";
+
+/// Flags that say which lock to take and how.
+#[derive(Args, Debug, Clone)]
+pub struct LockArgs {
+    /// Lock URL [default: $INTERLOCK_URL, else file://]
+    #[arg(short = 'u', long, value_name = "URL")]
+    pub url: Option<String>,
+
+    /// Take the read (shared) side of a read-write lock; many shared holders can hold it at once
+    #[arg(short = 's', long, conflicts_with = "permits")]
+    pub shared: bool,
+
+    /// Make one attempt: if the lock is held elsewhere, exit with the conflict code at once
+    #[arg(short = 'n', long)]
+    pub nonblock: bool,
+
+    /// Wait at most SECS seconds (fractions allowed; 0 means one attempt), then exit with the
+    /// conflict code
+    #[arg(short = 'w', long, value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
+    pub timeout: Option<Duration>,
+
+    /// Exit code when the lock is held elsewhere (-n) or the wait timed out (-w)
+    #[arg(short = 'E', long, value_name = "N", default_value_t = exit::CONFLICT_DEFAULT)]
+    pub conflict_exit_code: u8,
+
+    /// Take one permit of a semaphore with N permits instead of a mutex
+    #[arg(long, value_name = "N")]
+    pub permits: Option<u32>,
+
+    /// Lease for backends whose locks expire, renewed in the background (e.g. 30s; ignored by file)
+    #[arg(long, value_name = "DUR", value_parser = parse_dur)]
+    pub lease: Option<Duration>,
+
+    /// Lock name: any non-empty UTF-8 string up to 1024 bytes without NUL
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// Parses `-w SECS`: a float number of seconds, finite, non-negative, below 100 years.
+///
+/// # Errors
+///
+/// A one-line reason for clap to show.
+pub fn parse_secs(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text.trim().parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    interlock::url::secs_to_duration(secs)
+}
+
+/// Parses a duration flag such as `--lease 30s` or `--kill-after 500ms`.
+///
+/// # Errors
+///
+/// A one-line reason for clap to show.
+pub fn parse_dur(text: &str) -> Result<Duration, String> {
+    interlock::url::parse_duration(text)
+}
+
+/// The URL to use: the flag, else a non-empty `$INTERLOCK_URL`, else [`DEFAULT_URL`].
+pub fn resolve_url(flag: Option<&str>) -> String {
+    if let Some(url) = flag {
+        return url.to_owned();
+    }
+    match std::env::var("INTERLOCK_URL") {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => DEFAULT_URL.to_owned(),
+    }
+}
+
+/// Connects to the backend named by `url`.
+///
+/// # Errors
+///
+/// The library's error, mapped to its exit code (64 for a bad URL, 69 for a backend that cannot be
+/// used).
+pub async fn connect(url: &str) -> Result<Provider, Failure> {
+    interlock::connect(url).await.map_err(|e| Failure::from_lock(&e, exit::CONFLICT_DEFAULT))
+}
+
+/// A lock taken by [`acquire`], with the provider that made it.
+#[derive(Debug)]
+pub struct Held {
+    /// The provider, kept alive as long as the guard.
+    pub provider: Provider,
+    /// The held lock.
+    pub guard: Guard,
+}
+
+impl LockArgs {
+    /// How long to wait, from `-n` and `-w` (`-n` wins; `-w 0` is one attempt).
+    pub fn options(&self) -> AcquireOptions {
+        let options = match (self.nonblock, self.timeout) {
+            (true, _) => AcquireOptions::try_once(),
+            (false, Some(d)) if d.is_zero() => AcquireOptions::try_once(),
+            (false, Some(d)) => AcquireOptions::timeout(d),
+            (false, None) => AcquireOptions::forever(),
+        };
+        match self.lease {
+            Some(lease) => options.lease(lease),
+            None => options,
+        }
+    }
+}
+
+/// Connects and takes the lock the flags describe: a mutex by default, the read side of a
+/// read-write lock with `-s`, one permit of a semaphore with `--permits N`.
+///
+/// # Errors
+///
+/// A [`Failure`] with the conflict code (`-E`) when the lock is held elsewhere or the wait timed
+/// out; otherwise the library's error and its exit code.
+pub async fn acquire(args: &LockArgs) -> Result<Held, Failure> {
+    let conflict = args.conflict_exit_code;
+    let fail = |e: interlock::Error| Failure::from_lock(&e, conflict);
+    let provider = connect(&resolve_url(args.url.as_deref())).await?;
+    let options = args.options();
+    let attempt = match (args.shared, args.permits) {
+        (true, Some(_)) => return Err(Failure::usage("--shared and --permits cannot be used together")),
+        (true, None) => provider.rwlock(&args.name).map_err(fail)?.read_with(options).await,
+        (false, Some(n)) => provider.semaphore(&args.name, n).map_err(fail)?.acquire_with(options).await,
+        (false, None) => provider.mutex(&args.name).map_err(fail)?.lock_with(options).await,
+    };
+    match attempt.map_err(fail)? {
+        Some(guard) => {
+            tracing::debug!(name = %args.name, token = ?guard.fencing_token(), url = provider.url(), "acquired");
+            Ok(Held { provider, guard })
+        }
+        None => Err(Failure::new(conflict, format!("lock {} is held elsewhere", exit::show_name(&args.name)))),
+    }
+}
+
+/// The fencing token as the CLI shows it: the number, or `none`.
+pub fn token_text(guard: &Guard) -> String {
+    guard.fencing_token().map_or_else(|| "none".to_owned(), |t| t.to_string())
+}

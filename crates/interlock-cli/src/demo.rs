@@ -1,0 +1,325 @@
+//! `interlock demo flash-sale`: many buyer processes race for a small stock kept in plain files.
+//! With the lock they sell exactly the stock; with `--no-lock` they oversell.
+//!
+//! The parent keeps the stock in a fresh state directory, starts every buyer (this same binary,
+//! re-executed with the hidden `demo-buyer` subcommand), waits until each has connected and said
+//! `ready`, then closes all their stdins at once so that they start together. Each buyer takes the
+//! `flash-sale` mutex, reads the stock, thinks for a few milliseconds, and if anything is left,
+//! writes the stock minus one and appends one line to the `sales` file.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+
+use crate::acquire;
+use crate::exit::{self, Failure, Outcome};
+use crate::hold;
+
+/// The lock every buyer takes.
+pub const LOCK_NAME: &str = "flash-sale";
+/// How long a buyer may take to connect and say `ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `interlock demo SCENARIO`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// The demo scenarios.
+#[derive(Subcommand, Debug)]
+pub enum Scenario {
+    /// B buyer processes race for a stock of S items kept in plain files; the lock keeps them
+    /// from overselling
+    #[command(after_help = "Exit status: 0 when the run behaved as expected (exactly the stock sold with the lock; \
+                            with --no-lock, overselling is the expected demonstration), 1 if the lock let buyers \
+                            oversell, otherwise as listed in `interlock --help`.")]
+    FlashSale(FlashSaleArgs),
+}
+
+/// Flags of `interlock demo flash-sale`.
+#[derive(Args, Debug)]
+pub struct FlashSaleArgs {
+    /// Lock URL [default: $INTERLOCK_URL, else file://]
+    #[arg(short = 'u', long, value_name = "URL")]
+    pub url: Option<String>,
+
+    /// Items in stock
+    #[arg(long, value_name = "S", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub stock: u64,
+
+    /// Buyer processes, started at the same instant
+    #[arg(long, value_name = "B", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub buyers: u32,
+
+    /// Let the buyers race without the lock (to watch them oversell)
+    #[arg(long)]
+    pub no_lock: bool,
+
+    /// How long each buyer thinks between reading the stock and writing it back, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub think_ms: u64,
+}
+
+/// Flags of the hidden `demo-buyer` subcommand (the lock URL comes in `$INTERLOCK_URL`, so that a
+/// password never shows in the process list).
+#[derive(Args, Debug)]
+pub struct BuyerArgs {
+    /// The state directory holding `stock` and `sales`
+    #[arg(long, value_name = "DIR")]
+    pub state: PathBuf,
+
+    /// Think time in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 5)]
+    pub think_ms: u64,
+
+    /// Do not take the lock
+    #[arg(long)]
+    pub no_lock: bool,
+}
+
+/// Runs a demo scenario.
+///
+/// # Errors
+///
+/// As [`flash_sale`].
+pub async fn demo(args: DemoArgs) -> Outcome {
+    match args.scenario {
+        Scenario::FlashSale(a) => flash_sale(a).await,
+    }
+}
+
+/// The flash sale: prints a summary on stdout; 0 when the run behaved as expected.
+///
+/// # Errors
+///
+/// 1 when buyers oversold (or lost a sale) despite the lock; the library's code for a bad URL or
+/// an unusable backend; 74 when the state files cannot be used; a failing buyer's own code.
+pub async fn flash_sale(args: FlashSaleArgs) -> Outcome {
+    let url = acquire::resolve_url(args.url.as_deref());
+    let provider = acquire::connect(&url).await?;
+    let state = StateDir::create(&state_parent(&url))?;
+    write_stock(&state.stock(), args.stock)?;
+    File::create(state.sales()).map_err(|e| Failure::io(format!("cannot create {}", state.sales().display()), e))?;
+    let exe = std::env::current_exe().map_err(|e| Failure::io("cannot find the interlock executable", e))?;
+
+    let mut buyers = Vec::new();
+    for _ in 0..args.buyers {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("demo-buyer").arg("--state").arg(state.path()).arg("--think-ms").arg(args.think_ms.to_string());
+        if args.no_lock {
+            cmd.arg("--no-lock");
+        }
+        cmd.env("INTERLOCK_URL", &url).stdin(Stdio::piped()).stdout(Stdio::piped()).kill_on_drop(true);
+        buyers.push(cmd.spawn().map_err(|e| Failure::io("cannot start a buyer", e))?);
+    }
+    let gates = wait_ready(&mut buyers).await?;
+
+    let start = Instant::now();
+    drop(gates); // every buyer's stdin closes now: go
+    let mut failed = Vec::new();
+    for buyer in &mut buyers {
+        let status = buyer.wait().await.map_err(|e| Failure::io("cannot wait for a buyer", e))?;
+        if !status.success() {
+            failed.push(exit::child_code(status));
+        }
+    }
+    let elapsed = start.elapsed();
+
+    let sold = count_sales(&state.sales())?;
+    let left = read_stock(&state.stock())?;
+    let expected = args.stock.min(u64::from(args.buyers));
+    let oversold = sold.saturating_sub(args.stock);
+    let locking = if args.no_lock { "none (--no-lock)".to_owned() } else { format!("mutex {LOCK_NAME:?}") };
+    let summary = format!(
+        "flash sale: {buyers} buyers, stock {stock}\n  url:      {url}\n  locking:  {locking}\n  sold:     {sold}\n  \
+         oversold: {oversold}\n  left:     {left}\n  elapsed:  {ms} ms\n",
+        buyers = args.buyers,
+        stock = args.stock,
+        url = provider.url(),
+        ms = elapsed.as_millis(),
+    );
+    print(&summary)?;
+    drop(state);
+
+    if let Some(&code) = failed.first() {
+        return Err(Failure::new(
+            code,
+            format!("{} of {} buyers failed (see their messages above)", failed.len(), args.buyers),
+        ));
+    }
+    if args.no_lock {
+        let verdict = if oversold > 0 {
+            format!("as expected without a lock: {sold} sales of {} items, oversold by {oversold}\n", args.stock)
+        } else {
+            "this run happened not to oversell without a lock; races depend on timing (try more buyers)\n".to_owned()
+        };
+        print(&verdict)?;
+        return Ok(0);
+    }
+    if sold != expected {
+        let note = if provider.capabilities().cross_process {
+            ""
+        } else {
+            " (the buyers are separate processes, which this backend cannot exclude)"
+        };
+        return Err(Failure::new(
+            1,
+            format!("the lock did not protect the stock: sold {sold}, expected {expected}, oversold {oversold}{note}"),
+        ));
+    }
+    print(&format!("OK: the lock made the buyers sell exactly {sold} of {} items\n", args.stock))?;
+    Ok(0)
+}
+
+/// Waits until every buyer says `ready`, and hands back their stdins (the start gates).
+async fn wait_ready(buyers: &mut [Child]) -> Result<Vec<ChildStdin>, Failure> {
+    let mut gates = Vec::with_capacity(buyers.len());
+    for buyer in buyers.iter_mut() {
+        let (Some(stdin), Some(stdout)) = (buyer.stdin.take(), buyer.stdout.take()) else {
+            return Err(Failure::new(exit::IO_ERROR, "a buyer has no stdin or stdout pipe"));
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        match tokio::time::timeout(READY_TIMEOUT, lines.next_line()).await {
+            Ok(Ok(Some(line))) if line.trim() == "ready" => gates.push(stdin),
+            _ => {
+                // The buyer said why on stderr (inherited); report its exit code if it has one.
+                drop(stdin);
+                let status = tokio::time::timeout(Duration::from_secs(5), buyer.wait()).await;
+                let code = match status {
+                    Ok(Ok(s)) if !s.success() => exit::child_code(s),
+                    _ => exit::UNAVAILABLE,
+                };
+                return Err(Failure::new(code, "a buyer could not get ready (see its message above)"));
+            }
+        }
+    }
+    Ok(gates)
+}
+
+/// One buyer (the hidden `demo-buyer` subcommand).
+///
+/// # Errors
+///
+/// The library's code for lock errors (75 if the lock was lost), 74 for the state files.
+pub async fn buyer(args: BuyerArgs) -> Outcome {
+    let provider = acquire::connect(&acquire::resolve_url(None)).await?;
+    let lock_err = |e: interlock::Error| Failure::from_lock(&e, exit::CONFLICT_DEFAULT);
+    let mutex = provider.mutex(LOCK_NAME).map_err(lock_err)?;
+    print("ready\n")?;
+    let _ = hold::stdin_closed().await;
+
+    let guard = if args.no_lock { None } else { Some(mutex.lock().await.map_err(lock_err)?) };
+    let stock_path = args.state.join("stock");
+    let stock = read_stock(&stock_path)?;
+    tokio::time::sleep(Duration::from_millis(args.think_ms)).await;
+    if stock > 0 {
+        write_stock(&stock_path, stock - 1)?;
+        let sales = args.state.join("sales");
+        let line = format!("pid {} bought 1 of {stock}\n", std::process::id());
+        OpenOptions::new()
+            .append(true)
+            .open(&sales)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .map_err(|e| Failure::io(format!("cannot record a sale in {}", sales.display()), e))?;
+    }
+    if let Some(guard) = guard {
+        guard.release().await.map_err(lock_err)?;
+    }
+    Ok(0)
+}
+
+/// Where the state directory goes: next to the locks for the file backend (the lock directory
+/// named in the URL, or the default one), the temporary directory otherwise.
+fn state_parent(url: &str) -> PathBuf {
+    match interlock::LockUrl::parse(url) {
+        Ok(u) if u.scheme() == "file" && u.path().is_empty() => interlock::file::default_dir_path(),
+        Ok(u) if u.scheme() == "file" => PathBuf::from(u.path()),
+        _ => std::env::temp_dir(),
+    }
+}
+
+/// The demo's private directory, removed when dropped.
+#[derive(Debug)]
+struct StateDir(PathBuf);
+
+impl StateDir {
+    /// Creates `PARENT/flash-sale-<pid>`, mode 0700; fails if it exists.
+    fn create(parent: &Path) -> Result<StateDir, Failure> {
+        let dir = parent.join(format!("flash-sale-{}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Failure::io(format!("cannot create the demo's state directory {}", dir.display()), e))?;
+        Ok(StateDir(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn stock(&self) -> PathBuf {
+        self.0.join("stock")
+    }
+
+    fn sales(&self) -> PathBuf {
+        self.0.join("sales")
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove the demo's state directory");
+        }
+    }
+}
+
+/// Width of the stock record: the stock is rewritten in place at a fixed width, so that a reader
+/// racing a writer (with `--no-lock`) never sees a truncated, empty file.
+const STOCK_WIDTH: usize = 20;
+
+/// Writes the stock count in place (fixed width, no truncation).
+fn write_stock(path: &Path, stock: u64) -> Result<(), Failure> {
+    let record = format!("{stock:>STOCK_WIDTH$}\n");
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .and_then(|f| f.write_all_at(record.as_bytes(), 0))
+        .map_err(|e| Failure::io(format!("cannot write the stock to {}", path.display()), e))
+}
+
+/// Reads the stock count.
+fn read_stock(path: &Path) -> Result<u64, Failure> {
+    let mut buf = [0u8; STOCK_WIDTH + 1];
+    let n = File::open(path)
+        .and_then(|f| f.read_at(&mut buf, 0))
+        .map_err(|e| Failure::io(format!("cannot read the stock from {}", path.display()), e))?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.trim()
+        .parse()
+        .map_err(|_| Failure::new(exit::IO_ERROR, format!("{} holds {:?}, not a stock count", path.display(), text)))
+}
+
+/// Counts the lines of the `sales` file: one per item sold.
+fn count_sales(path: &Path) -> Result<u64, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::io(format!("cannot read the sales from {}", path.display()), e))?;
+    Ok(text.lines().filter(|l| !l.trim().is_empty()).count() as u64)
+}
+
+/// Writes `text` to stdout and flushes it.
+fn print(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(|e| Failure::io("cannot write to stdout", e))
+}

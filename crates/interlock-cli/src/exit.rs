@@ -1,0 +1,201 @@
+//! Exit codes, and how failures become exactly one line on stderr.
+//!
+//! The codes follow `flock(1)` and the shells for the command's own status, and `sysexits.h` for
+//! interlock's own failures, so scripts can branch on them.
+
+use std::process::ExitCode;
+
+use interlock::Error;
+
+/// The default exit code when `-n` found the lock held or `-w` timed out (override with `-E`).
+pub const CONFLICT_DEFAULT: u8 = 1;
+/// Bad flags, a bad name, URL or argument (`EX_USAGE`).
+pub const USAGE: u8 = 64;
+/// The backend is unavailable or unusable: server down, lock directory unusable, authentication
+/// refused, backend not built into this binary (`EX_UNAVAILABLE`).
+pub const UNAVAILABLE: u8 = 69;
+/// interlock's own local I/O failed: writing its output, the demo's state files, the worker's
+/// counter file (`EX_IOERR`).
+pub const IO_ERROR: u8 = 74;
+/// The lock was lost while held (`EX_TEMPFAIL`): the critical section may not have been exclusive.
+pub const LOCK_LOST: u8 = 75;
+/// `run`: the command exists but could not be executed (as in the shells).
+pub const NOT_EXECUTABLE: u8 = 126;
+/// `run`: the command was not found (as in the shells).
+pub const NOT_FOUND: u8 = 127;
+/// `run`: the command died of signal N: the exit code is `SIGNAL_BASE + N`.
+pub const SIGNAL_BASE: u8 = 128;
+
+/// The exit-status and environment table shown after `--help`, as a literal for `concat!`.
+macro_rules! help_text {
+    () => {
+        "\
+Exit status:
+  (command's own)  run: the command's exit status
+  128+N            run: the command died of signal N
+  1, or -E N       the lock is held elsewhere (-n) or the wait timed out (-w)
+  64               usage error: bad flags, lock name, URL or argument; run without a command
+  69               backend unavailable or unusable (server down, lock directory unusable, backend not built)
+  74               local I/O error (writing output, the demo's state files)
+  75               the lock was lost while held
+  126              run: the command could not be executed
+  127              run: the command was not found
+
+Environment:
+  INTERLOCK_URL    the lock URL when -u is not given (default: file://, a private directory
+                   $XDG_RUNTIME_DIR/interlock or /tmp/interlock-$UID)
+  INTERLOCK_LOG    log filter for messages on stderr (default: warn), e.g. debug or interlock=trace"
+    };
+}
+pub(crate) use help_text;
+
+/// The exit-status table shown after `--help`.
+pub const HELP: &str = help_text!();
+
+/// A failure of an interlock command: its exit code and its one-line message.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code.
+    pub code: u8,
+    /// The message, without the `interlock: ` prefix.
+    pub message: String,
+}
+
+/// What a command returns: `Ok(code)` after it did its job (e.g. the command's own status),
+/// `Err(failure)` when interlock itself failed.
+pub type Outcome = Result<u8, Failure>;
+
+impl Failure {
+    /// A failure with an explicit code.
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure { code, message: message.into() }
+    }
+
+    /// A usage error (exit 64).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure::new(USAGE, message)
+    }
+
+    /// A local I/O failure (exit 74).
+    pub fn io(context: impl std::fmt::Display, err: std::io::Error) -> Self {
+        Failure::new(IO_ERROR, format!("{context}: {err}"))
+    }
+
+    /// A library error, with `conflict` as the code for a timeout.
+    pub fn from_lock(err: &Error, conflict: u8) -> Self {
+        Failure::new(code_for(err, conflict), err.to_string())
+    }
+
+    /// Prints the message (one line) and returns the exit code.
+    pub fn report(self) -> ExitCode {
+        say(&self.message);
+        ExitCode::from(self.code)
+    }
+}
+
+/// The exit code for a library error; `conflict` is used for [`Error::Timeout`].
+pub fn code_for(err: &Error, conflict: u8) -> u8 {
+    if err.is_usage() {
+        USAGE
+    } else if err.is_timeout() {
+        conflict
+    } else if err.is_lock_lost() {
+        LOCK_LOST
+    } else {
+        // Unavailable, Auth, Backend, Io, Unsupported, and anything added later.
+        UNAVAILABLE
+    }
+}
+
+/// Prints `interlock: <message>` on stderr as exactly one line.
+pub fn say(message: &str) {
+    eprintln!("interlock: {}", one_line(message));
+}
+
+/// Makes `text` one line: control characters (a newline in a lock name, say) are escaped, and a
+/// leading `interlock: ` (some library errors name interlock itself as the backend) is dropped so
+/// the prefix is not doubled.
+pub fn one_line(text: &str) -> String {
+    let text = text.strip_prefix("interlock: ").unwrap_or(text);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A lock name as it appears in our own messages: quoted, escaped, and shortened when long.
+pub fn show_name(name: &str) -> String {
+    const MAX: usize = 80;
+    let mut end = name.len().min(MAX);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let shown = format!("{:?}", &name[..end]);
+    if end < name.len() { format!("{shown}…") } else { shown }
+}
+
+/// The exit code for a finished child process: its own code, or `128 + N` for signal N.
+pub fn child_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        // Exit codes are 0..=255 on Unix; anything else cannot happen, but never panic.
+        return u8::try_from(code & 0xff).unwrap_or(1);
+    }
+    match status.signal() {
+        Some(sig) => u8::try_from(i32::from(SIGNAL_BASE) + (sig & 0x7f)).unwrap_or(u8::MAX),
+        None => 1,
+    }
+}
+
+/// Turns a clap parse error into our conventions: `--help` and `--version` print and exit 0;
+/// everything else is one line on stderr and exit 64.
+pub fn clap_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            Failure::usage("a subcommand is needed (see --help)").report()
+        }
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            // Printing help can only fail when stdout is gone; nothing useful is left to do.
+            let _ = err.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let text = err.render().to_string();
+            let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            Failure::usage(format!("{first} (see --help)")).report()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn codes_for_library_errors() {
+        let timeout = Error::Timeout { name: "x".into(), waited: Duration::from_secs(1) };
+        assert_eq!(code_for(&timeout, 7), 7);
+        let lost = Error::LockLost { name: "x".into(), reason: "gone".into() };
+        assert_eq!(code_for(&lost, 7), LOCK_LOST);
+        assert_eq!(code_for(&Error::InvalidArgument("bad".into()), 7), USAGE);
+        let unsupported = Error::Unsupported { backend: "interlock", operation: "redis".into() };
+        assert_eq!(code_for(&unsupported, 7), UNAVAILABLE);
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        assert_eq!(one_line("interlock: a\nb"), "a\\nb");
+        assert_eq!(show_name("a\nb"), "\"a\\nb\"");
+        let long = "é".repeat(100);
+        assert!(show_name(&long).ends_with('…'));
+        assert!(show_name(&long).len() < 100);
+    }
+}
