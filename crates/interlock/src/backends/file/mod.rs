@@ -38,6 +38,12 @@ pub(crate) use config::FileConfig;
 pub use config::default_dir_path;
 pub(crate) use raw::FileProvider;
 
+/// How many lock attempts (non-blocking `flock` calls) this process has made on the file backend.
+/// A diagnostic for benchmarks: attempts per release show how many waiters each release woke.
+pub fn lock_attempts() -> u64 {
+    raw::ATTEMPTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The file (inside the lock directory) that lock `name` maps to, for tools that want to meet
 /// interlock on the same file.
 ///

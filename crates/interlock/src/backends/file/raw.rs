@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use rustix::fs::{FlockOperation, Mode, OFlags};
@@ -285,8 +285,12 @@ pub(crate) fn open_in_dir(path: &Path, write: bool) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// Lock attempts (non-blocking `flock` calls on lock and permit files) made by this process.
+pub(crate) static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+
 /// One non-blocking `flock` attempt: `Ok(true)` when taken, `Ok(false)` when held elsewhere.
 fn try_flock(file: &File, shared: bool, path: &Path) -> Result<bool> {
+    ATTEMPTS.fetch_add(1, Ordering::Relaxed);
     let op = if shared { FlockOperation::NonBlockingLockShared } else { FlockOperation::NonBlockingLockExclusive };
     loop {
         match rustix::fs::flock(file.as_fd(), op) {
