@@ -133,9 +133,10 @@ impl Guard {
                     // that does not depend on the monitor task being scheduled.
                     let expiry = async {
                         loop {
-                            let t = v.get();
+                            // Released: the lock will never be lost now.
+                            let Some(t) = v.get() else { return std::future::pending().await };
                             tokio::time::sleep_until(t.into()).await;
-                            if v.get() <= Instant::now() {
+                            if v.get().is_some_and(|t| t <= Instant::now()) {
                                 return;
                             }
                         }
@@ -164,6 +165,9 @@ impl Guard {
             m.abort();
         }
         let was_lost = self.is_lost();
+        if let Some(v) = &self.validity {
+            v.release();
+        }
         let result = held.raw.release().await;
         drop(held.local.take());
         if let Ok(false) = result {
@@ -184,6 +188,9 @@ impl Drop for Guard {
         if let Some(mut held) = self.held.take() {
             if let Some(m) = held.monitor.take() {
                 m.abort();
+            }
+            if let Some(v) = &self.validity {
+                v.release();
             }
             held.raw.clone().release_on_drop();
             drop(held.local.take());

@@ -13,26 +13,36 @@ use tokio::task::JoinHandle;
 
 use crate::raw::{LeaseConfig, LostSignal, RawHeld, Renewal};
 
-/// The instant until which a lock is known to be valid, shared by the guard and its monitor.
+/// The instant until which a lock is known to be valid, shared by the guard and its monitor;
+/// `None` once the guard released it (a released lock never "expires").
 #[derive(Debug)]
-pub(crate) struct Validity(StdMutex<Instant>);
+pub(crate) struct Validity(StdMutex<Option<Instant>>);
 
 impl Validity {
     pub(crate) fn new(until: Instant) -> Arc<Self> {
-        Arc::new(Validity(StdMutex::new(until)))
+        Arc::new(Validity(StdMutex::new(Some(until))))
     }
 
-    pub(crate) fn get(&self) -> Instant {
+    pub(crate) fn get(&self) -> Option<Instant> {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set(&self, until: Instant) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    /// Extends the validity, unless the lock was released meanwhile.
+    fn extend(&self, until: Instant) {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if v.is_some() {
+            *v = Some(until);
+        }
     }
 
-    /// True when the validity has run out by the local clock.
+    /// The guard released the lock: from now on it neither expires nor is lost.
+    pub(crate) fn release(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// True when the validity has run out by the local clock (never after release).
     pub(crate) fn expired(&self) -> bool {
-        Instant::now() >= self.get()
+        self.get().is_some_and(|t| Instant::now() >= t)
     }
 }
 
@@ -49,30 +59,34 @@ pub(crate) fn spawn(
             reason = renew_until_lost(&*raw, cfg, &validity) => reason,
             () = lost.wait() => return,
         };
-        lost.set(reason);
+        if let Some(reason) = reason {
+            lost.set(reason);
+        }
     })
 }
 
-async fn renew_until_lost(raw: &dyn RawHeld, cfg: LeaseConfig, validity: &Validity) -> String {
+/// Renews until the lock is lost (returns why) or released (returns `None`).
+async fn renew_until_lost(raw: &dyn RawHeld, cfg: LeaseConfig, validity: &Validity) -> Option<String> {
     // Retry a failed renewal a few times per renewal period, never past the validity.
     let retry_every = (cfg.renew_every / 4).max(Duration::from_millis(10));
     let mut next = Instant::now() + cfg.renew_every;
     loop {
-        let until = validity.get();
+        let until = validity.get()?;
         // Wake at the next renewal, or at expiry if that comes first.
         tokio::time::sleep_until(next.min(until).into()).await;
+        let until = validity.get()?;
         if Instant::now() >= until {
-            return format!("lease of {:?} ran out by the local clock before a renewal succeeded", cfg.lease);
+            return Some(format!("lease of {:?} ran out by the local clock before a renewal succeeded", cfg.lease));
         }
         let sent = Instant::now();
         match tokio::time::timeout_at(until.into(), raw.renew(cfg.lease)).await {
-            Err(_) => return format!("lease of {:?} ran out while a renewal was in flight", cfg.lease),
+            Err(_) => return Some(format!("lease of {:?} ran out while a renewal was in flight", cfg.lease)),
             Ok(Ok(Renewal::Until(t))) => {
-                validity.set(t);
+                validity.extend(t);
                 next = sent + cfg.renew_every;
             }
             Ok(Ok(Renewal::Lost)) => {
-                return "the backend no longer holds the lock for us (expired, deleted or taken over)".into();
+                return Some("the backend no longer holds the lock for us (expired, deleted or taken over)".into());
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "lease renewal failed; retrying until the lease runs out");

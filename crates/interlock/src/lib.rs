@@ -110,3 +110,7 @@ pub async fn connect(url: &str) -> Result<Provider> {
     let (raw, lease) = backends::connect_raw(&parsed)?;
     Ok(Provider::from_raw(raw, lease, parsed.redacted().to_owned()))
 }
+
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -233,13 +233,14 @@ pub fn redact(url: &str) -> String {
         return url.to_owned();
     };
     let rest = &url[start..];
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..end];
-    let Some(at) = authority.rfind('@') else {
+    // A password should be percent-encoded, but one with a raw `/`, `?` or `@` must not leak
+    // either: take the userinfo up to the LAST `@`. This may hide more than the password of an
+    // odd URL (one with `:` and then `@` in its path), never less.
+    let Some(at) = rest.rfind('@') else {
         return url.to_owned();
     };
-    match authority[..at].find(':') {
-        Some(colon) => format!("{}{}:***{}", &url[..start], &authority[..colon], &url[start + at..]),
+    match rest[..at].find(':') {
+        Some(colon) => format!("{}{}:***{}", &url[..start], &rest[..colon], &rest[at..]),
         None => url.to_owned(),
     }
 }
@@ -338,6 +339,16 @@ mod tests {
         assert_eq!(redact("redis://:pw@h"), "redis://:***@h");
         assert_eq!(redact("redis://user@h"), "redis://user@h");
         assert_eq!(redact("not a url"), "not a url");
+        // Unencoded `/`, `?` and `@` in a password still do not leak.
+        for raw in ["redis://u:pa/ss@h/0?bad", "redis://u:pa?ss@h/0", "redis://u:p@ss@h/0", "mysql://u:a/b?c@d@h:1/x"] {
+            let r = redact(raw);
+            assert!(
+                !r.contains("pa/") && !r.contains("pa?") && !r.contains("p@") && !r.contains("a/b"),
+                "{raw} -> {r}"
+            );
+            let e = LockUrl::parse(raw).map(|u| u.to_string()).unwrap_or_else(|e| e.to_string());
+            assert!(!e.contains("pa/ss") && !e.contains("pa?ss") && !e.contains("p@ss") && !e.contains("a/b?c"), "{e}");
+        }
     }
 
     #[test]

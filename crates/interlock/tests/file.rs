@@ -144,3 +144,26 @@ async fn semaphore_limits() {
     let e = p.semaphore("big", 5000).unwrap().try_acquire().await.unwrap_err();
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
 }
+
+/// In a directory shared between users on purpose, the counter and metadata files get the write
+/// bits the directory grants, so the other users can take the same locks.
+#[tokio::test]
+async fn shared_directories_get_shared_sidecars() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let p = provider(&shared).await;
+    drop(p.mutex("m").unwrap().lock().await.unwrap());
+    drop(p.semaphore("s", 2).unwrap().acquire().await.unwrap());
+    for f in [".m.fence", "s#sem", ".s#sem.fence"] {
+        let mode = std::fs::metadata(shared.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o666, 0o666, "{f}: {mode:o}");
+    }
+    let private = tmp.path().join("private");
+    let p = provider(&private).await;
+    drop(p.mutex("m").unwrap().lock().await.unwrap());
+    let mode = std::fs::metadata(private.join(".m.fence")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & 0o066 & !0o044, 0, "private directory, no group/other write: {mode:o}");
+}

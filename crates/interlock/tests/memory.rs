@@ -136,3 +136,14 @@ async fn unbuilt_and_unknown_schemes() {
     let e = interlock::connect("not a url").await.unwrap_err();
     assert!(e.is_usage(), "{e}");
 }
+
+/// A `lost()` future taken before a normal release never completes, even after the old lease
+/// would have run out.
+#[tokio::test]
+async fn lost_never_fires_after_a_normal_release() {
+    let p = interlock::connect(&format!("memory://{}?lease=100ms", space())).await.unwrap();
+    let g = p.mutex("r").unwrap().lock().await.unwrap();
+    let lost = g.lost();
+    g.release().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(500), lost).await.is_err(), "lost() fired after release");
+}

@@ -1,6 +1,6 @@
 //! The backends, chosen by URL scheme. Each is a folder with the same files (`mod.rs` docs and
 //! public items, `config.rs` URL and options, `raw.rs` the raw trait impls); adding one is a new
-//! folder and one arm in [`connect_raw`].
+//! folder and one arm in `connect_raw`.
 
 pub mod file;
 pub mod memory;

@@ -1,10 +1,11 @@
 //! Fencing tokens for file locks: a counter in a hidden file beside the lock file
 //! (`.NAME.fence`), so that tools which truncate or rewrite the lock file itself cannot reset it.
 //!
-//! The counter is read and written under its own short `flock`, by every acquisition: an
-//! exclusive holder (mutex, writer, semaphore permit) adds one and takes the new value; a reader
-//! takes the current value, which is the last exclusive token because readers and writers exclude
-//! each other on the lock file. The value is written in place, fixed width, so a reader never sees
+//! Every acquisition reads the counter: an exclusive holder (mutex, writer) adds one and takes the
+//! new value; a reader takes the current value, which is the last exclusive token because readers
+//! and writers exclude each other on the lock file. Exclusive holders are alone, so they need no
+//! lock on the counter; the holders of one semaphore's permits are not, so they take a short
+//! `flock` on the counter file while they bump it. The value is written in place, fixed width, so a reader never sees
 //! a half-written number. It survives process restarts; it is not fsynced, so a power loss can lose
 //! the most recent increments. Deleting the file restarts the count: don't.
 
@@ -13,19 +14,22 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use rustix::fs::FlockOperation;
-
-use super::raw::open_in_dir;
+use super::raw::{lock_open_file, open_in_dir};
 use crate::error::{Error, Result};
 
 const WIDTH: usize = 21; // 20 digits (u64::MAX) and a newline
 
 /// Adds one to the counter at `path` and returns the new value (`bump`), or returns the current
-/// value (`!bump`).
-pub(crate) fn next(path: &Path, bump: bool) -> Result<u64> {
+/// value (`!bump`). With `lock`, under an exclusive `flock` of the counter file. `share`: see
+/// [`super::raw::open_in_dir`].
+pub(crate) async fn next(path: &Path, bump: bool, lock: bool, share: u32) -> Result<u64> {
     let ctx = || format!("fencing counter {}", path.display());
-    let file: File = open_in_dir(path, true).map_err(|e| Error::io(ctx(), e))?;
-    rustix::fs::flock(&file, FlockOperation::LockExclusive).map_err(|e| Error::io(ctx(), e.into()))?;
+    let (file, _): (File, _) = open_in_dir(path, Some(share)).map_err(|e| Error::io(ctx(), e))?;
+    if lock {
+        // Held by other members for a few microseconds; wait for it like any lock, without
+        // blocking the thread.
+        lock_open_file(&file, path, false, false, None).await?;
+    }
     let mut buf = [0u8; 64];
     let n = read_full(&file, &mut buf).map_err(|e| Error::io(ctx(), e))?;
     let text = std::str::from_utf8(&buf[..n]).unwrap_or("?").trim();
@@ -71,16 +75,16 @@ fn read_full(file: &File, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn counts_persists_and_refuses_garbage() {
+    #[tokio::test]
+    async fn counts_persists_and_refuses_garbage() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join(".x.fence");
-        assert_eq!(next(&p, false).unwrap(), 0);
-        assert_eq!(next(&p, true).unwrap(), 1);
-        assert_eq!(next(&p, true).unwrap(), 2);
-        assert_eq!(next(&p, false).unwrap(), 2);
+        assert_eq!(next(&p, false, true, 0o600).await.unwrap(), 0);
+        assert_eq!(next(&p, true, true, 0o600).await.unwrap(), 1);
+        assert_eq!(next(&p, true, true, 0o600).await.unwrap(), 2);
+        assert_eq!(next(&p, false, true, 0o600).await.unwrap(), 2);
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "00000000000000000002\n");
         std::fs::write(&p, b"junk").unwrap();
-        assert!(next(&p, true).unwrap_err().to_string().contains("refusing"));
+        assert!(next(&p, true, true, 0o600).await.unwrap_err().to_string().contains("refusing"));
     }
 }

@@ -27,11 +27,16 @@ pub(crate) const MAX_PERMITS: u32 = 1024;
 #[derive(Debug)]
 pub(crate) struct FileProvider {
     dir: PathBuf,
+    /// Permission bits our read-write files (fencing counters, semaphore metadata) must have so
+    /// that everyone who can create files in the directory can also use them (see [`open_in_dir`]).
+    share: u32,
 }
 
 impl FileProvider {
     pub(crate) fn new(config: FileConfig) -> Self {
-        FileProvider { dir: config.dir }
+        let dir_mode =
+            std::fs::metadata(&config.dir).map_or(0o700, |m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+        FileProvider { dir: config.dir, share: share_mode(dir_mode) }
     }
 
     async fn acquire_inner(&self, req: Request, wait: Wait) -> Result<Option<Arc<dyn RawHeld>>> {
@@ -54,7 +59,9 @@ impl FileProvider {
             }
         };
         // On error the files drop here, which unlocks them.
-        let token = fence::next(&self.dir.join(fence_file), bump)?;
+        // Exclusive holders of the lock file are alone, so its counter needs no lock of its own;
+        // permit holders of one semaphore bump theirs concurrently, so that one is locked.
+        let token = fence::next(&self.dir.join(fence_file), bump, meta.is_some(), self.share).await?;
         Ok(Some(Arc::new(FileHeld { files: StdMutex::new(Some((file, meta))), token })))
     }
 
@@ -75,33 +82,38 @@ impl FileProvider {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let meta_path = self.dir.join(sem);
         'open: loop {
-            let meta = join_semaphore(&meta_path, name, permits)?;
+            let (meta, meta_id) = join_semaphore(&meta_path, name, permits, self.share).await?;
             let mut permit_files = Vec::with_capacity(permits as usize);
             for i in 0..permits {
                 let path = self.dir.join(mapping::permit_name(sem, i));
-                let file =
-                    open_in_dir(&path, false).map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
-                permit_files.push((path, file));
+                let (file, id) =
+                    open_in_dir(&path, None).map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
+                permit_files.push((path, file, id));
             }
-            let mut waiter = (!try_only).then(|| Waiter::new(&permit_files));
+            let mut waiter: Option<Waiter> = None;
             // Spread contenders over the permits instead of all trying permit 0 first.
             let start = std::process::id().wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % permits;
             loop {
                 let seen = waiter.as_mut().map(Waiter::mark);
                 for k in 0..permits {
                     let i = ((start + k) % permits) as usize;
-                    let (path, file) = &permit_files[i];
+                    let (path, file, _) = &permit_files[i];
                     if try_flock(file, false, path)? {
-                        let (path, file) = permit_files.swap_remove(i);
+                        let (path, file, id) = permit_files.swap_remove(i);
                         let locked = LockedFile(file);
-                        if same_inode(&locked.0, &path)? && same_inode(&meta.0, &meta_path)? {
+                        if path_is(&path, id)? && path_is(&meta_path, meta_id)? {
                             return Ok(Some((locked, meta)));
                         }
                         continue 'open;
                     }
                 }
-                let (Some(w), Some(seen)) = (waiter.as_mut(), seen) else { return Ok(None) };
-                w.wait(seen).await;
+                if try_only {
+                    return Ok(None);
+                }
+                match (waiter.as_mut(), seen) {
+                    (Some(w), Some(seen)) => w.wait(seen).await,
+                    _ => waiter = Some(Waiter::new(permit_files.iter().map(|(p, f, _)| (p.as_path(), f)))),
+                }
             }
         }
     }
@@ -177,7 +189,10 @@ struct Waiter {
 }
 
 impl Waiter {
-    fn new(files: &[(PathBuf, File)]) -> Waiter {
+    /// Subscribes to close events on `files`. Called only after a first attempt failed, so an
+    /// uncontended acquisition costs no inotify calls; the caller retries once before waiting, so
+    /// a release between the failed attempt and the subscription is not missed.
+    fn new<'a>(files: impl IntoIterator<Item = (&'a Path, &'a File)>) -> Waiter {
         let sub = watch::watcher().and_then(|w| {
             let mut sub = Subscription::new(w);
             for (path, file) in files {
@@ -210,27 +225,58 @@ impl Waiter {
 
 /// Takes `path` shared or exclusive; `Ok(None)` on contention when `try_only`.
 async fn lock_file(path: &Path, shared: bool, try_only: bool) -> Result<Option<LockedFile>> {
-    'open: loop {
-        let file = open_in_dir(path, false).map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
-        let files = [(path.to_path_buf(), file)];
-        let mut waiter = (!try_only).then(|| Waiter::new(&files));
-        let [(_, file)] = files;
-        loop {
-            let seen = waiter.as_mut().map(Waiter::mark);
-            if try_flock(&file, shared, path)? {
+    loop {
+        let (file, id) = open_in_dir(path, None).map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
+        match lock_open_file(&file, path, shared, try_only, Some(id)).await? {
+            Attempt::Busy => return Ok(None),
+            Attempt::Replaced => continue,
+            Attempt::Locked => {
                 let locked = LockedFile(file);
                 // Someone may have deleted or replaced the lock file between our open and our
                 // lock; a lock on an unlinked inode excludes nobody, so start over.
-                if same_inode(&locked.0, path)? {
+                if path_is(path, id)? {
                     return Ok(Some(locked));
                 }
-                continue 'open;
             }
-            let (Some(w), Some(seen)) = (waiter.as_mut(), seen) else { return Ok(None) };
-            if !same_inode(&file, path)? {
-                continue 'open;
-            }
-            w.wait(seen).await;
+        }
+    }
+}
+
+/// What [`lock_open_file`] achieved.
+pub(crate) enum Attempt {
+    Locked,
+    Busy,
+    /// `path` no longer names the file we opened: reopen it.
+    Replaced,
+}
+
+/// Locks an open file shared or exclusive: one attempt (`try_only`), or waiting for close and
+/// modify events on it (with the bounded re-checks of [`Waiter`]). With `id`, gives up as soon as
+/// `path` names another file. Cancel-safe: dropping the future leaves the file unlocked.
+pub(crate) async fn lock_open_file(
+    file: &File,
+    path: &Path,
+    shared: bool,
+    try_only: bool,
+    id: Option<FileId>,
+) -> Result<Attempt> {
+    let mut waiter: Option<Waiter> = None;
+    loop {
+        let seen = waiter.as_mut().map(Waiter::mark);
+        if try_flock(file, shared, path)? {
+            return Ok(Attempt::Locked);
+        }
+        if try_only {
+            return Ok(Attempt::Busy);
+        }
+        if let Some(id) = id
+            && !path_is(path, id)?
+        {
+            return Ok(Attempt::Replaced);
+        }
+        match (waiter.as_mut(), seen) {
+            (Some(w), Some(seen)) => w.wait(seen).await,
+            _ => waiter = Some(Waiter::new([(path, file)])),
         }
     }
 }
@@ -238,20 +284,22 @@ async fn lock_file(path: &Path, shared: bool, try_only: bool) -> Result<Option<L
 /// Joins a semaphore: a shared lock on its metadata file, whose content is the permits count.
 /// The first member (the only one that can get the lock exclusively) writes the count; everyone
 /// checks it.
-fn join_semaphore(meta_path: &Path, name: &LockName, permits: u32) -> Result<LockedFile> {
+async fn join_semaphore(meta_path: &Path, name: &LockName, permits: u32, share: u32) -> Result<(LockedFile, FileId)> {
     let ctx = || format!("semaphore file {}", meta_path.display());
     for _ in 0..100 {
-        let meta = LockedFile(open_in_dir(meta_path, true).map_err(|e| Error::io(ctx(), e))?);
+        let (file, id) = open_in_dir(meta_path, Some(share)).map_err(|e| Error::io(ctx(), e))?;
+        let meta = LockedFile(file);
         if try_flock(&meta.0, false, meta_path)? {
             meta.0.set_len(0).map_err(|e| Error::io(ctx(), e))?;
             meta.0.write_all_at(format!("{permits}\n").as_bytes(), 0).map_err(|e| Error::io(ctx(), e))?;
         }
-        // Converting exclusive to shared, or waiting out another member's brief exclusive write.
-        rustix::fs::flock(&meta.0, FlockOperation::LockShared).map_err(|e| Error::io(ctx(), e.into()))?;
+        // Converting exclusive to shared, or waiting out another member's brief exclusive write
+        // (it modifies the file, which wakes us).
+        lock_open_file(&meta.0, meta_path, true, false, None).await?;
         let mut buf = [0u8; 32];
         let n = meta.0.read_at(&mut buf, 0).map_err(|e| Error::io(ctx(), e))?;
         match std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.trim().parse::<u32>().ok()) {
-            Some(p) if p == permits => return Ok(meta),
+            Some(p) if p == permits => return Ok((meta, id)),
             Some(existing) => {
                 return Err(Error::PermitsMismatch { name: name.display(), existing, requested: permits });
             }
@@ -266,10 +314,30 @@ fn join_semaphore(meta_path: &Path, name: &LockName, permits: u32) -> Result<Loc
     })
 }
 
+/// Which file an open descriptor is: `(device, inode)`.
+pub(crate) type FileId = (u64, u64);
+
+/// The permission bits a read-write file needs in a directory of mode `dir_mode`: read-write for
+/// the owner, and for group and others too where the directory lets them create files (a lock
+/// directory shared between users on purpose). A private 0700 directory gives 0600.
+pub(crate) fn share_mode(dir_mode: u32) -> u32 {
+    let mut mode = 0o600;
+    if dir_mode & 0o020 != 0 {
+        mode |= 0o060;
+    }
+    if dir_mode & 0o002 != 0 {
+        mode |= 0o006;
+    }
+    mode
+}
+
 /// Opens (creating if needed, mode 0666 less the umask, like `flock(1)`) a file in the lock
-/// directory. Never follows a symlink, never blocks on a FIFO, refuses anything but a regular file.
-pub(crate) fn open_in_dir(path: &Path, write: bool) -> io::Result<File> {
-    let access = if write { OFlags::RDWR } else { OFlags::RDONLY };
+/// directory: read-only for lock files (`flock` needs no more), read-write for our own counter and
+/// metadata files with `Some(share)`, in which case a file we own gets at least the `share` bits
+/// (see [`share_mode`]) so that other users of a shared directory can update it too. Never follows
+/// a symlink, never blocks on a FIFO, refuses anything but a regular file.
+pub(crate) fn open_in_dir(path: &Path, write: Option<u32>) -> io::Result<(File, FileId)> {
+    let access = if write.is_some() { OFlags::RDWR } else { OFlags::RDONLY };
     let flags = access | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
     let fd: OwnedFd = match rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)) {
         Ok(fd) => fd,
@@ -282,7 +350,13 @@ pub(crate) fn open_in_dir(path: &Path, write: bool) -> io::Result<File> {
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(io::Error::other(format!("{} is not a regular file", path.display())));
     }
-    Ok(File::from(fd))
+    if let Some(share) = write {
+        let mode = st.st_mode & 0o7777;
+        if mode & share != share && st.st_uid == rustix::process::geteuid().as_raw() {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode | share))?;
+        }
+    }
+    Ok((File::from(fd), (st.st_dev, st.st_ino)))
 }
 
 /// Lock attempts (non-blocking `flock` calls on lock and permit files) made by this process.
@@ -302,11 +376,10 @@ fn try_flock(file: &File, shared: bool, path: &Path) -> Result<bool> {
     }
 }
 
-/// True when `path` still names the inode `file` has open.
-fn same_inode(file: &File, path: &Path) -> Result<bool> {
-    let ours = rustix::fs::fstat(file).map_err(|e| Error::io(format!("stat {}", path.display()), e.into()))?;
+/// True when `path` still names the file `id` (the inode we opened and locked).
+fn path_is(path: &Path, id: FileId) -> Result<bool> {
     match rustix::fs::lstat(path) {
-        Ok(theirs) => Ok(ours.st_dev == theirs.st_dev && ours.st_ino == theirs.st_ino),
+        Ok(st) => Ok((st.st_dev, st.st_ino) == id),
         Err(rustix::io::Errno::NOENT) => Ok(false),
         Err(e) => Err(Error::io(format!("stat {}", path.display()), e.into())),
     }

@@ -39,8 +39,11 @@ pub(crate) const QUICK_RECHECK: Duration = Duration::from_millis(2);
 /// Re-check interval when the process could not get an inotify instance (degraded mode).
 pub(crate) const DEGRADED_RECHECK: Duration = Duration::from_millis(10);
 
+// MODIFY: a semaphore member writing the metadata file before it converts its exclusive lock to
+// shared sends no close event.
 const MASK: WatchFlags = WatchFlags::CLOSE_WRITE
     .union(WatchFlags::CLOSE_NOWRITE)
+    .union(WatchFlags::MODIFY)
     .union(WatchFlags::ATTRIB)
     .union(WatchFlags::DELETE_SELF)
     .union(WatchFlags::MOVE_SELF);
