@@ -14,6 +14,12 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Python lock libraries for the file backend's interop tests (fcntl.flock underneath).
+if ! python3 -c 'import filelock, portalocker' >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing filelock and portalocker (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check filelock portalocker
+fi
+
 export INTERLOCK_TEST_REQUIRE=1
 export CARGO_TERM_COLOR=never
 

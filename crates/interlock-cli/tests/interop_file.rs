@@ -198,3 +198,78 @@ fn a_python_holder_that_unlocks_but_keeps_the_file_open_lets_a_waiter_in() {
     py.close_stdin();
     assert!(py.wait().success());
 }
+
+/// A directory shared between users on purpose: what one user created (lock file, fencing counter,
+/// semaphore metadata), another can lock too. Needs root, to act as a second user with setpriv.
+#[test]
+fn two_users_share_a_lock_directory() {
+    if !rustix::process::geteuid().is_root() {
+        return eprintln!("two_users_share_a_lock_directory: needs root to switch users; skipped");
+    }
+    if !cli_support::require_tool("setpriv", &["--version"]) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = base.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let url = format!("file://{}", shared.display());
+    for args in [&["run", "-u", &url, "job", "--", "true"][..], &["run", "-u", &url, "--permits", "2", "pool", "--", "true"]] {
+        // First as root (creates the files), then as nobody.
+        let root = cli_support::output({
+            let mut c = interlock();
+            c.args(args);
+            c
+        });
+        root.succeeds();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_interlock")]).args(args);
+        let nobody = cli_support::output(c);
+        assert_eq!(nobody.code(), Some(0), "as nobody: {}", nobody.stderr);
+    }
+}
+
+/// The Python lock libraries people use: `filelock.FileLock` and `portalocker.lock`, both
+/// `fcntl.flock` on POSIX. `hold` programs print `locked` and hold until stdin closes; `try`
+/// programs exit 0 if they got the lock at once, 3 if not.
+const PY_LIBS: &[(&str, &str, &str)] = &[
+    (
+        "filelock",
+        "import sys, filelock\nl = filelock.FileLock(sys.argv[1])\nl.acquire()\nprint('locked', flush=True)\nsys.stdin.read()\nl.release()\n",
+        "import sys, filelock\ntry:\n    filelock.FileLock(sys.argv[1], timeout=0).acquire()\nexcept filelock.Timeout:\n    sys.exit(3)\n",
+    ),
+    (
+        "portalocker",
+        "import sys, portalocker\nf = open(sys.argv[1], 'a')\nportalocker.lock(f, portalocker.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()\n",
+        "import sys, portalocker\nf = open(sys.argv[1], 'a')\ntry:\n    portalocker.lock(f, portalocker.LOCK_EX | portalocker.LOCK_NB)\nexcept portalocker.exceptions.LockException:\n    sys.exit(3)\n",
+    ),
+];
+
+#[test]
+fn python_lock_libraries_exclude_and_are_excluded() {
+    for (module, hold_py, try_py) in PY_LIBS {
+        if !cli_support::require_tool(PYTHON, &["-c", &format!("import {module}")]) {
+            continue;
+        }
+        let d = lock_dir();
+        let url = d.url();
+        let mut c = Command::new(PYTHON);
+        c.args(["-c", hold_py]).arg(d.path("job"));
+        let mut theirs = Proc::spawn(c);
+        assert_eq!(theirs.line(), "locked", "{module}");
+        run(&["run", "-u", &url, "-n", "job", "--", "true"]).fails_with(1);
+        theirs.close_stdin();
+        assert!(theirs.wait().success(), "{module}");
+        let (mut ours, _) = hold(&["-u", &url, "job"]);
+        let mut c = Command::new(PYTHON);
+        c.args(["-c", try_py]).arg(d.path("job"));
+        assert_eq!(cli_support::output(c).code(), Some(3), "{module} got a lock interlock holds");
+        ours.close_stdin();
+        assert!(ours.wait().success());
+        let mut c = Command::new(PYTHON);
+        c.args(["-c", try_py]).arg(d.path("job"));
+        assert_eq!(cli_support::output(c).code(), Some(0), "{module} must get the lock once interlock released it");
+    }
+}
