@@ -5,6 +5,7 @@
 //! [`signals`], and one file per subcommand.
 
 mod acquire;
+mod bench;
 mod demo;
 mod exit;
 mod hold;
@@ -60,6 +61,19 @@ enum Command {
     #[command(override_usage = "interlock status [-u URL] NAME...")]
     Status(status::StatusArgs),
 
+    /// Measure a backend: latency, handoff, throughput, fairness, against its floor
+    #[command(
+        override_usage = "interlock bench [-u URL] [WORKLOAD...] [--clients 2,8,32] [--duration SECS] \
+                          [--handoffs N] [--locks N] [--waiters W] [--waiter-kind process|task] \
+                          [--mode mutex|read|write|semaphore:N] [--json] [--plot FILE.svg] [--start-server]",
+        after_help = bench::HELP
+    )]
+    Bench(bench::BenchArgs),
+
+    /// One client of `bench` (internal)
+    #[command(hide = true)]
+    BenchClient(bench::client::ClientArgs),
+
     /// Watch a lock prevent a race
     Demo(demo::DemoArgs),
 
@@ -83,6 +97,8 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         // The worker uses the blocking API, which must not run inside an async runtime.
         Command::Worker(args) => worker::worker(args),
+        // A bench client runs on its own single-threaded runtime, so hundreds of them stay light.
+        Command::BenchClient(args) => bench::client::main(args),
         other => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(runtime) => runtime.block_on(dispatch(other)),
             Err(e) => Err(exit::Failure::io("cannot start the async runtime", e)),
@@ -101,10 +117,13 @@ async fn dispatch(command: Command) -> exit::Outcome {
         Command::Run(args) => run::run(args).await,
         Command::Hold(args) => hold::hold(args).await,
         Command::Status(args) => status::status(args).await,
+        Command::Bench(args) => bench::bench(args).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::DemoBuyer(args) => demo::buyer(args).await,
         // `main` runs the worker outside the runtime; it never comes here.
-        Command::Worker(_) => Err(exit::Failure::usage("the worker cannot run inside an async runtime")),
+        Command::Worker(_) | Command::BenchClient(_) => {
+            Err(exit::Failure::usage("this subcommand cannot run inside an async runtime"))
+        }
     }
 }
 

@@ -216,7 +216,9 @@ fn two_users_share_a_lock_directory() {
     std::fs::create_dir(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let url = format!("file://{}", shared.display());
-    for args in [&["run", "-u", &url, "job", "--", "true"][..], &["run", "-u", &url, "--permits", "2", "pool", "--", "true"]] {
+    for args in
+        [&["run", "-u", &url, "job", "--", "true"][..], &["run", "-u", &url, "--permits", "2", "pool", "--", "true"]]
+    {
         // First as root (creates the files), then as nobody.
         let root = cli_support::output({
             let mut c = interlock();
