@@ -48,7 +48,16 @@ enum Held {
 /// holder of a name goes away.
 #[derive(Default)]
 pub(crate) struct LocalQueues {
-    gates: StdMutex<HashMap<Key, Weak<Gate>>>,
+    gates: StdMutex<Gates>,
+}
+
+#[derive(Default)]
+struct Gates {
+    map: HashMap<Key, Weak<Gate>>,
+    /// Sweep dead entries when the map reaches this size: twice the live entries found by the
+    /// last sweep (at least 64), so sweeping stays amortised O(1) per acquisition even when a
+    /// process holds thousands of locks.
+    sweep_at: usize,
 }
 
 impl std::fmt::Debug for LocalQueues {
@@ -67,7 +76,7 @@ impl LocalQueues {
     /// cancelled acquisition leaves nothing behind.
     pub(crate) fn len(&self) -> usize {
         let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        gates.values().filter(|w| w.strong_count() > 0).count()
+        gates.map.values().filter(|w| w.strong_count() > 0).count()
     }
 
     fn gate(&self, name: &LockName, kind: LockKind) -> Result<Arc<Gate>> {
@@ -76,7 +85,7 @@ impl LocalQueues {
             _ => Key::Rw(name.clone()),
         };
         let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(gate) = gates.get(&key).and_then(Weak::upgrade) {
+        if let Some(gate) = gates.map.get(&key).and_then(Weak::upgrade) {
             if let (Gate::Semaphore { permits, .. }, LockKind::Semaphore { permits: wanted }) = (&*gate, kind)
                 && *permits != wanted
             {
@@ -84,8 +93,9 @@ impl LocalQueues {
             }
             return Ok(gate);
         }
-        if gates.len() >= 64 {
-            gates.retain(|_, w| w.strong_count() > 0);
+        if gates.map.len() >= gates.sweep_at.max(64) {
+            gates.map.retain(|_, w| w.strong_count() > 0);
+            gates.sweep_at = gates.map.len() * 2;
         }
         let gate = Arc::new(match kind {
             LockKind::Semaphore { permits } => {
@@ -93,7 +103,7 @@ impl LocalQueues {
             }
             _ => Gate::Rw(Arc::new(RwLock::new(()))),
         });
-        gates.insert(key, Arc::downgrade(&gate));
+        gates.map.insert(key, Arc::downgrade(&gate));
         Ok(gate)
     }
 

@@ -10,7 +10,6 @@
 //! the most recent increments. Deleting the file restarts the count: don't.
 
 use std::fs::File;
-use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -24,14 +23,15 @@ const WIDTH: usize = 21; // 20 digits (u64::MAX) and a newline
 /// [`super::raw::open_in_dir`].
 pub(crate) async fn next(path: &Path, bump: bool, lock: bool, share: u32) -> Result<u64> {
     let ctx = || format!("fencing counter {}", path.display());
-    let (file, _): (File, _) = open_in_dir(path, Some(share)).map_err(|e| Error::io(ctx(), e))?;
+    let (file, id): (File, _) = open_in_dir(path, Some(share)).map_err(|e| Error::io(ctx(), e))?;
     if lock {
         // Held by other members for a few microseconds; wait for it like any lock, without
         // blocking the thread.
-        lock_open_file(&file, path, false, false, None).await?;
+        lock_open_file(&file, path, id, false, false, false).await?;
     }
+    // One read: the counter is 21 bytes written in place, so a short read only happens at EOF.
     let mut buf = [0u8; 64];
-    let n = read_full(&file, &mut buf).map_err(|e| Error::io(ctx(), e))?;
+    let n = file.read_at(&mut buf, 0).map_err(|e| Error::io(ctx(), e))?;
     let text = std::str::from_utf8(&buf[..n]).unwrap_or("?").trim();
     let current: u64 = if text.is_empty() {
         0
@@ -58,17 +58,6 @@ pub(crate) async fn next(path: &Path, bump: bool, lock: bool, share: u32) -> Res
     file.write_all_at(text.as_bytes(), 0).map_err(|e| Error::io(ctx(), e))?;
     // Closing `file` drops its flock.
     Ok(value)
-}
-
-fn read_full(file: &File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read_at(&mut buf[n..], n as u64)? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -111,8 +111,10 @@ impl FileProvider {
                     return Ok(None);
                 }
                 match (waiter.as_mut(), seen) {
-                    (Some(w), Some(seen)) => w.wait(seen).await,
-                    _ => waiter = Some(Waiter::new(permit_files.iter().map(|(p, f, _)| (p.as_path(), f)))),
+                    (Some(w), Some(seen)) => {
+                        w.wait(seen).await;
+                    }
+                    _ => waiter = Some(Waiter::new(permit_files.iter().map(|(p, f, id)| (p.as_path(), f, *id)))),
                 }
             }
         }
@@ -182,21 +184,21 @@ impl RawHeld for FileHeld {
     }
 }
 
-/// Waits for a close event on any of the watched files, or for the bounded re-check.
+/// Waits for an event on any of the watched files, or for the bounded re-check.
 struct Waiter {
     sub: Option<Subscription>,
     woke_by_event: bool,
 }
 
 impl Waiter {
-    /// Subscribes to close events on `files`. Called only after a first attempt failed, so an
+    /// Subscribes to events on `files`. Called only after a first attempt failed, so an
     /// uncontended acquisition costs no inotify calls; the caller retries once before waiting, so
     /// a release between the failed attempt and the subscription is not missed.
-    fn new<'a>(files: impl IntoIterator<Item = (&'a Path, &'a File)>) -> Waiter {
+    fn new<'a>(files: impl IntoIterator<Item = (&'a Path, &'a File, FileId)>) -> Waiter {
         let sub = watch::watcher().and_then(|w| {
             let mut sub = Subscription::new(w);
-            for (path, file) in files {
-                if let Err(e) = sub.add(file, path) {
+            for (path, file, id) in files {
+                if let Err(e) = sub.add(file, path, id) {
                     tracing::warn!(error = %e, path = %path.display(), "cannot watch lock file; re-checking instead");
                     return None;
                 }
@@ -210,16 +212,20 @@ impl Waiter {
         self.sub.as_mut().map_or(0, Subscription::mark)
     }
 
-    async fn wait(&mut self, seen: u64) {
+    /// Waits; returns true when the path may name another file now (an event that could mean a
+    /// delete or rename, or a re-check without an event, after which nothing is known).
+    async fn wait(&mut self, seen: u64) -> bool {
         let delay = match (&self.sub, self.woke_by_event) {
             (None, _) => watch::DEGRADED_RECHECK,
             (Some(_), true) => watch::QUICK_RECHECK,
             (Some(_), false) => watch::RECHECK,
         };
-        self.woke_by_event = match self.sub.as_mut() {
-            Some(sub) => tokio::time::timeout(delay, sub.changed(seen)).await.is_ok(),
-            None => tokio::time::timeout(delay, std::future::pending::<()>()).await.is_ok(),
+        let woke = match self.sub.as_mut() {
+            Some(sub) => tokio::time::timeout(delay, sub.changed(seen)).await.ok(),
+            None => tokio::time::timeout(delay, std::future::pending::<bool>()).await.ok(),
         };
+        self.woke_by_event = woke.is_some();
+        woke.unwrap_or(true)
     }
 }
 
@@ -227,7 +233,7 @@ impl Waiter {
 async fn lock_file(path: &Path, shared: bool, try_only: bool) -> Result<Option<LockedFile>> {
     loop {
         let (file, id) = open_in_dir(path, None).map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
-        match lock_open_file(&file, path, shared, try_only, Some(id)).await? {
+        match lock_open_file(&file, path, id, shared, try_only, true).await? {
             Attempt::Busy => return Ok(None),
             Attempt::Replaced => continue,
             Attempt::Locked => {
@@ -250,17 +256,20 @@ pub(crate) enum Attempt {
     Replaced,
 }
 
-/// Locks an open file shared or exclusive: one attempt (`try_only`), or waiting for close and
-/// modify events on it (with the bounded re-checks of [`Waiter`]). With `id`, gives up as soon as
-/// `path` names another file. Cancel-safe: dropping the future leaves the file unlocked.
+/// Locks the open file `id` (at `path`) shared or exclusive: one attempt (`try_only`), or waiting
+/// for events on it (with the bounded re-checks of [`Waiter`]). With `follow`, gives up as soon as
+/// `path` names another file (checked after the first failed attempt, and after any wake that may
+/// mean a replacement). Cancel-safe: dropping the future leaves the file unlocked.
 pub(crate) async fn lock_open_file(
     file: &File,
     path: &Path,
+    id: FileId,
     shared: bool,
     try_only: bool,
-    id: Option<FileId>,
+    follow: bool,
 ) -> Result<Attempt> {
     let mut waiter: Option<Waiter> = None;
+    let mut check_path = follow;
     loop {
         let seen = waiter.as_mut().map(Waiter::mark);
         if try_flock(file, shared, path)? {
@@ -269,14 +278,12 @@ pub(crate) async fn lock_open_file(
         if try_only {
             return Ok(Attempt::Busy);
         }
-        if let Some(id) = id
-            && !path_is(path, id)?
-        {
+        if check_path && !path_is(path, id)? {
             return Ok(Attempt::Replaced);
         }
         match (waiter.as_mut(), seen) {
-            (Some(w), Some(seen)) => w.wait(seen).await,
-            _ => waiter = Some(Waiter::new([(path, file)])),
+            (Some(w), Some(seen)) => check_path = w.wait(seen).await && follow,
+            _ => waiter = Some(Waiter::new([(path, file, id)])),
         }
     }
 }
@@ -295,7 +302,7 @@ async fn join_semaphore(meta_path: &Path, name: &LockName, permits: u32, share: 
         }
         // Converting exclusive to shared, or waiting out another member's brief exclusive write
         // (it modifies the file, which wakes us).
-        lock_open_file(&meta.0, meta_path, true, false, None).await?;
+        lock_open_file(&meta.0, meta_path, id, true, false, false).await?;
         let mut buf = [0u8; 32];
         let n = meta.0.read_at(&mut buf, 0).map_err(|e| Error::io(ctx(), e))?;
         match std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.trim().parse::<u32>().ok()) {

@@ -7,9 +7,11 @@
 //! closes, including when the holder process dies).
 //!
 //! One inotify instance serves the whole process (the kernel allows only 128 per user by default),
-//! read by one dispatcher thread that bumps a per-file generation counter; each waiter awaits a
-//! change of that counter on its own runtime. The thread is started once and lives as long as the
-//! process; no thread is ever left blocked per wait.
+//! read by one dispatcher thread that bumps each waiter's generation counter; each waiter awaits a
+//! change of its counter on its own runtime. The thread is started once and lives as long as the
+//! process; no thread is ever left blocked per wait. Watches are kept per inode after their last
+//! waiter leaves (up to [`MAX_IDLE`]), so a lock waited for again and again costs no
+//! `inotify_add_watch`/`inotify_rm_watch` per wait.
 //!
 //! Two releases send no close event, and are caught by a bounded re-check instead:
 //! - a peer tool that calls `flock(fd, LOCK_UN)` and keeps the file open (see [`RECHECK`]);
@@ -26,11 +28,13 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex as StdMutex, OnceLock};
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use tokio::sync::watch;
+
+use super::raw::FileId;
 
 /// Re-check interval for releases that send no event (a peer's `LOCK_UN` without `close`).
 pub(crate) const RECHECK: Duration = Duration::from_millis(100);
@@ -38,6 +42,8 @@ pub(crate) const RECHECK: Duration = Duration::from_millis(100);
 pub(crate) const QUICK_RECHECK: Duration = Duration::from_millis(2);
 /// Re-check interval when the process could not get an inotify instance (degraded mode).
 pub(crate) const DEGRADED_RECHECK: Duration = Duration::from_millis(10);
+/// Watches without waiters kept for reuse; beyond this, idle watches are removed in one sweep.
+pub(crate) const MAX_IDLE: usize = 256;
 
 // MODIFY: a semaphore member writing the metadata file before it converts its exclusive lock to
 // shared sends no close event.
@@ -48,11 +54,38 @@ const MASK: WatchFlags = WatchFlags::CLOSE_WRITE
     .union(WatchFlags::DELETE_SELF)
     .union(WatchFlags::MOVE_SELF);
 
+/// Events after which the path may name another file (deleted, renamed, link count changed).
+const REPLACING: ReadFlags =
+    ReadFlags::ATTRIB.union(ReadFlags::DELETE_SELF).union(ReadFlags::MOVE_SELF).union(ReadFlags::IGNORED);
+
+/// What a waiter's channel carries: the number of events seen, and the number at the last event
+/// that may mean the file was replaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Wakes {
+    events: u64,
+    replacing_at: u64,
+}
+
+type Tx = Arc<watch::Sender<Wakes>>;
+
 /// The process-wide inotify instance and its dispatcher thread.
 pub(crate) struct Watcher {
     fd: OwnedFd,
-    /// Watch descriptor → the wake channels of the waiters watching that file.
-    slots: StdMutex<HashMap<i32, Vec<Arc<watch::Sender<u64>>>>>,
+    state: StdMutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Watched inodes → their watch descriptor and the channels of their current waiters.
+    by_id: HashMap<FileId, Slot>,
+    by_wd: HashMap<i32, FileId>,
+    /// Entries of `by_id` without waiters.
+    idle: usize,
+}
+
+struct Slot {
+    wd: i32,
+    subs: Vec<Tx>,
 }
 
 static WATCHER: OnceLock<Option<Watcher>> = OnceLock::new();
@@ -62,7 +95,7 @@ static WATCHER: OnceLock<Option<Watcher>> = OnceLock::new();
 pub(crate) fn watcher() -> Option<&'static Watcher> {
     let w = WATCHER
         .get_or_init(|| match inotify::init(CreateFlags::CLOEXEC) {
-            Ok(fd) => Some(Watcher { fd, slots: StdMutex::new(HashMap::new()) }),
+            Ok(fd) => Some(Watcher { fd, state: StdMutex::new(State::default()) }),
             Err(e) => {
                 tracing::warn!(error = %e, "inotify unavailable; file-lock waiters will re-check every {DEGRADED_RECHECK:?}");
                 None
@@ -83,8 +116,8 @@ pub(crate) fn watcher() -> Option<&'static Watcher> {
 }
 
 impl Watcher {
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Vec<Arc<watch::Sender<u64>>>>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn dispatch(&self) {
@@ -100,83 +133,137 @@ impl Watcher {
                 }
             };
             let (wd, flags) = (event.wd(), event.events());
-            let mut slots = self.slots();
+            let replacing = flags.intersects(REPLACING);
+            let wake = |tx: &Tx| {
+                tx.send_modify(|w| {
+                    w.events += 1;
+                    if replacing {
+                        w.replacing_at = w.events;
+                    }
+                })
+            };
+            let mut st = self.state();
             if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
-                // Events were dropped: wake everyone.
-                slots.values().flatten().for_each(|tx| tx.send_modify(|g| *g += 1));
+                // Events were dropped: wake everyone, as if anything could have happened.
+                st.by_id.values().flat_map(|s| &s.subs).for_each(|tx| {
+                    tx.send_modify(|w| {
+                        w.events += 1;
+                        w.replacing_at = w.events;
+                    })
+                });
                 continue;
             }
-            if let Some(subs) = slots.get(&wd) {
-                subs.iter().for_each(|tx| tx.send_modify(|g| *g += 1));
+            let Some(&id) = st.by_wd.get(&wd) else { continue };
+            if let Some(slot) = st.by_id.get(&id) {
+                slot.subs.iter().for_each(wake);
             }
             if flags.contains(ReadFlags::IGNORED) {
-                // The kernel dropped the watch (file deleted): forget it so the number can be
-                // reused; its waiters got a wake, find the file replaced and watch the new one.
-                slots.remove(&wd);
+                // The kernel dropped the watch (the inode is gone): forget it, so that the number
+                // and the inode can be reused; its waiters got a wake, find the path replaced, and
+                // watch the new file.
+                st.by_wd.remove(&wd);
+                if st.by_id.remove(&id).is_some_and(|s| s.subs.is_empty()) {
+                    st.idle -= 1;
+                }
             }
         }
     }
 }
 
-/// One waiter's subscription to close events on one or more files.
+/// One waiter's subscription to events on one or more files.
 pub(crate) struct Subscription {
     watcher: &'static Watcher,
-    tx: Arc<watch::Sender<u64>>,
-    rx: watch::Receiver<u64>,
-    wds: Vec<i32>,
+    tx: Tx,
+    rx: watch::Receiver<Wakes>,
+    ids: Vec<FileId>,
 }
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription").field("wds", &self.wds).finish()
+        f.debug_struct("Subscription").field("files", &self.ids.len()).finish()
     }
 }
 
 impl Subscription {
     pub(crate) fn new(watcher: &'static Watcher) -> Self {
-        let tx = Arc::new(watch::Sender::new(0));
+        let tx = Arc::new(watch::Sender::new(Wakes::default()));
         let rx = tx.subscribe();
-        Subscription { watcher, tx, rx, wds: Vec::new() }
+        Subscription { watcher, tx, rx, ids: Vec::new() }
     }
 
-    /// Adds the file behind `file`: the exact inode we opened, via /proc/self/fd, or `path`
-    /// (not followed if a symlink) when /proc is missing.
-    pub(crate) fn add(&mut self, file: &File, path: &Path) -> io::Result<()> {
-        let mut slots = self.watcher.slots();
-        let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-        let wd = match inotify::add_watch(&self.watcher.fd, proc_path.as_str(), MASK) {
-            Ok(wd) => wd,
-            Err(_) => inotify::add_watch(&self.watcher.fd, path, MASK | WatchFlags::DONT_FOLLOW)?,
-        };
-        slots.entry(wd).or_default().push(self.tx.clone());
-        self.wds.push(wd);
+    /// Adds the file `id` open as `file` at `path`. A new watch is on the exact inode we opened
+    /// (via /proc/self/fd; `path`, not followed, when /proc is missing); an inode already watched
+    /// costs no system call.
+    pub(crate) fn add(&mut self, file: &File, path: &Path, id: FileId) -> io::Result<()> {
+        let mut st = self.watcher.state();
+        let st = &mut *st;
+        match st.by_id.get_mut(&id) {
+            Some(slot) => {
+                if slot.subs.is_empty() {
+                    st.idle -= 1;
+                }
+                slot.subs.push(self.tx.clone());
+            }
+            None => {
+                let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                let wd = match inotify::add_watch(&self.watcher.fd, proc_path.as_str(), MASK) {
+                    Ok(wd) => wd,
+                    Err(_) => inotify::add_watch(&self.watcher.fd, path, MASK | WatchFlags::DONT_FOLLOW)?,
+                };
+                // A stale entry for this descriptor number (its inode is gone) must not linger.
+                if let Some(old) = st.by_wd.insert(wd, id)
+                    && old != id
+                    && st.by_id.remove(&old).is_some_and(|s| s.subs.is_empty())
+                {
+                    st.idle -= 1;
+                }
+                st.by_id.insert(id, Slot { wd, subs: vec![self.tx.clone()] });
+            }
+        }
+        self.ids.push(id);
         Ok(())
     }
 
-    /// The current generation, to pass to [`Subscription::changed`] after the next lock attempt.
+    /// The current event count, to pass to [`Subscription::changed`] after the next attempt.
     pub(crate) fn mark(&mut self) -> u64 {
-        *self.rx.borrow_and_update()
+        self.rx.borrow_and_update().events
     }
 
-    /// Waits until one of the files sees an event after generation `seen`.
-    pub(crate) async fn changed(&mut self, seen: u64) {
+    /// Waits until one of the files sees an event after count `seen`; returns true when one of
+    /// the events since then may mean a file was replaced.
+    pub(crate) async fn changed(&mut self, seen: u64) -> bool {
         // The sender lives in `self`, so this cannot fail.
-        let _ = self.rx.wait_for(|g| *g != seen).await;
+        match self.rx.wait_for(|w| w.events != seen).await {
+            Ok(w) => w.replacing_at > seen,
+            Err(_) => true,
+        }
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut slots = self.watcher.slots();
-        for wd in self.wds.drain(..) {
-            let Some(subs) = slots.get_mut(&wd) else { continue };
-            if let Some(i) = subs.iter().position(|tx| Arc::ptr_eq(tx, &self.tx)) {
-                subs.swap_remove(i);
-                if subs.is_empty() {
-                    slots.remove(&wd);
-                    let _ = inotify::remove_watch(&self.watcher.fd, wd);
+        let mut st = self.watcher.state();
+        for id in self.ids.drain(..) {
+            let Some(slot) = st.by_id.get_mut(&id) else { continue };
+            if let Some(i) = slot.subs.iter().position(|tx| Arc::ptr_eq(tx, &self.tx)) {
+                slot.subs.swap_remove(i);
+                if slot.subs.is_empty() {
+                    st.idle += 1;
                 }
             }
+        }
+        if st.idle > MAX_IDLE {
+            let fd = &self.watcher.fd;
+            let st = &mut *st;
+            st.by_id.retain(|_, slot| {
+                if !slot.subs.is_empty() {
+                    return true;
+                }
+                let _ = inotify::remove_watch(fd, slot.wd);
+                false
+            });
+            st.by_wd.retain(|_, id| st.by_id.contains_key(id));
+            st.idle = 0;
         }
     }
 }
