@@ -346,7 +346,17 @@ pub(crate) fn share_mode(dir_mode: u32) -> u32 {
 pub(crate) fn open_in_dir(path: &Path, write: Option<u32>) -> io::Result<(File, FileId)> {
     let access = if write.is_some() { OFlags::RDWR } else { OFlags::RDONLY };
     let flags = access | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
-    let fd: OwnedFd = match rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)) {
+    let mode = Mode::from_raw_mode(0o666);
+    // Our read-write files are read and written on every acquisition: spare the filesystem an
+    // atime update each time where we may (O_NOATIME needs ownership: EPERM otherwise).
+    let opened = match write {
+        Some(_) => match rustix::fs::open(path, flags | OFlags::NOATIME, mode) {
+            Err(rustix::io::Errno::PERM) => rustix::fs::open(path, flags, mode),
+            other => other,
+        },
+        None => rustix::fs::open(path, flags, mode),
+    };
+    let fd: OwnedFd = match opened {
         Ok(fd) => fd,
         Err(rustix::io::Errno::LOOP) => {
             return Err(io::Error::other(format!("{} is a symbolic link; refusing to follow it", path.display())));

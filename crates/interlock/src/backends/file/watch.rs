@@ -44,6 +44,11 @@ pub(crate) const QUICK_RECHECK: Duration = Duration::from_millis(2);
 pub(crate) const DEGRADED_RECHECK: Duration = Duration::from_millis(10);
 /// Watches without waiters kept for reuse; beyond this, idle watches are removed in one sweep.
 pub(crate) const MAX_IDLE: usize = 256;
+/// An idle watch is removed after this many events with nobody waiting: it is then costing this
+/// process a dispatcher wake-up per close of the file (its own releases included) for nothing.
+/// A lock this process keeps waiting for is re-used before that; one it only waited for once
+/// stops costing anything after a few acquisitions.
+pub(crate) const IDLE_EVENTS: u32 = 8;
 
 // MODIFY: a semaphore member writing the metadata file before it converts its exclusive lock to
 // shared sends no close event.
@@ -86,6 +91,8 @@ struct State {
 struct Slot {
     wd: i32,
     subs: Vec<Tx>,
+    /// Events seen since the last waiter left.
+    idle_events: u32,
 }
 
 static WATCHER: OnceLock<Option<Watcher>> = OnceLock::new();
@@ -154,8 +161,20 @@ impl Watcher {
                 continue;
             }
             let Some(&id) = st.by_wd.get(&wd) else { continue };
-            if let Some(slot) = st.by_id.get(&id) {
+            let mut evict = false;
+            if let Some(slot) = st.by_id.get_mut(&id) {
                 slot.subs.iter().for_each(wake);
+                if slot.subs.is_empty() {
+                    slot.idle_events += 1;
+                    evict = slot.idle_events >= IDLE_EVENTS;
+                }
+            }
+            if evict {
+                let _ = inotify::remove_watch(&self.fd, wd);
+                st.by_wd.remove(&wd);
+                st.by_id.remove(&id);
+                st.idle -= 1;
+                continue;
             }
             if flags.contains(ReadFlags::IGNORED) {
                 // The kernel dropped the watch (the inode is gone): forget it, so that the number
@@ -201,6 +220,7 @@ impl Subscription {
             Some(slot) => {
                 if slot.subs.is_empty() {
                     st.idle -= 1;
+                    slot.idle_events = 0;
                 }
                 slot.subs.push(self.tx.clone());
             }
@@ -217,7 +237,7 @@ impl Subscription {
                 {
                     st.idle -= 1;
                 }
-                st.by_id.insert(id, Slot { wd, subs: vec![self.tx.clone()] });
+                st.by_id.insert(id, Slot { wd, subs: vec![self.tx.clone()], idle_events: 0 });
             }
         }
         self.ids.push(id);
