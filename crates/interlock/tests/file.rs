@@ -27,7 +27,10 @@ async fn creates_the_documented_files() {
     let tmp = tempfile::tempdir().unwrap();
     let p = provider(tmp.path()).await;
     drop(p.mutex("deploy").unwrap().lock().await.unwrap());
-    drop(p.semaphore("pool", 2).unwrap().acquire().await.unwrap());
+    let pool = p.semaphore("pool", 2).unwrap();
+    // Permit files are created as they are first tried: holding both creates both.
+    let held = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+    drop(held);
     assert_eq!(
         listing(tmp.path()),
         [".deploy.fence", ".pool#sem.fence", "deploy", "pool#sem", "pool#sem.0", "pool#sem.1"]

@@ -83,29 +83,33 @@ impl FileProvider {
         let meta_path = self.dir.join(sem);
         'open: loop {
             let (meta, meta_id) = join_semaphore(&meta_path, name, permits, self.share).await?;
-            let mut permit_files = Vec::with_capacity(permits as usize);
-            for i in 0..permits {
-                let path = self.dir.join(mapping::permit_name(sem, i));
-                let (file, id) =
-                    open_in_dir(&path, None).map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
-                permit_files.push((path, file, id));
-            }
+            // Permit files are opened as they are tried: an uncontended acquisition opens one, not
+            // all of them. A waiter ends up with all open, to watch them.
+            let mut permit_files: Vec<Option<(PathBuf, File, FileId)>> = (0..permits).map(|_| None).collect();
             let mut waiter: Option<Waiter> = None;
             // Spread contenders over the permits instead of all trying permit 0 first.
             let start = std::process::id().wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % permits;
             loop {
                 let seen = waiter.as_mut().map(Waiter::mark);
                 for k in 0..permits {
-                    let i = ((start + k) % permits) as usize;
-                    let (path, file, _) = &permit_files[i];
-                    if try_flock(file, false, path)? {
-                        let (path, file, id) = permit_files.swap_remove(i);
-                        let locked = LockedFile(file);
-                        if path_is(&path, id)? && path_is(&meta_path, meta_id)? {
-                            return Ok(Some((locked, meta)));
-                        }
-                        continue 'open;
+                    let i = (start + k) % permits;
+                    let slot = &mut permit_files[i as usize];
+                    if slot.is_none() {
+                        let path = self.dir.join(mapping::permit_name(sem, i));
+                        let (file, id) = open_in_dir(&path, None)
+                            .map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
+                        *slot = Some((path, file, id));
                     }
+                    let Some((path, file, id)) = slot.take() else { continue };
+                    if !try_flock(&file, false, &path)? {
+                        *slot = Some((path, file, id));
+                        continue;
+                    }
+                    let locked = LockedFile(file);
+                    if path_is(&path, id)? && path_is(&meta_path, meta_id)? {
+                        return Ok(Some((locked, meta)));
+                    }
+                    continue 'open;
                 }
                 if try_only {
                     return Ok(None);
@@ -114,7 +118,10 @@ impl FileProvider {
                     (Some(w), Some(seen)) => {
                         w.wait(seen).await;
                     }
-                    _ => waiter = Some(Waiter::new(permit_files.iter().map(|(p, f, id)| (p.as_path(), f, *id)))),
+                    _ => {
+                        let files = permit_files.iter().flatten().map(|(p, f, id)| (p.as_path(), f, *id));
+                        waiter = Some(Waiter::new(files));
+                    }
                 }
             }
         }
