@@ -87,6 +87,27 @@ pub async fn connect(url: &str) -> Result<Provider, Failure> {
     interlock::connect(url).await.map_err(|e| Failure::from_lock(&e, exit::CONFLICT_DEFAULT))
 }
 
+/// Connects for `run`, `hold` and `status`, which only make sense when other processes see the
+/// lock: a backend whose locks live inside one process (`memory://`) is refused, since every
+/// interlock command is a process of its own and would exclude nobody.
+/// `INTERLOCK_ALLOW_IN_PROCESS=1` lifts the refusal, for interlock's own tests of lease handling.
+///
+/// # Errors
+///
+/// As [`connect`]; 64 for an in-process backend.
+pub async fn connect_shared(url: &str) -> Result<Provider, Failure> {
+    let provider = connect(url).await?;
+    if !provider.capabilities().cross_process && std::env::var_os("INTERLOCK_ALLOW_IN_PROCESS").is_none_or(|v| v != "1")
+    {
+        return Err(Failure::usage(format!(
+            "{} locks live inside one process, so they cannot exclude other processes or other interlock \
+             commands; use a file:// directory or a server backend",
+            provider.url()
+        )));
+    }
+    Ok(provider)
+}
+
 /// A lock taken by [`acquire`], with the provider that made it.
 #[derive(Debug)]
 pub struct Held {
@@ -122,7 +143,7 @@ impl LockArgs {
 pub async fn acquire(args: &LockArgs) -> Result<Held, Failure> {
     let conflict = args.conflict_exit_code;
     let fail = |e: interlock::Error| Failure::from_lock(&e, conflict);
-    let provider = connect(&resolve_url(args.url.as_deref())).await?;
+    let provider = connect_shared(&resolve_url(args.url.as_deref())).await?;
     let options = args.options();
     let attempt = match (args.shared, args.permits) {
         (true, Some(_)) => return Err(Failure::usage("--shared and --permits cannot be used together")),

@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use crate::acquire::{self, Held, LockArgs};
 use crate::exit::{self, Failure, Outcome};
-use crate::signals::Signals;
+use crate::signals::{self, Signals};
 
 /// Flags of `interlock hold`.
 #[derive(Args, Debug)]
@@ -27,7 +27,7 @@ pub struct HoldArgs {
 /// written, the library's code for backend errors.
 pub async fn hold(args: HoldArgs) -> Outcome {
     let Held { provider: _provider, guard } = acquire::acquire(&args.lock).await?;
-    let mut signals = Signals::install()?;
+    let mut signals = Signals::install(signals::RELEASE_ON)?;
     let line = format!("token={}\n", acquire::token_text(&guard));
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
@@ -40,7 +40,7 @@ pub async fn hold(args: HoldArgs) -> Outcome {
     let lost = guard.lost();
     tokio::select! {
         _ = closed => tracing::debug!("stdin closed; releasing"),
-        sig = signals.recv() => tracing::debug!(signal = sig.as_raw(), "signal; releasing"),
+        caught = signals.recv() => tracing::debug!(signal = caught.signal.as_raw(), "signal; releasing"),
         () = lost => {
             let name = guard.name().to_owned();
             return Err(match guard.release().await {

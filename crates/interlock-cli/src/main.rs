@@ -12,6 +12,7 @@ mod hold;
 mod run;
 mod signals;
 mod status;
+mod tree;
 mod worker;
 
 use std::io::IsTerminal;

@@ -1,18 +1,37 @@
 //! `interlock run NAME -- COMMAND`: what `flock(1)` does for files, on every backend.
+//!
+//! The lock covers the command's whole process tree. interlock becomes the tree's child
+//! subreaper, so descendants that the command leaves behind are re-parented to it, and it releases
+//! the lock only once the last of them has exited. On the file backend the command also inherits
+//! the lock's descriptor, so the lock outlives even `kill -9` of interlock, as with `flock(1)`. On
+//! backends whose locks expire, the command gets SIGKILL if interlock dies (nobody would renew the
+//! lock any more).
+//!
+//! Signals: each signal that reaches interlock reaches each process of the command exactly once.
+//! - Started in the foreground of a terminal, the command stays in interlock's process group, as
+//!   under `flock(1)`: Ctrl-C, Ctrl-\ and Ctrl-Z reach it from the terminal itself, so interlock
+//!   does not pass on signals that the kernel sent (or that a process of its own group sent, which
+//!   is how `kill 0` reaches a whole group); it passes on the others.
+//! - Anywhere else (scripts, cron, services, `timeout`, background jobs), the command gets a
+//!   process group of its own, so a signal sent to interlock's group (`timeout`'s SIGTERM, a
+//!   shell's SIGHUP to its jobs) reaches interlock alone, which passes it on to the command's tree.
+//! - A signal that was ignored when interlock started (`nohup`) stays ignored, for the command too.
+//! - SIGTSTP is passed on like the others, then interlock stops itself; SIGCONT continues the
+//!   command again (in its own group).
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::process::ExitStatus;
-use std::time::Duration;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use interlock::Guard;
-use rustix::process::Signal;
-use tokio::process::{Child, Command};
+use rustix::process::{Pid, Signal, WaitStatus};
 
 use crate::acquire::{self, Held, LockArgs};
 use crate::exit::{self, Failure, Outcome};
-use crate::signals::{self, Signals};
+use crate::signals::{Caught, Signals};
+use crate::tree::{self, Reaped, Spec, Tree};
 
 /// Flags of `interlock run`.
 #[derive(Args, Debug)]
@@ -29,11 +48,52 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
+/// The signals interlock passes on to the command (SIGCHLD tells it about the tree, SIGCONT and
+/// SIGTSTP are handled for job control).
+const CAUGHT: &[Signal] = &[
+    Signal::HUP,
+    Signal::INT,
+    Signal::QUIT,
+    Signal::TERM,
+    Signal::USR1,
+    Signal::USR2,
+    Signal::ALARM,
+    Signal::TSTP,
+    Signal::CONT,
+    Signal::CHILD,
+];
+
+/// Where the command runs, relative to interlock's process group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// In interlock's group, which holds the terminal: the terminal signals both.
+    SameGroup,
+    /// In a group of its own: only interlock passes signals on.
+    OwnGroup,
+}
+
+impl Mode {
+    /// `SameGroup` when interlock's process group is the foreground group of its controlling
+    /// terminal, else `OwnGroup`.
+    fn detect() -> Mode {
+        let tty = rustix::fs::open(
+            "/dev/tty",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        );
+        match tty.and_then(rustix::termios::tcgetpgrp) {
+            Ok(fg) if fg == rustix::process::getpgrp() => Mode::SameGroup,
+            _ => Mode::OwnGroup,
+        }
+    }
+}
+
 /// Takes the lock, runs the command with `INTERLOCK_NAME` and `INTERLOCK_TOKEN` in its
-/// environment, passes SIGINT, SIGTERM and SIGHUP on to it, and releases the lock when it exits.
+/// environment and the signals passed on (module docs), and releases the lock when the command
+/// and every process it left behind have exited.
 ///
 /// Returns the command's exit status (`128 + N` if it died of signal N), or 75 when the lock was
-/// lost: then the command gets SIGTERM, and SIGKILL after `--kill-after`.
+/// lost: then the command's tree gets SIGTERM, and SIGKILL after `--kill-after`.
 ///
 /// # Errors
 ///
@@ -43,41 +103,165 @@ pub async fn run(args: RunArgs) -> Outcome {
     let Some((program, rest)) = args.command.split_first() else {
         return Err(Failure::usage("run needs a command after `--`: interlock run NAME -- COMMAND [ARGS...]"));
     };
-    let Held { provider: _provider, guard } = acquire::acquire(&args.lock).await?;
-    let mut signals = match Signals::install() {
+    let Held { provider, guard } = acquire::acquire(&args.lock).await?;
+    let mode = Mode::detect();
+    // Before the command exists, so that no state change of it is missed.
+    let mut signals = match Signals::install(CAUGHT) {
         Ok(s) => s,
         Err(failure) => return Err(release_quietly(guard, failure).await),
     };
+    if let Err(e) = tree::become_subreaper() {
+        return Err(release_quietly(guard, Failure::io("cannot become the command's subreaper", e)).await);
+    }
+    let inherit: Vec<OwnedFd> = match guard.lock_fds() {
+        Ok(fds) => fds,
+        Err(e) => return Err(release_quietly(guard, Failure::from_lock(&e, exit::CONFLICT_DEFAULT)).await),
+    };
+    let spec = Spec {
+        own_group: mode == Mode::OwnGroup,
+        death_signal: provider.capabilities().can_lose.then_some(Signal::KILL),
+        inherit: &inherit,
+    };
+    let mut cmd = std::process::Command::new(program);
     let token = guard.fencing_token().map(|t| t.to_string()).unwrap_or_default();
-    let spawned =
-        Command::new(program).args(rest).env("INTERLOCK_NAME", &args.lock.name).env("INTERLOCK_TOKEN", token).spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
+    cmd.args(rest).env("INTERLOCK_NAME", &args.lock.name).env("INTERLOCK_TOKEN", token);
+    let mut tree = match Tree::spawn(&mut cmd, &spec) {
+        Ok(tree) => tree,
         Err(e) => return Err(release_quietly(guard, spawn_failure(program, &e)).await),
     };
-    let pid = child.id();
+    // interlock's own copies are not needed: the guard holds the lock, the command its copies.
+    drop(inherit);
+    let mut runner =
+        Runner { mode, tree: &mut tree, signals: &mut signals, my_group: rustix::process::getpgrp(), last: None };
     let lost = guard.lost();
     tokio::pin!(lost);
-    let waited = loop {
-        tokio::select! {
-            status = child.wait() => break Some(status),
-            () = &mut lost => break None,
-            sig = signals.recv() => signals::send(pid, sig),
-        }
+    let finished = tokio::select! {
+        done = runner.until_done() => Some(done),
+        () = &mut lost => None,
     };
-    match waited {
-        Some(Ok(status)) => finish(guard, status).await,
+    match finished {
+        Some(Ok(())) => finish(guard, runner.tree.status()).await,
         Some(Err(e)) => Err(release_quietly(guard, Failure::io("cannot wait for the command", e)).await),
         None => {
-            stop_after_loss(guard, &mut child, &mut signals, args.kill_after).await;
+            runner.stop_after_loss(guard, args.kill_after).await;
             Ok(exit::LOCK_LOST)
         }
     }
 }
 
-/// Releases the lock after the command exited, and picks the exit code.
-async fn finish(guard: Guard, status: ExitStatus) -> Outcome {
-    let code = exit::child_code(status);
+/// Waits for the tree and passes signals on to it.
+struct Runner<'a> {
+    mode: Mode,
+    tree: &'a mut Tree,
+    signals: &'a mut Signals,
+    my_group: Pid,
+    /// The last signal passed on: which, from whom, when.
+    last: Option<(Signal, Option<i32>, Instant)>,
+}
+
+/// A second copy of one signal from one sender within this time is the same event: the kernel
+/// would have merged it into the first had it still been pending, and `timeout(1)` sends its
+/// signal twice, to its child and then to its process group.
+const SAME_EVENT: Duration = Duration::from_millis(100);
+
+impl Runner<'_> {
+    /// Until no process of the tree is left.
+    async fn until_done(&mut self) -> io::Result<()> {
+        // A state change before the handler was installed would have been missed: look once.
+        if self.tree.reap()? == Reaped::Done {
+            return Ok(());
+        }
+        loop {
+            let caught = self.signals.recv().await;
+            if self.handle(caught)? == Reaped::Done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handles one caught signal: reaps on SIGCHLD, passes the others on.
+    fn handle(&mut self, caught: Caught) -> io::Result<Reaped> {
+        match caught.signal {
+            Signal::CHILD => self.tree.reap(),
+            Signal::TSTP => {
+                if self.forwards(caught) {
+                    self.tree.signal(Signal::TSTP);
+                }
+                // Stop as the default action would, so the shell sees its job stop.
+                if let Err(e) = rustix::process::kill_process(rustix::process::getpid(), Signal::STOP) {
+                    tracing::debug!(error = %e, "cannot stop ourselves");
+                }
+                Ok(Reaped::Running)
+            }
+            sig => {
+                if self.forwards(caught) {
+                    self.tree.signal(sig);
+                }
+                Ok(Reaped::Running)
+            }
+        }
+    }
+
+    /// Whether `caught` must be passed on: only where the command's processes did not get it
+    /// too, and only once per event (see [`SAME_EVENT`]).
+    fn forwards(&mut self, caught: Caught) -> bool {
+        let now = Instant::now();
+        let repeat = self.last.is_some_and(|(sig, sender, at)| {
+            sig == caught.signal && sender == caught.sender && now.duration_since(at) < SAME_EVENT
+        });
+        if repeat || !self.reached_only_us(caught) {
+            return false;
+        }
+        self.last = Some((caught.signal, caught.sender, now));
+        true
+    }
+
+    /// True when `caught` reached interlock but not the command.
+    fn reached_only_us(&self, caught: Caught) -> bool {
+        let sender_group = caught.sender.and_then(Pid::from_raw).and_then(|p| rustix::process::getpgid(Some(p)).ok());
+        match self.mode {
+            // The terminal (kernel) and members of our own group (`kill 0`) reached the command
+            // already; the shell's SIGCONT after `fg` went to the whole group too.
+            Mode::SameGroup => {
+                !caught.from_kernel && caught.signal != Signal::CONT && sender_group != Some(self.my_group)
+            }
+            // Never bounce a signal that the command itself sent us back at it.
+            Mode::OwnGroup => sender_group.is_none() || sender_group != self.tree.group,
+        }
+    }
+
+    /// The lock is gone: says so, then stops the command's tree (SIGTERM, SIGKILL after `grace`),
+    /// still passing our signals on meanwhile.
+    async fn stop_after_loss(&mut self, guard: Guard, grace: Duration) {
+        let name = guard.name().to_owned();
+        let why = match guard.release().await {
+            Err(e) => e.to_string(),
+            Ok(()) => format!("lock {} was lost while held", exit::show_name(&name)),
+        };
+        exit::say(&format!("{why}; stopping the command (SIGTERM, then SIGKILL after {grace:?})"));
+        self.tree.signal(Signal::TERM);
+        if let Ok(Ok(())) = tokio::time::timeout(grace, self.until_done()).await {
+            return;
+        }
+        tracing::debug!("the command outlived its grace period; sending SIGKILL");
+        loop {
+            self.tree.signal(Signal::KILL);
+            match self.tree.reap() {
+                Ok(Reaped::Done) | Err(_) => return,
+                Ok(_) => {}
+            }
+            // Woken by the next SIGCHLD (or any signal), then kill whatever is still there.
+            let caught = self.signals.recv().await;
+            if caught.signal != Signal::CHILD && self.forwards(caught) {
+                self.tree.signal(caught.signal);
+            }
+        }
+    }
+}
+
+/// Releases the lock after the command's tree has exited, and picks the exit code.
+async fn finish(guard: Guard, status: Option<WaitStatus>) -> Outcome {
+    let code = status.map_or(1, |st| exit::child_code(std::os::unix::process::ExitStatusExt::from_raw(st.as_raw())));
     match guard.release().await {
         Ok(()) => Ok(code),
         Err(e) if e.is_lock_lost() => Err(Failure::from_lock(&e, exit::CONFLICT_DEFAULT)),
@@ -87,33 +271,6 @@ async fn finish(guard: Guard, status: ExitStatus) -> Outcome {
             Ok(code)
         }
     }
-}
-
-/// The lock is gone: says so, then stops the command (SIGTERM, SIGKILL after `grace`), still
-/// passing our signals on to it meanwhile.
-async fn stop_after_loss(guard: Guard, child: &mut Child, signals: &mut Signals, grace: Duration) {
-    let name = guard.name().to_owned();
-    let why = match guard.release().await {
-        Err(e) => e.to_string(),
-        Ok(()) => format!("lock {} was lost while held", exit::show_name(&name)),
-    };
-    exit::say(&format!("{why}; stopping the command (SIGTERM, then SIGKILL after {grace:?})"));
-    let pid = child.id();
-    signals::send(pid, Signal::TERM);
-    let deadline = tokio::time::sleep(grace);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = child.wait() => return,
-            () = &mut deadline => break,
-            sig = signals.recv() => signals::send(pid, sig),
-        }
-    }
-    tracing::debug!("the command outlived its grace period; sending SIGKILL");
-    if let Err(e) = child.start_kill() {
-        tracing::debug!(error = %e, "cannot kill the command");
-    }
-    let _ = child.wait().await;
 }
 
 /// Releases the lock on an early exit path, keeping `failure` as the result (a release error is

@@ -1,53 +1,142 @@
-//! The termination signals interlock catches while it holds a lock (SIGINT, SIGTERM, SIGHUP), so
-//! that it can release cleanly or pass them on to the command it runs.
+//! The signals interlock catches while it holds a lock, so that it can release cleanly (`hold`) or
+//! pass them on to the command it runs (`run`).
 //!
-//! They are installed only once the lock is held: while waiting for a lock, these signals keep
-//! their default action and end the process (the wait leaves nothing behind).
+//! They are installed only once the lock is held: while waiting for a lock, signals keep their
+//! default action and end the process (the wait leaves nothing behind).
+//!
+//! A signal that was ignored when interlock started (`nohup` ignores SIGHUP, a shell ignores
+//! SIGINT for background jobs) is never caught: it stays ignored for interlock and, since ignored
+//! dispositions survive `exec`, for the command too.
 
-use rustix::process::{Pid, Signal};
-use tokio::signal::unix::{SignalKind, signal};
+use std::thread::JoinHandle;
+
+use rustix::process::Signal;
+use signal_hook::consts::signal as sig;
+use signal_hook::iterator::exfiltrator::WithOrigin;
+use signal_hook::iterator::{Handle, SignalsInfo};
+use signal_hook::low_level::siginfo::Cause;
+use tokio::sync::mpsc;
 
 use crate::exit::Failure;
 
-/// Catches SIGINT, SIGTERM and SIGHUP from the moment it is made.
+/// The signals `hold` releases on.
+pub const RELEASE_ON: &[Signal] = &[Signal::HUP, Signal::INT, Signal::TERM];
+
+/// One caught signal and where it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caught {
+    /// The signal.
+    pub signal: Signal,
+    /// Sent by the kernel itself: a terminal's Ctrl-C, Ctrl-\ or Ctrl-Z (which go to the whole
+    /// foreground process group), a hangup; or a child's state change for SIGCHLD.
+    pub from_kernel: bool,
+    /// The process that sent it with `kill(2)`, when known.
+    pub sender: Option<i32>,
+}
+
+/// Catches a set of signals from the moment it is made, until it is dropped.
 #[derive(Debug)]
 pub struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
+    rx: mpsc::UnboundedReceiver<Caught>,
+    handle: Handle,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Signals {
-    /// Installs the handlers.
+    /// Catches `wanted`, except those that were ignored when interlock started (see the module
+    /// docs) and SIGCHLD, which is always caught when asked for.
     ///
     /// # Errors
     ///
     /// A [`Failure`] (exit 74) if the operating system refuses.
-    pub fn install() -> Result<Signals, Failure> {
-        let install = |kind: SignalKind| signal(kind).map_err(|e| Failure::io("cannot install signal handlers", e));
-        Ok(Signals {
-            int: install(SignalKind::interrupt())?,
-            term: install(SignalKind::terminate())?,
-            hup: install(SignalKind::hangup())?,
-        })
+    pub fn install(wanted: &[Signal]) -> Result<Signals, Failure> {
+        let ignored = ignored_at_start();
+        let raw: Vec<i32> =
+            wanted.iter().filter(|s| **s == Signal::CHILD || !ignored.contains(**s)).map(|s| s.as_raw()).collect();
+        let mut info =
+            SignalsInfo::<WithOrigin>::new(&raw).map_err(|e| Failure::io("cannot install signal handlers", e))?;
+        let handle = info.handle();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for origin in info.forever() {
+                    // Signals we did not register cannot arrive here; skip rather than panic.
+                    let Some(signal) = Signal::from_named_raw(origin.signal) else { continue };
+                    let caught = Caught {
+                        signal,
+                        from_kernel: matches!(origin.cause, Cause::Kernel) || origin.signal == sig::SIGCHLD,
+                        sender: origin.process.map(|p| p.pid),
+                    };
+                    if tx.send(caught).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Failure::io("cannot start the signal thread", e))?;
+        Ok(Signals { rx, handle, thread: Some(thread) })
     }
 
-    /// Waits for the next of the three signals and says which it was.
-    pub async fn recv(&mut self) -> Signal {
-        tokio::select! {
-            _ = self.int.recv() => Signal::INT,
-            _ = self.term.recv() => Signal::TERM,
-            _ = self.hup.recv() => Signal::HUP,
+    /// Waits for the next caught signal.
+    pub async fn recv(&mut self) -> Caught {
+        match self.rx.recv().await {
+            Some(caught) => caught,
+            // The thread is gone (it cannot fail, but never spin): nothing more will come.
+            None => std::future::pending().await,
         }
     }
 }
 
-/// Sends `sig` to process `pid`, ignoring a process that is already gone.
-pub fn send(pid: Option<u32>, sig: Signal) {
-    let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()).and_then(Pid::from_raw) else {
-        return;
-    };
-    if let Err(e) = rustix::process::kill_process(pid, sig) {
-        tracing::debug!(pid = pid.as_raw_nonzero().get(), error = %e, "cannot signal the command");
+impl Drop for Signals {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A set of signals, as the kernel's masks in `/proc/self/status` show them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalSet(u64);
+
+impl SignalSet {
+    /// True if `signal` is in the set.
+    pub fn contains(self, signal: Signal) -> bool {
+        let n = signal.as_raw();
+        (1..=64).contains(&n) && self.0 & (1u64 << (n - 1)) != 0
+    }
+}
+
+/// The signals that were ignored when this process started, read from the kernel (`SigIgn:` in
+/// `/proc/self/status`) before we install anything. SIGPIPE is never reported: the Rust runtime
+/// ignores it in every program before `main`, so whether our parent did is unknowable.
+pub fn ignored_at_start() -> SignalSet {
+    static AT_START: std::sync::OnceLock<SignalSet> = std::sync::OnceLock::new();
+    *AT_START.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let mask = parse_sig_ign(&status).unwrap_or(0);
+        SignalSet(mask & !(1u64 << (Signal::PIPE.as_raw() - 1)))
+    })
+}
+
+/// The `SigIgn:` mask of a `/proc/PID/status` text.
+fn parse_sig_ign(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+    u64::from_str_radix(line.trim(), 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_ignored_mask() {
+        let text = "Name:\tx\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000001001\nSigCgt:\t0\n";
+        let set = SignalSet(parse_sig_ign(text).unwrap());
+        assert!(set.contains(Signal::HUP)); // bit 0 = signal 1
+        assert!(set.contains(Signal::PIPE)); // bit 12 = signal 13
+        assert!(!set.contains(Signal::TERM));
+        assert_eq!(parse_sig_ign("nothing"), None);
     }
 }

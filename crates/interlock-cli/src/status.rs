@@ -27,7 +27,7 @@ pub struct StatusArgs {
 ///
 /// A [`Failure`] when the backend cannot be connected to.
 pub async fn status(args: StatusArgs) -> Outcome {
-    let provider = acquire::connect(&acquire::resolve_url(args.url.as_deref())).await?;
+    let provider = acquire::connect_shared(&acquire::resolve_url(args.url.as_deref())).await?;
     let mut code = 0;
     for name in &args.names {
         match provider.status(name).await {

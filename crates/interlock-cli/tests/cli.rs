@@ -250,7 +250,10 @@ fn pause_past_lease(p: &Proc) {
 
 #[test]
 fn hold_exits_75_when_the_lock_is_lost() {
-    let (mut holder, _) = hold(&["-u", "memory://?lease=200ms", "job"]);
+    let mut c = interlock();
+    c.env("INTERLOCK_ALLOW_IN_PROCESS", "1").args(["hold", "-u", "memory://?lease=200ms", "job"]);
+    let mut holder = Proc::spawn(c);
+    assert!(holder.line().starts_with("token="));
     pause_past_lease(&holder);
     assert_eq!(holder.wait().code(), Some(75), "{}", holder.stderr());
     let err = holder.stderr();
@@ -262,6 +265,7 @@ fn hold_exits_75_when_the_lock_is_lost() {
 #[test]
 fn run_stops_the_command_and_exits_75_when_the_lock_is_lost() {
     let mut c = interlock();
+    c.env("INTERLOCK_ALLOW_IN_PROCESS", "1");
     c.args(["run", "-u", "memory://?lease=200ms", "--kill-after", "20s", "job", "--", "sh", "-c"]);
     c.arg("trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.05; done");
     let mut p = Proc::spawn(c);
@@ -275,6 +279,7 @@ fn run_stops_the_command_and_exits_75_when_the_lock_is_lost() {
 #[test]
 fn run_kills_a_command_that_ignores_sigterm_after_the_grace_period() {
     let mut c = interlock();
+    c.env("INTERLOCK_ALLOW_IN_PROCESS", "1");
     c.args(["run", "-u", "memory://?lease=200ms", "--kill-after", "300ms", "job", "--", "sh", "-c"]);
     c.arg("trap '' TERM; echo ready; while :; do sleep 0.05; done");
     let mut p = Proc::spawn(c);

@@ -150,6 +150,36 @@ impl Guard {
         }
     }
 
+    /// Duplicates of the file descriptors that hold this lock, on backends whose locks live in open
+    /// file descriptions (`file`: the lock file, and for a semaphore its permit and metadata
+    /// files); empty on every other backend, and once the guard is released.
+    ///
+    /// A child process that inherits them keeps the lock held as long as one of them is open,
+    /// even if this process dies, which is how `flock(1)` and `interlock run` hand a lock to the
+    /// command they run. The duplicates have close-on-exec set; clear it in the child that
+    /// should inherit them. Releasing the guard unlocks the lock for all of them at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the descriptors cannot be duplicated (too many open files).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> interlock::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = interlock::connect(&format!("file://{}", dir.path().display())).await?;
+    /// let guard = locks.mutex("job")?.lock().await?;
+    /// assert_eq!(guard.lock_fds()?.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn lock_fds(&self) -> Result<Vec<std::os::fd::OwnedFd>> {
+        match &self.held {
+            None => Ok(Vec::new()),
+            Some(held) => held.raw.duplicate_fds().map_err(|e| Error::io("cannot duplicate the lock's descriptors", e)),
+        }
+    }
+
     /// Releases the lock and reports how it went.
     ///
     /// # Errors

@@ -129,6 +129,13 @@ pub trait RawHeld: Send + Sync + Debug + 'static {
     /// exclusive.
     fn release(&self) -> BoxFuture<'_, Result<bool>>;
 
+    /// Duplicates of the file descriptors whose open file descriptions hold this lock, for a
+    /// child process to inherit (as `flock(1)` hands its lock to the command it runs). Empty for
+    /// backends whose locks do not live in file descriptors (the default).
+    fn duplicate_fds(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
+        Ok(Vec::new())
+    }
+
     /// Best-effort release when a guard is dropped without [`RawHeld::release`]. Backends that can
     /// release synchronously (closing a file) do so here; the default spawns `release` on the
     /// current tokio runtime when there is one.

@@ -170,6 +170,12 @@ impl Proc {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
+                // The output ends when the last process holding the pipes is gone, which may be
+                // a descendant that outlives the child: wait for that too, but not forever.
+                while !self.threads.iter().all(|t| t.is_finished()) {
+                    assert!(Instant::now() < deadline, "the output of a finished process stayed open: {st:?}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 for t in self.threads.drain(..) {
                     let _ = t.join();
                 }

@@ -189,6 +189,13 @@ impl RawHeld for FileHeld {
     fn release_on_drop(self: Arc<Self>) {
         self.release_now();
     }
+
+    fn duplicate_fds(&self) -> io::Result<Vec<OwnedFd>> {
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((file, meta)) = files.as_ref() else { return Ok(Vec::new()) };
+        // `try_clone` dups with close-on-exec set: the caller decides which child inherits them.
+        std::iter::once(file).chain(meta).map(|f| f.0.try_clone().map(OwnedFd::from)).collect()
+    }
 }
 
 /// Waits for an event on any of the watched files, or for the bounded re-check.

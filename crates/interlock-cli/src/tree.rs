@@ -1,0 +1,245 @@
+//! The command's whole process tree: `interlock run` starts the command, becomes its child
+//! subreaper (so every descendant the command leaves behind is re-parented to interlock rather
+//! than to init), reaps everything, signals every process of the tree, and knows when the last
+//! one is gone. Linux only, like the rest of interlock.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use rustix::io::FdFlags;
+use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
+
+/// How the command is started.
+#[derive(Debug)]
+pub struct Spec<'a> {
+    /// Give the command a process group of its own (see `run`'s module docs for when).
+    pub own_group: bool,
+    /// Sent to the command if interlock dies first (`PR_SET_PDEATHSIG`): for locks that expire
+    /// once interlock no longer renews them.
+    pub death_signal: Option<Signal>,
+    /// Descriptors the command inherits (the file backend's lock), close-on-exec cleared in the
+    /// child only.
+    pub inherit: &'a [OwnedFd],
+}
+
+/// What [`Tree::reap`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reaped {
+    /// Some process of the tree still runs.
+    Running,
+    /// The command itself was stopped by this signal (job control).
+    Stopped(Signal),
+    /// The command itself was continued.
+    Continued,
+    /// No process of the tree is left.
+    Done,
+}
+
+/// The running command and its descendants.
+#[derive(Debug)]
+pub struct Tree {
+    me: Pid,
+    /// The command's own process (the direct child).
+    pub child: Pid,
+    /// The command's process group when it has one of its own.
+    pub group: Option<Pid>,
+    status: Option<WaitStatus>,
+}
+
+/// Makes this process the child subreaper of everything it starts from now on: orphaned
+/// descendants are re-parented to us, so we can wait for them and signal them.
+///
+/// # Errors
+///
+/// The `prctl` error (old kernels).
+pub fn become_subreaper() -> io::Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(io::Error::from)
+}
+
+impl Tree {
+    /// Starts `cmd` as `spec` says. Must be called from the thread that will outlive the command
+    /// (the main thread): the parent-death signal fires when the *thread* that forked exits.
+    ///
+    /// # Errors
+    ///
+    /// The spawn error: the command was not found or could not be executed.
+    pub fn spawn(cmd: &mut Command, spec: &Spec<'_>) -> io::Result<Tree> {
+        let me = rustix::process::getpid();
+        let own_group = spec.own_group;
+        let death = spec.death_signal;
+        // The raw numbers are copied into the closure, which runs in the child where the
+        // descriptors are the same numbers.
+        let fds: Vec<i32> = spec.inherit.iter().map(AsRawFd::as_raw_fd).collect();
+        child_setup(cmd, me, own_group, death, fds);
+        let child = cmd.spawn()?;
+        let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw).ok_or_else(|| io::Error::other("bad pid"))?;
+        // std's `Child` is dropped without waiting: we reap with `waitpid` ourselves.
+        drop(child);
+        let group = if own_group {
+            // Also from this side, as shells do, so the group exists before we signal it.
+            // EACCES (the child has exec'd) and ESRCH (already gone) mean it is done or moot.
+            let _ = rustix::process::setpgid(Some(pid), Some(pid));
+            Some(pid)
+        } else {
+            None
+        };
+        Ok(Tree { me, child: pid, group, status: None })
+    }
+
+    /// Reaps every child whose state changed (the command, and descendants re-parented to us);
+    /// says whether any process of the tree is left, or how the command changed.
+    ///
+    /// # Errors
+    ///
+    /// An unexpected `waitpid` error.
+    pub fn reap(&mut self) -> io::Result<Reaped> {
+        let mut seen = Reaped::Running;
+        loop {
+            match rustix::process::wait(WaitOptions::NOHANG | WaitOptions::UNTRACED | WaitOptions::CONTINUED) {
+                Ok(Some((pid, st))) if pid == self.child => {
+                    if st.exited() || st.signaled() {
+                        self.status = Some(st);
+                    } else if let Some(sig) = st.stopping_signal().and_then(Signal::from_named_raw) {
+                        seen = Reaped::Stopped(sig);
+                    } else if st.continued() {
+                        seen = Reaped::Continued;
+                    }
+                }
+                Ok(Some(_)) => {} // a descendant re-parented to us: reaped
+                Ok(None) => return Ok(seen),
+                Err(rustix::io::Errno::CHILD) => return Ok(Reaped::Done),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The command's own exit status, once it has exited.
+    pub fn status(&self) -> Option<WaitStatus> {
+        self.status
+    }
+
+    /// Sends `sig` to every process of the tree, each once: the command's process group with one
+    /// `kill` where it has its own, then every other descendant found under `/proc`, rescanning
+    /// until a scan finds none not yet signalled (a process forked meanwhile gets it too).
+    pub fn signal(&self, sig: Signal) {
+        let mut done: HashSet<i32> = HashSet::new();
+        if let Some(Err(e)) = self.group.map(|group| rustix::process::kill_process_group(group, sig)) {
+            tracing::debug!(error = %e, "cannot signal the command's process group");
+        }
+        for _ in 0..16 {
+            let mut fresh = false;
+            for p in descendants(self.me) {
+                if (self.group.is_some() && p.pgid == Pid::as_raw(self.group)) || !done.insert(p.pid) {
+                    continue;
+                }
+                fresh = true;
+                if let Some(Err(e)) = Pid::from_raw(p.pid).map(|pid| rustix::process::kill_process(pid, sig)) {
+                    tracing::debug!(pid = p.pid, error = %e, "cannot signal a process of the command");
+                }
+            }
+            if !fresh {
+                return;
+            }
+        }
+    }
+}
+
+/// Sets up the child between `fork` and `exec`: its own process group, the parent-death signal,
+/// and the inherited lock descriptors.
+#[allow(unsafe_code)]
+fn child_setup(cmd: &mut Command, parent: Pid, own_group: bool, death: Option<Signal>, fds: Vec<i32>) {
+    // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
+    // work is allowed. It makes raw system calls through rustix (no allocation, no locks) and
+    // only reads `fds`, which was allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if own_group {
+                rustix::process::setpgid(None, None)?;
+            }
+            if let Some(sig) = death {
+                rustix::process::set_parent_process_death_signal(Some(sig))?;
+                // interlock may have died before the line above: then nobody would signal us.
+                if rustix::process::getppid() != Some(parent) {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+            }
+            for &fd in &fds {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(fd, FdFlags::empty())?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// One process under `/proc`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ProcEntry {
+    pid: i32,
+    ppid: i32,
+    pgid: i32,
+}
+
+/// Every descendant of `root` (not `root` itself), from `/proc/PID/stat`.
+fn descendants(root: Pid) -> Vec<ProcEntry> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let all: Vec<ProcEntry> = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|t| parse_stat(&t)))
+        .collect();
+    tree_below(&all, root.as_raw_nonzero().get())
+}
+
+/// The entries below `root` in the parent relation.
+fn tree_below(all: &[ProcEntry], root: i32) -> Vec<ProcEntry> {
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for p in all.iter().filter(|p| p.ppid == parent && p.pid != root) {
+            if !out.iter().any(|o: &ProcEntry| o.pid == p.pid) {
+                out.push(*p);
+                frontier.push(p.pid);
+            }
+        }
+    }
+    out
+}
+
+/// Parses `/proc/PID/stat`: `pid (comm) state ppid pgrp ...`; `comm` may hold spaces and `)`.
+fn parse_stat(text: &str) -> Option<ProcEntry> {
+    let (head, tail) = text.rsplit_once(')')?;
+    let pid = head.split_whitespace().next()?.parse().ok()?;
+    let mut f = tail.split_whitespace();
+    let _state = f.next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgid = f.next()?.parse().ok()?;
+    Some(ProcEntry { pid, ppid, pgid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_lines_with_odd_names() {
+        let e = parse_stat("4242 (sh) S 4000 4242 4000 0 -1 4194560 ...").unwrap();
+        assert_eq!(e, ProcEntry { pid: 4242, ppid: 4000, pgid: 4242 });
+        let e = parse_stat("7 (a) b (c) R 1 7 7 0").unwrap();
+        assert_eq!((e.pid, e.ppid, e.pgid), (7, 1, 7));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn finds_the_whole_tree_below_a_root() {
+        let e = |pid, ppid| ProcEntry { pid, ppid, pgid: 0 };
+        let all = [e(1, 0), e(10, 1), e(11, 10), e(12, 11), e(13, 10), e(20, 1)];
+        let mut below: Vec<i32> = tree_below(&all, 10).iter().map(|p| p.pid).collect();
+        below.sort();
+        assert_eq!(below, [11, 12, 13]);
+    }
+}

@@ -1,0 +1,316 @@
+//! `interlock run` keeps the command's whole process tree inside the lock, and signals reach the
+//! command once: background children, `kill` of interlock, `kill -9` of interlock, `timeout`,
+//! `nohup`, Ctrl-C and Ctrl-Z in a terminal, descendants in other process groups, a lost lock.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli_support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cli_support::{BIN, LockDir, Proc, interlock, run};
+use rustix::process::Signal;
+
+/// `interlock run -u URL NAME -- sh -c SCRIPT`, started.
+fn start(url: &str, name: &str, script: &str) -> Proc {
+    let mut c = interlock();
+    c.args(["run", "-u", url, name, "--", "sh", "-c", script]);
+    Proc::spawn(c)
+}
+
+/// The lines of `path` (empty if missing).
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+/// `run -n NAME -- true`: 0 when the lock was free, 1 when held.
+fn try_lock(url: &str, name: &str) -> Option<i32> {
+    run(&["run", "-u", url, "-n", name, "--", "true"]).code()
+}
+
+/// A Python program that appends SIGNAL's name to `log` on each delivery (a shell would merge
+/// two deliveries that come close together), prints `ready`, lives for `argv[1]` seconds, then
+/// appends `end`.
+fn counter(signal: &str, log: &Path) -> String {
+    format!(
+        "import signal, sys, time\n\
+         signal.signal(signal.SIG{signal}, lambda *_: open({log:?}, 'a').write('{signal}\\n'))\n\
+         print('ready', flush=True)\n\
+         end = time.monotonic() + float(sys.argv[1])\n\
+         while time.monotonic() < end: time.sleep(0.01)\n\
+         open({log:?}, 'a').write('end\\n')\n",
+        log = log.display().to_string()
+    )
+}
+
+/// True while process `pid` exists (and is not a zombie).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// The state letter of process `pid` (`R`, `S`, `T` for stopped, ...).
+fn state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).unwrap_or('?')
+}
+
+/// Waits until `cond` holds, failing the test after 20 s.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + cli_support::LONG;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------- the whole tree holds the lock
+
+#[test]
+fn a_background_child_keeps_the_lock_after_the_command_exits() {
+    let d = LockDir::new();
+    let url = d.url();
+    let log = d.tmp.path().join("log");
+    let script = format!("(sleep 1; echo child >> {log}) & echo parent-exits", log = log.display());
+    let mut p = start(&url, "x", &script);
+    assert_eq!(p.line(), "parent-exits");
+    // The command itself has exited; its child has not: the lock stays held.
+    assert_eq!(try_lock(&url, "x"), Some(1));
+    assert!(lines(&log).is_empty(), "the child was still sleeping");
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(lines(&log), ["child"], "interlock exits only after the last descendant");
+    assert_eq!(try_lock(&url, "x"), Some(0));
+}
+
+#[test]
+fn a_daemon_that_detaches_still_runs_inside_the_lock() {
+    // setsid + double fork: the daemon is orphaned, and re-parented to interlock (the subreaper).
+    let d = LockDir::new();
+    let url = d.url();
+    let log = d.tmp.path().join("log");
+    let script = format!(
+        "(setsid sh -c 'sleep 1; echo daemon >> {log}' < /dev/null > /dev/null 2>&1 &); echo detached",
+        log = log.display()
+    );
+    let mut p = start(&url, "x", &script);
+    assert_eq!(p.line(), "detached");
+    assert_eq!(try_lock(&url, "x"), Some(1));
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(lines(&log), ["daemon"]);
+    assert_eq!(try_lock(&url, "x"), Some(0));
+}
+
+#[test]
+fn sigterm_reaches_every_process_of_the_command_once_and_the_lock_waits_for_all() {
+    let d = LockDir::new();
+    let url = d.url();
+    let log = d.tmp.path().join("log");
+    // The parent exits at once on SIGTERM; its child takes its time to finish.
+    let script = format!(
+        "trap 'echo parent-term >> {log}; exit 0' TERM; \
+         (trap 'echo child-term >> {log}; sleep 0.6; echo child-end >> {log}; exit 0' TERM; \
+          while :; do sleep 0.05; done) & \
+         echo ready; wait",
+        log = log.display()
+    );
+    let mut p = start(&url, "x", &script);
+    assert_eq!(p.line(), "ready");
+    std::thread::sleep(Duration::from_millis(100));
+    p.signal(Signal::TERM);
+    eventually("both got SIGTERM", || lines(&log).len() >= 2);
+    // The child is still in its critical section: nobody else may have the lock.
+    assert_eq!(try_lock(&url, "x"), Some(1));
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    let mut got = lines(&log);
+    got.sort();
+    assert_eq!(got, ["child-end", "child-term", "parent-term"], "each process once, and the child finished");
+    assert_eq!(try_lock(&url, "x"), Some(0));
+}
+
+#[test]
+fn signals_reach_descendants_in_other_process_groups_and_sessions() {
+    let d = LockDir::new();
+    let url = d.url();
+    let log = d.tmp.path().join("log");
+    let script = format!(
+        "setsid sh -c 'trap \"echo usr1 >> {log}; exit 0\" USR1; echo ready; exec > /dev/null 2>&1; \
+         while :; do sleep 0.05; done' & wait",
+        log = log.display()
+    );
+    let mut p = start(&url, "x", &script);
+    assert_eq!(p.line(), "ready");
+    p.signal(Signal::USR1);
+    assert!(p.wait().code().is_some(), "{}", p.stderr());
+    assert_eq!(lines(&log), ["usr1"]);
+}
+
+// ---------------------------------------------------------------- interlock killed with SIGKILL
+
+#[test]
+fn on_the_file_backend_the_command_keeps_the_lock_when_interlock_is_killed() {
+    let d = LockDir::new();
+    let url = d.url();
+    let log = d.tmp.path().join("log");
+    let script = format!("echo ready; sleep 1; echo done >> {log}", log = log.display());
+    let mut p = start(&url, "x", &script);
+    assert_eq!(p.line(), "ready");
+    // Not `kill9`, which also waits for the end of the output, which the command holds open.
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    // As with flock(1): the command inherited the lock's descriptor.
+    assert_eq!(try_lock(&url, "x"), Some(1));
+    eventually("the command finished", || !lines(&log).is_empty());
+    eventually("the lock is free once the command is gone", || try_lock(&url, "x") == Some(0));
+}
+
+#[test]
+fn on_an_expiring_backend_the_command_dies_with_interlock() {
+    let mut c = interlock();
+    c.env("INTERLOCK_ALLOW_IN_PROCESS", "1");
+    c.args(["run", "-u", "memory://?lease=30s", "x", "--", "sh", "-c", "echo $$; sleep 30"]);
+    let mut p = Proc::spawn(c);
+    let pid: i32 = p.line().parse().unwrap();
+    assert!(alive(pid));
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    eventually("the command got the parent-death signal", || !alive(pid));
+}
+
+// ---------------------------------------------------------------- the lock is lost
+
+#[test]
+fn when_the_lock_is_lost_the_whole_tree_is_stopped() {
+    let mut c = interlock();
+    c.env("INTERLOCK_ALLOW_IN_PROCESS", "1");
+    c.args(["run", "-u", "memory://?lease=200ms", "--kill-after", "300ms", "x", "--", "sh", "-c"]);
+    // A grandchild that ignores SIGTERM: only SIGKILL, sent to the whole tree, ends it.
+    c.arg("sh -c 'trap \"\" TERM; echo $$; exec > /dev/null 2>&1; while :; do sleep 0.05; done' & wait");
+    let mut p = Proc::spawn(c);
+    let grandchild: i32 = p.line().parse().unwrap();
+    p.signal(Signal::STOP);
+    std::thread::sleep(Duration::from_millis(800));
+    p.signal(Signal::CONT);
+    assert_eq!(p.wait().code(), Some(75), "{}", p.stderr());
+    assert!(!alive(grandchild), "a process of the command outlived the lost lock");
+}
+
+// ---------------------------------------------------------------- signals arrive once
+
+#[test]
+fn timeout_delivers_sigterm_to_the_command_once() {
+    if !cli_support::require_tool("timeout", &["--version"]) {
+        return;
+    }
+    let d = LockDir::new();
+    let log = d.tmp.path().join("log");
+    let mut c = Command::new("timeout");
+    c.args(["0.5", BIN, "run", "-u", &d.url(), "x", "--", "python3", "-c", &counter("TERM", &log), "1.5"]);
+    let out = cli_support::output(c);
+    assert_eq!(out.code(), Some(124), "{out:?}");
+    assert_eq!(lines(&log), ["TERM", "end"], "SIGTERM must arrive exactly once");
+}
+
+#[test]
+fn a_signal_ignored_at_start_stays_ignored_for_interlock_and_the_command() {
+    if !cli_support::require_tool("nohup", &["--version"]) {
+        return;
+    }
+    let d = LockDir::new();
+    let mut c = Command::new("nohup");
+    c.env_remove("INTERLOCK_URL").env_remove("INTERLOCK_LOG");
+    c.args([BIN, "run", "-u", &d.url(), "x", "--", "sh", "-c", "echo ready; sleep 0.5; grep SigIgn /proc/self/status"]);
+    let mut p = Proc::spawn(c);
+    assert_eq!(p.line(), "ready");
+    p.signal(Signal::HUP);
+    assert_eq!(p.wait().code(), Some(0), "SIGHUP must not end the command: {}", p.stderr());
+    let ign = p.all_stdout().lines().find_map(|l| l.strip_prefix("SigIgn:").map(str::trim).map(str::to_owned));
+    let mask = u64::from_str_radix(&ign.expect("SigIgn line"), 16).unwrap();
+    assert_ne!(mask & 1, 0, "the command inherited SIGHUP ignored (mask {mask:x})");
+}
+
+#[test]
+fn sigtstp_stops_the_command_and_interlock_and_sigcont_resumes_both() {
+    let d = LockDir::new();
+    let mut p = start(&d.url(), "x", "echo $$; sleep 0.6; echo finished");
+    let child: u32 = p.line().parse().unwrap();
+    p.signal(Signal::TSTP);
+    eventually("both stopped", || state(child) == 'T' && state(p.pid()) == 'T');
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(p.running());
+    p.signal(Signal::CONT);
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(p.line(), "finished");
+}
+
+/// Runs `interlock run ... -- COMMAND` in the foreground of a new terminal (a pty), types `keys`
+/// once the command printed `ready`, and returns what Python saw (`stopped`, the exit status).
+fn in_a_terminal(dir: &LockDir, command: &[&str], keys: &str) -> String {
+    const PY: &str = r#"
+import os, pty, select, sys, time
+argv = sys.argv[1:-1]; keys = sys.argv[-1].encode()
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+buf = b""
+while b"ready" not in buf:
+    r, _, _ = select.select([fd], [], [], 20)
+    if not r: sys.exit("no ready from the command: %r" % buf)
+    buf += os.read(fd, 100)
+time.sleep(0.1)
+os.write(fd, keys)
+_, st = os.waitpid(pid, os.WUNTRACED)
+if os.WIFSTOPPED(st):
+    print("stopped", flush=True)
+    time.sleep(0.3)
+    os.killpg(pid, 18)  # SIGCONT, as a shell's fg does
+    _, st = os.waitpid(pid, 0)
+print("status", os.waitstatus_to_exitcode(st))
+"#;
+    let mut c = Command::new("python3");
+    c.args(["-c", PY, BIN, "run", "-u", &dir.url(), "x", "--"]).args(command).arg(keys);
+    let out = cli_support::output(c);
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
+#[test]
+fn ctrl_c_in_a_terminal_reaches_the_command_once() {
+    if !cli_support::require_tool("python3", &["--version"]) {
+        return;
+    }
+    let d = LockDir::new();
+    let log = d.tmp.path().join("log");
+    let said = in_a_terminal(&d, &["python3", "-c", &counter("INT", &log), "1"], "\x03");
+    assert_eq!(said.trim(), "status 0", "{said}");
+    assert_eq!(lines(&log), ["INT", "end"], "SIGINT from the terminal must arrive exactly once");
+}
+
+#[test]
+fn ctrl_z_in_a_terminal_stops_the_job_and_fg_resumes_it() {
+    if !cli_support::require_tool("python3", &["--version"]) {
+        return;
+    }
+    let d = LockDir::new();
+    let log = d.tmp.path().join("log");
+    let script = format!("echo ready; sleep 0.5; echo end >> {log}", log = log.display());
+    let said = in_a_terminal(&d, &["sh", "-c", &script], "\x1a");
+    assert_eq!(said.lines().collect::<Vec<_>>(), ["stopped", "status 0"], "{said}");
+    assert_eq!(lines(&log), ["end"]);
+}
+
+// ---------------------------------------------------------------- in-process backends
+
+#[test]
+fn in_process_backends_are_refused_by_run_hold_and_status() {
+    for args in [
+        &["run", "-u", "memory://", "x", "--", "true"][..],
+        &["hold", "-u", "memory://", "x"],
+        &["status", "-u", "memory://", "x"],
+    ] {
+        let line = run(args).fails_with(64);
+        assert!(line.contains("inside one process"), "{line}");
+    }
+}
