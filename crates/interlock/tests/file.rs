@@ -170,3 +170,24 @@ async fn shared_directories_get_shared_sidecars() {
     let mode = std::fs::metadata(private.join(".m.fence")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode & 0o066 & !0o044, 0, "private directory, no group/other write: {mode:o}");
 }
+
+/// Another tool holding one of a semaphore's internal files (its metadata file, or its fencing
+/// counter): a single try reports contention instead of waiting for it, and a timed acquisition
+/// times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_does_not_wait_for_a_semaphores_internal_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path()).await;
+    let sem = p.semaphore("x", 2).unwrap();
+    drop(sem.acquire().await.unwrap());
+    for internal in ["x#sem", ".x#sem.fence"] {
+        let foreign = File::open(tmp.path().join(internal)).unwrap();
+        rustix::fs::flock(&foreign, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let tried = tokio::time::timeout(EVENTUALLY, sem.try_acquire()).await.expect("a try does not wait");
+        assert!(tried.unwrap().is_none(), "{internal}: contention");
+        let timed = tokio::time::timeout(EVENTUALLY, sem.acquire_timeout(Duration::from_millis(300))).await;
+        assert!(timed.expect("bounded").unwrap_err().is_timeout(), "{internal}");
+        drop(foreign);
+        drop(sem.try_acquire().await.unwrap().expect("free again"));
+    }
+}

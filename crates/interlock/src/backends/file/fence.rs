@@ -13,21 +13,24 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::raw::{lock_open_file, open_in_dir};
+use super::raw::{Attempt, lock_internal, open_in_dir};
 use crate::error::{Error, Result};
 
 const WIDTH: usize = 21; // 20 digits (u64::MAX) and a newline
 
 /// Adds one to the counter at `path` and returns the new value (`bump`), or returns the current
-/// value (`!bump`). With `lock`, under an exclusive `flock` of the counter file. `share`: see
+/// value (`!bump`). With `lock`, under an exclusive `flock` of the counter file; then `Ok(None)`
+/// when `try_only` and another process keeps that file locked. `share`: see
 /// [`super::raw::open_in_dir`].
-pub(crate) async fn next(path: &Path, bump: bool, lock: bool, share: u32) -> Result<u64> {
+pub(crate) async fn next(path: &Path, bump: bool, lock: bool, share: u32, try_only: bool) -> Result<Option<u64>> {
     let ctx = || format!("fencing counter {}", path.display());
     let (file, id): (File, _) = open_in_dir(path, Some(share)).map_err(|e| Error::io(ctx(), e))?;
     if lock {
         // Held by other members for a few microseconds; wait for it like any lock, without
-        // blocking the thread.
-        lock_open_file(&file, path, id, false, false, false).await?;
+        // blocking the thread (a single try does not wait).
+        if let Attempt::Busy = lock_internal(&file, path, id, false, try_only, false).await? {
+            return Ok(None);
+        }
     }
     // One read: the counter is 21 bytes written in place, so a short read only happens at EOF.
     let mut buf = [0u8; 64];
@@ -47,7 +50,7 @@ pub(crate) async fn next(path: &Path, bump: bool, lock: bool, share: u32) -> Res
         })?
     };
     if !bump {
-        return Ok(current);
+        return Ok(Some(current));
     }
     let value = current.checked_add(1).ok_or_else(|| Error::Backend {
         backend: "file",
@@ -57,7 +60,7 @@ pub(crate) async fn next(path: &Path, bump: bool, lock: bool, share: u32) -> Res
     let text = format!("{value:0w$}\n", w = WIDTH - 1);
     file.write_all_at(text.as_bytes(), 0).map_err(|e| Error::io(ctx(), e))?;
     // Closing `file` drops its flock.
-    Ok(value)
+    Ok(Some(value))
 }
 
 #[cfg(test)]
@@ -68,12 +71,12 @@ mod tests {
     async fn counts_persists_and_refuses_garbage() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join(".x.fence");
-        assert_eq!(next(&p, false, true, 0o600).await.unwrap(), 0);
-        assert_eq!(next(&p, true, true, 0o600).await.unwrap(), 1);
-        assert_eq!(next(&p, true, true, 0o600).await.unwrap(), 2);
-        assert_eq!(next(&p, false, true, 0o600).await.unwrap(), 2);
+        assert_eq!(next(&p, false, true, 0o600, false).await.unwrap(), Some(0));
+        assert_eq!(next(&p, true, true, 0o600, false).await.unwrap(), Some(1));
+        assert_eq!(next(&p, true, true, 0o600, true).await.unwrap(), Some(2));
+        assert_eq!(next(&p, false, true, 0o600, false).await.unwrap(), Some(2));
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "00000000000000000002\n");
         std::fs::write(&p, b"junk").unwrap();
-        assert!(next(&p, true, true, 0o600).await.unwrap_err().to_string().contains("refusing"));
+        assert!(next(&p, true, true, 0o600, false).await.unwrap_err().to_string().contains("refusing"));
     }
 }

@@ -58,10 +58,13 @@ impl FileProvider {
                 }
             }
         };
-        // On error the files drop here, which unlocks them.
-        // Exclusive holders of the lock file are alone, so its counter needs no lock of its own;
-        // permit holders of one semaphore bump theirs concurrently, so that one is locked.
-        let token = fence::next(&self.dir.join(fence_file), bump, meta.is_some(), self.share).await?;
+        // On error (or contention on the semaphore's counter) the files drop here, which unlocks
+        // them. Exclusive holders of the lock file are alone, so its counter needs no lock of its
+        // own; permit holders of one semaphore bump theirs concurrently, so that one is locked.
+        let fence_path = self.dir.join(fence_file);
+        let Some(token) = fence::next(&fence_path, bump, meta.is_some(), self.share, try_only).await? else {
+            return Ok(None);
+        };
         Ok(Some(Arc::new(FileHeld { files: StdMutex::new(Some((file, meta))), token })))
     }
 
@@ -82,7 +85,9 @@ impl FileProvider {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let meta_path = self.dir.join(sem);
         'open: loop {
-            let (meta, meta_id) = join_semaphore(&meta_path, name, permits, self.share).await?;
+            let Some((meta, meta_id)) = join_semaphore(&meta_path, name, permits, self.share, try_only).await? else {
+                return Ok(None);
+            };
             // Permit files are opened as they are tried: an uncontended acquisition opens one, not
             // all of them. A waiter ends up with all open, to watch them.
             let mut permit_files: Vec<Option<(PathBuf, File, FileId)>> = (0..permits).map(|_| None).collect();
@@ -297,8 +302,14 @@ pub(crate) async fn lock_open_file(
 
 /// Joins a semaphore: a shared lock on its metadata file, whose content is the permits count.
 /// The first member (the only one that can get the lock exclusively) writes the count; everyone
-/// checks it.
-async fn join_semaphore(meta_path: &Path, name: &LockName, permits: u32, share: u32) -> Result<(LockedFile, FileId)> {
+/// checks it. `Ok(None)` when `try_only` and another process keeps the file locked exclusively.
+async fn join_semaphore(
+    meta_path: &Path,
+    name: &LockName,
+    permits: u32,
+    share: u32,
+    try_only: bool,
+) -> Result<Option<(LockedFile, FileId)>> {
     let ctx = || format!("semaphore file {}", meta_path.display());
     for _ in 0..100 {
         let (file, id) = open_in_dir(meta_path, Some(share)).map_err(|e| Error::io(ctx(), e))?;
@@ -309,11 +320,13 @@ async fn join_semaphore(meta_path: &Path, name: &LockName, permits: u32, share: 
         }
         // Converting exclusive to shared, or waiting out another member's brief exclusive write
         // (it modifies the file, which wakes us).
-        lock_open_file(&meta.0, meta_path, id, true, false, false).await?;
+        if let Attempt::Busy = lock_internal(&meta.0, meta_path, id, true, try_only, false).await? {
+            return Ok(None);
+        }
         let mut buf = [0u8; 32];
         let n = meta.0.read_at(&mut buf, 0).map_err(|e| Error::io(ctx(), e))?;
         match std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.trim().parse::<u32>().ok()) {
-            Some(p) if p == permits => return Ok((meta, id)),
+            Some(p) if p == permits => return Ok(Some((meta, id))),
             Some(existing) => {
                 return Err(Error::PermitsMismatch { name: name.display(), existing, requested: permits });
             }
@@ -326,6 +339,36 @@ async fn join_semaphore(meta_path: &Path, name: &LockName, permits: u32, share: 
         message: format!("{} never got a permits count", meta_path.display()),
         source: None,
     })
+}
+
+/// How many times a single try ([`Wait::Try`]) attempts one of our internal files before it
+/// reports contention. Their legitimate holders keep them for microseconds (a semaphore's first
+/// member writing the permits count, a member bumping the fencing counter); a foreign process
+/// holding one must not make a single try wait.
+const INTERNAL_TRIES: u32 = 8;
+
+/// Locks one of our internal files (a semaphore's metadata file or fencing counter), which its
+/// legitimate holders keep for a few microseconds: a few attempts, yielding the CPU in between
+/// (never sleeping), then `Busy` when `try_only`, else waiting like for any lock (the caller's
+/// deadline cancels the wait).
+pub(crate) async fn lock_internal(
+    file: &File,
+    path: &Path,
+    id: FileId,
+    shared: bool,
+    try_only: bool,
+    follow: bool,
+) -> Result<Attempt> {
+    for _ in 0..INTERNAL_TRIES {
+        if try_flock(file, shared, path)? {
+            return Ok(Attempt::Locked);
+        }
+        std::thread::yield_now();
+    }
+    if try_only {
+        return Ok(Attempt::Busy);
+    }
+    lock_open_file(file, path, id, shared, false, follow).await
 }
 
 /// Which file an open descriptor is: `(device, inode)`.
