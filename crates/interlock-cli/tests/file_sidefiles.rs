@@ -1,6 +1,7 @@
 //! The file backend's own files beside each lock (`.NAME.fence`, `NAME#sem`, `.NAME#sem.fence`),
 //! seen from the command line:
-//! - `-n` and `-w` stay bounded when another tool holds one of those files.
+//! - `-n` and `-w` stay bounded when another tool holds one of those files;
+//! - a fencing counter that is not exactly what interlock writes is refused, never restarted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli_support;
@@ -9,7 +10,32 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cli_support::{LockDir, Proc, interlock, run};
+use cli_support::{LockDir, Out, Proc, interlock, run};
+
+/// `interlock ARGS...` as root, or as `nobody` through setpriv.
+fn interlock_as(nobody: bool, args: &[&str]) -> Out {
+    let mut c = if nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", cli_support::BIN]);
+        c.env_remove("INTERLOCK_URL").env_remove("INTERLOCK_LOG");
+        c
+    } else {
+        interlock()
+    };
+    c.args(args);
+    cli_support::output(c)
+}
+
+/// `interlock run [FLAGS...] NAME -- sh -c 'echo $INTERLOCK_TOKEN'`: the token it got.
+fn token_of_run(nobody: bool, url: &str, flags: &[&str], name: &str) -> u64 {
+    let mut args = vec!["run", "-u", url];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&[name, "--", "sh", "-c", "echo $INTERLOCK_TOKEN"]);
+    let out = interlock_as(nobody, &args);
+    let who = if nobody { "nobody" } else { "root" };
+    assert_eq!(out.code(), Some(0), "{who}: interlock {args:?}: {}", out.stderr);
+    out.stdout.trim().parse().unwrap_or_else(|_| panic!("{who}: token {:?}", out.stdout))
+}
 
 /// `flock FILE` holding FILE for at most `secs` seconds (or until its stdin closes); returns once
 /// it holds it.
@@ -54,4 +80,55 @@ fn nonblocking_semaphore_acquisitions_do_not_wait_for_internal_files() {
         assert!(holder.wait().success());
         run(&["run", "-u", &url, "-n", "--permits", "2", "x", "--", "true"]).succeeds();
     }
+}
+
+/// A fencing counter that is not exactly 20 digits and a newline is refused, with one line that
+/// names the file and exit 69; valid files continue from their value.
+#[test]
+fn a_bad_fencing_counter_is_refused_not_restarted() {
+    let d = LockDir::new();
+    let url = d.url();
+    run(&["run", "-u", &url, "c", "--", "true"]).succeeds();
+    run(&["run", "-u", &url, "--permits", "2", "s", "--", "true"]).succeeds();
+    let spaces_then_3 = format!("{}3", " ".repeat(70)).into_bytes();
+    let bad: &[&[u8]] = &[
+        b"",
+        b" ",
+        b"\n",
+        b"                     ",
+        &spaces_then_3,
+        b"3",
+        b"3\n",
+        b"00000000000000000014",
+        b"00000000000000000014\n\n",
+        b"00000000000000000014\nx",
+        b"00000000000000000014 ",
+        b"0000000000000000014\n ",
+        b"99999999999999999999\n",
+        b"-0000000000000000014\n",
+        b"+0000000000000000014\n",
+        b"0000000000000000001a\n",
+        b"00000000000000000014\r",
+    ];
+    for content in bad {
+        for (flags, fence) in
+            [(&[][..], ".c.fence"), (&["-s"][..], ".c.fence"), (&["--permits", "2"][..], ".s#sem.fence")]
+        {
+            let path = d.path(fence);
+            std::fs::write(&path, content).unwrap();
+            let name = if fence == ".c.fence" { "c" } else { "s" };
+            let mut args = vec!["run", "-u", &url, "-n"];
+            args.extend_from_slice(flags);
+            args.extend_from_slice(&[name, "--", "true"]);
+            let line = run(&args).fails_with(69);
+            assert!(line.contains(&path.display().to_string()), "{content:?} {flags:?}: {line}");
+            assert!(line.contains("refusing to restart fencing tokens"), "{content:?}: {line}");
+            assert_eq!(std::fs::read(&path).unwrap(), *content, "the bad counter was left as it was");
+        }
+    }
+    std::fs::write(d.path(".c.fence"), "00000000000000000014\n").unwrap();
+    assert_eq!(token_of_run(false, &url, &["-s"], "c"), 14);
+    assert_eq!(token_of_run(false, &url, &[], "c"), 15);
+    std::fs::write(d.path(".s#sem.fence"), "00000000000000000030\n").unwrap();
+    assert_eq!(token_of_run(false, &url, &["--permits", "2"], "s"), 31);
 }

@@ -62,8 +62,14 @@ impl FileProvider {
         // them. Exclusive holders of the lock file are alone, so its counter needs no lock of its
         // own; permit holders of one semaphore bump theirs concurrently, so that one is locked.
         let fence_path = self.dir.join(fence_file);
-        let Some(token) = fence::next(&fence_path, bump, meta.is_some(), self.share, try_only).await? else {
-            return Ok(None);
+        let token = if !bump {
+            fence::current(&fence_path)?
+        } else {
+            let lock = if meta.is_some() { fence::Lock::Own { try_only } } else { fence::Lock::Held };
+            match fence::bump(&fence_path, self.share, lock).await? {
+                Some(token) => token,
+                None => return Ok(None),
+            }
         };
         Ok(Some(Arc::new(FileHeld { files: StdMutex::new(Some((file, meta))), token })))
     }
@@ -101,7 +107,7 @@ impl FileProvider {
                     let slot = &mut permit_files[i as usize];
                     if slot.is_none() {
                         let path = self.dir.join(mapping::permit_name(sem, i));
-                        let (file, id) = open_in_dir(&path, None)
+                        let (file, id) = open_in_dir(&path, Access::Lock)
                             .map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
                         *slot = Some((path, file, id));
                     }
@@ -244,7 +250,8 @@ impl Waiter {
 /// Takes `path` shared or exclusive; `Ok(None)` on contention when `try_only`.
 async fn lock_file(path: &Path, shared: bool, try_only: bool) -> Result<Option<LockedFile>> {
     loop {
-        let (file, id) = open_in_dir(path, None).map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
+        let (file, id) =
+            open_in_dir(path, Access::Lock).map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
         match lock_open_file(&file, path, id, shared, try_only, true).await? {
             Attempt::Busy => return Ok(None),
             Attempt::Replaced => continue,
@@ -312,7 +319,8 @@ async fn join_semaphore(
 ) -> Result<Option<(LockedFile, FileId)>> {
     let ctx = || format!("semaphore file {}", meta_path.display());
     for _ in 0..100 {
-        let (file, id) = open_in_dir(meta_path, Some(share)).map_err(|e| Error::io(ctx(), e))?;
+        let (file, id) =
+            open_in_dir(meta_path, Access::Update { share, create: true }).map_err(|e| Error::io(ctx(), e))?;
         let meta = LockedFile(file);
         if try_flock(&meta.0, false, meta_path)? {
             meta.0.set_len(0).map_err(|e| Error::io(ctx(), e))?;
@@ -388,24 +396,39 @@ pub(crate) fn share_mode(dir_mode: u32) -> u32 {
     mode
 }
 
-/// Opens (creating if needed, mode 0666 less the umask, like `flock(1)`) a file in the lock
-/// directory: read-only for lock files (`flock` needs no more), read-write for our own counter and
-/// metadata files with `Some(share)`, in which case a file we own gets at least the `share` bits
-/// (see [`share_mode`]) so that other users of a shared directory can update it too. Never follows
-/// a symlink, never blocks on a FIFO, refuses anything but a regular file.
-pub(crate) fn open_in_dir(path: &Path, write: Option<u32>) -> io::Result<(File, FileId)> {
-    let access = if write.is_some() { OFlags::RDWR } else { OFlags::RDONLY };
-    let flags = access | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
-    let mode = Mode::from_raw_mode(0o666);
+/// How [`open_in_dir`] opens a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// A lock or permit file: read-only (`flock` needs no more), created if missing.
+    Lock,
+    /// One of our files that we write (fencing counter, semaphore metadata): read-write, created
+    /// empty if missing and `create`; a file we own gets at least the `share` bits (see
+    /// [`share_mode`]) so that the other users of a shared directory can update it too.
+    Update { share: u32, create: bool },
+    /// An existing file, only read; `NotFound` if missing.
+    Read,
+}
+
+/// Opens a file in the lock directory as `access` says. A file we create has mode 0666 less the
+/// umask, like `flock(1)`'s. Never follows a symlink, never blocks on a FIFO, refuses anything but
+/// a regular file.
+pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, FileId)> {
+    let (rw, create, share) = match access {
+        Access::Lock => (OFlags::RDONLY, true, None),
+        Access::Update { share, create } => (OFlags::RDWR, create, Some(share)),
+        Access::Read => (OFlags::RDONLY, false, None),
+    };
+    let flags = rw | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
     // Our read-write files are read and written on every acquisition: spare the filesystem an
     // atime update each time where we may (O_NOATIME needs ownership: EPERM otherwise).
-    let opened = match write {
-        Some(_) => match rustix::fs::open(path, flags | OFlags::NOATIME, mode) {
-            Err(rustix::io::Errno::PERM) => rustix::fs::open(path, flags, mode),
+    let open = |flags: OFlags| match share {
+        Some(_) => match rustix::fs::open(path, flags | OFlags::NOATIME, Mode::from_raw_mode(0o666)) {
+            Err(rustix::io::Errno::PERM) => rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)),
             other => other,
         },
-        None => rustix::fs::open(path, flags, mode),
+        None => rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)),
     };
+    let opened = open(if create { flags | OFlags::CREATE } else { flags });
     let fd: OwnedFd = match opened {
         Ok(fd) => fd,
         Err(rustix::io::Errno::LOOP) => {
@@ -417,13 +440,73 @@ pub(crate) fn open_in_dir(path: &Path, write: Option<u32>) -> io::Result<(File, 
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(io::Error::other(format!("{} is not a regular file", path.display())));
     }
-    if let Some(share) = write {
+    if let Some(share) = share {
         let mode = st.st_mode & 0o7777;
         if mode & share != share && st.st_uid == rustix::process::geteuid().as_raw() {
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode | share))?;
         }
     }
     Ok((File::from(fd), (st.st_dev, st.st_ino)))
+}
+
+/// Puts a file holding exactly `content` at `path` atomically, so that it is never seen empty or
+/// half-written: writes a hidden temporary file beside it, then moves that into place, over what
+/// is there when `replace`, else only if nothing is (`Ok(false)` when something is: use it).
+/// The new file gets the `share` bits (see [`open_in_dir`]).
+///
+/// The temporary name (`.interlock-PID-N.tmp`) starts with `.`, which no lock file name does,
+/// and does not end in `.fence`, as every other hidden file of ours does: it can never be taken
+/// for a lock or counter file.
+pub(crate) fn install(path: &Path, content: &[u8], share: u32, replace: bool) -> io::Result<bool> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut attempt = 0;
+    let (tmp, fd) = loop {
+        let tmp = dir.join(format!(".interlock-{}-{}.tmp", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        match rustix::fs::open(&tmp, flags, Mode::from_raw_mode(0o666)) {
+            Ok(fd) => break (tmp, fd),
+            // Left by a process that had our pid (another pid namespace, or one that crashed).
+            Err(rustix::io::Errno::EXIST) if attempt < 100 => attempt += 1,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // Whether the temporary name is gone (moved into place), and what to return.
+    let mut moved = false;
+    let placed = (|| {
+        let file = File::from(fd);
+        file.write_all_at(content, 0)?;
+        let mode = rustix::fs::fstat(&file)?.st_mode & 0o7777;
+        if mode & share != share {
+            rustix::fs::fchmod(&file, Mode::from_raw_mode(mode | share))?;
+        }
+        if replace {
+            rustix::fs::rename(&tmp, path)?;
+            moved = true;
+            return Ok(true);
+        }
+        let cwd = rustix::fs::CWD;
+        match rustix::fs::renameat_with(cwd, &tmp, cwd, path, rustix::fs::RenameFlags::NOREPLACE) {
+            Ok(()) => {
+                moved = true;
+                Ok(true)
+            }
+            Err(rustix::io::Errno::EXIST) => Ok(false),
+            // A filesystem without RENAME_NOREPLACE: a hard link never replaces either.
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
+                match rustix::fs::linkat(cwd, &tmp, cwd, path, rustix::fs::AtFlags::empty()) {
+                    Ok(()) => Ok(true),
+                    Err(rustix::io::Errno::EXIST) => Ok(false),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    })();
+    if !moved {
+        let _ = rustix::fs::unlink(&tmp);
+    }
+    placed
 }
 
 /// Lock attempts (non-blocking `flock` calls on lock and permit files) made by this process.
@@ -444,7 +527,7 @@ fn try_flock(file: &File, shared: bool, path: &Path) -> Result<bool> {
 }
 
 /// True when `path` still names the file `id` (the inode we opened and locked).
-fn path_is(path: &Path, id: FileId) -> Result<bool> {
+pub(crate) fn path_is(path: &Path, id: FileId) -> Result<bool> {
     match rustix::fs::lstat(path) {
         Ok(st) => Ok((st.st_dev, st.st_ino) == id),
         Err(rustix::io::Errno::NOENT) => Ok(false),
