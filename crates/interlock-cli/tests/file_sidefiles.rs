@@ -1,16 +1,52 @@
 //! The file backend's own files beside each lock (`.NAME.fence`, `NAME#sem`, `.NAME#sem.fence`),
 //! seen from the command line:
+//! - whoever can take a lock with `flock(1)` can take it with interlock, even after root used the
+//!   name first in a directory that belongs to someone else;
 //! - `-n` and `-w` stay bounded when another tool holds one of those files;
 //! - a fencing counter that is not exactly what interlock writes is refused, never restarted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli_support;
 
-use std::path::Path;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cli_support::{LockDir, Out, Proc, interlock, run};
+
+const NOBODY: u32 = 65534;
+
+/// A lock directory owned by `nobody`, mode 0755, inside a 0755 temp dir it can traverse.
+struct NobodysDir {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl NobodysDir {
+    fn new() -> NobodysDir {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = tmp.path().join("locks");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+        NobodysDir { _tmp: tmp, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+}
+
+/// Needs root (to act as a second user) and setpriv; says why when it skips.
+fn can_switch_users(test: &str) -> bool {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("{test}: needs root to switch users; skipped");
+        return false;
+    }
+    cli_support::require_tool("setpriv", &["--version"])
+}
 
 /// `interlock ARGS...` as root, or as `nobody` through setpriv.
 fn interlock_as(nobody: bool, args: &[&str]) -> Out {
@@ -35,6 +71,100 @@ fn token_of_run(nobody: bool, url: &str, flags: &[&str], name: &str) -> u64 {
     let who = if nobody { "nobody" } else { "root" };
     assert_eq!(out.code(), Some(0), "{who}: interlock {args:?}: {}", out.stderr);
     out.stdout.trim().parse().unwrap_or_else(|_| panic!("{who}: token {:?}", out.stdout))
+}
+
+fn owner(path: &Path) -> (u32, u32, u32) {
+    let m = std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (m.uid(), m.gid(), m.mode() & 0o7777)
+}
+
+/// Root takes each kind of lock once in nobody's 0755 directory; nobody can then take the same
+/// names (mutex, shared, semaphore) with `-n`, and the tokens keep increasing. The files root
+/// created belong to the directory's owner.
+#[test]
+fn root_using_a_name_first_does_not_lock_the_directory_owner_out() {
+    if !can_switch_users("root_using_a_name_first_does_not_lock_the_directory_owner_out") {
+        return;
+    }
+    let d = NobodysDir::new();
+    let url = d.url();
+    // A reader first, on a name nobody used yet: it must not need (or create) a counter.
+    assert_eq!(token_of_run(false, &url, &["-s"], "fresh"), 0);
+    let t1 = token_of_run(false, &url, &[], "job");
+    let (mut holder, line) = cli_support::hold(&["-u", &url, "--permits", "2", "pool"]);
+    let p1: u64 = line.trim_start_matches("token=").parse().unwrap();
+    holder.close_stdin();
+    assert!(holder.wait().success());
+
+    let t2 = token_of_run(true, &url, &["-n"], "job");
+    assert!(t2 > t1, "{t1} then {t2}");
+    assert_eq!(token_of_run(true, &url, &["-n", "-s"], "job"), t2, "a reader sees the last writer's token");
+    assert_eq!(token_of_run(true, &url, &["-n", "-s"], "fresh"), 0);
+    assert!(!d.dir.join(".fresh.fence").exists(), "a reader created the fencing counter");
+    assert!(token_of_run(true, &url, &["-n"], "fresh") >= 1);
+    let p2 = token_of_run(true, &url, &["-n", "--permits", "2"], "pool");
+    assert!(p2 > p1, "{p1} then {p2}");
+    // And root again, after nobody: still increasing.
+    assert!(token_of_run(false, &url, &["-n"], "job") > t2);
+    assert!(token_of_run(false, &url, &["-n", "--permits", "2"], "pool") > p2);
+
+    for entry in std::fs::read_dir(&d.dir).unwrap() {
+        let f = entry.unwrap().path();
+        let (uid, gid, _) = owner(&f);
+        assert_eq!((uid, gid), (NOBODY, NOBODY), "{} must belong to the directory's owner", f.display());
+    }
+}
+
+/// Files left by older versions: root-owned 0644 side files in nobody's 0755 directory. nobody
+/// replaces them (it owns the directory) and the tokens continue where they were.
+#[test]
+fn the_directory_owner_recovers_from_root_owned_side_files() {
+    if !can_switch_users("the_directory_owner_recovers_from_root_owned_side_files") {
+        return;
+    }
+    let d = NobodysDir::new();
+    let url = d.url();
+    let plant = |name: &str, content: &str| {
+        let p = d.dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(owner(&p), (0, 0, 0o644));
+    };
+    plant("job", "");
+    plant(".job.fence", "00000000000000000007\n");
+    plant("pool#sem", "2\n");
+    plant("pool#sem.0", "");
+    plant("pool#sem.1", "");
+    plant(".pool#sem.fence", "00000000000000000005\n");
+    plant("other#sem", "2\n");
+    plant(".other#sem.fence", "00000000000000000040\n");
+
+    assert_eq!(token_of_run(true, &url, &["-n", "-s"], "job"), 7, "a reader only reads the counter");
+    assert_eq!(owner(&d.dir.join(".job.fence")).0, 0, "a reader does not replace the counter");
+    assert_eq!(token_of_run(true, &url, &["-n"], "job"), 8);
+    assert_eq!(token_of_run(true, &url, &["-n"], "job"), 9);
+    assert_eq!(token_of_run(true, &url, &["-n", "-s"], "job"), 9);
+    // A member that is not the first only reads `pool#sem`: root holds a permit meanwhile.
+    let (mut root_member, line) = cli_support::hold(&["-u", &url, "--permits", "2", "pool"]);
+    assert_eq!(line, "token=6");
+    assert_eq!(token_of_run(true, &url, &["-n", "--permits", "2"], "pool"), 7);
+    root_member.close_stdin();
+    assert!(root_member.wait().success());
+    assert_eq!(token_of_run(true, &url, &["-n", "--permits", "2"], "pool"), 8);
+    // The first member with another permits count rewrites `NAME#sem`, which root owns.
+    assert_eq!(token_of_run(true, &url, &["-n", "--permits", "3"], "other"), 41);
+    assert_eq!(std::fs::read_to_string(d.dir.join("other#sem")).unwrap().trim(), "3");
+    assert_eq!(token_of_run(false, &url, &["-n", "--permits", "3"], "other"), 42);
+
+    for f in [".job.fence", ".pool#sem.fence", "other#sem", ".other#sem.fence"] {
+        assert_eq!(owner(&d.dir.join(f)).0, NOBODY, "{f} was replaced by its directory's owner");
+    }
+    let leftovers: Vec<String> = std::fs::read_dir(&d.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".fence") && n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
 }
 
 /// `flock FILE` holding FILE for at most `secs` seconds (or until its stdin closes); returns once

@@ -187,6 +187,33 @@ async fn a_reader_creates_no_counter() {
     assert_eq!(p.rwlock("r").unwrap().read().await.unwrap().fencing_token(), Some(1));
 }
 
+/// Root using a directory that belongs to another user makes its files that user's, so the
+/// directory's owner is never locked out of a name root used first.
+#[tokio::test]
+async fn files_root_creates_belong_to_the_directorys_owner() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return eprintln!("files_root_creates_belong_to_the_directorys_owner: needs root; skipped");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("theirs");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let p = provider(&dir).await;
+    drop(p.mutex("m").unwrap().lock().await.unwrap());
+    drop(p.semaphore("s", 2).unwrap().acquire().await.unwrap());
+    let files = listing(&dir);
+    assert!(files.len() >= 5, "{files:?}");
+    for f in files {
+        let m = std::fs::symlink_metadata(dir.join(&f)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534), "{f}");
+    }
+    // In its own directory, root keeps its files.
+    let own = tmp.path().join("own");
+    drop(provider(&own).await.mutex("m").unwrap().lock().await.unwrap());
+    assert_eq!(std::fs::metadata(own.join(".m.fence")).unwrap().uid(), 0);
+}
+
 /// A fencing counter that is not exactly what interlock writes (20 digits and a newline) is
 /// refused with an error naming the file, by writers, readers and semaphores alike.
 #[tokio::test]

@@ -14,13 +14,19 @@
 //! (a temporary file moved into place without replacing anything), so it is never seen empty.
 //! It survives process restarts; it is not fsynced, so a power loss can lose the most recent
 //! increments. Deleting the file restarts the count: don't.
+//!
+//! A counter file we may not write (left by another user, e.g. root-owned 0644 in a directory we
+//! own) is replaced by a new file holding the next value, but only under the lock that protects
+//! it: the lock file's exclusive lock for `.NAME.fence`, the counter's own exclusive lock for a
+//! semaphore's (whose holders therefore check, once they hold it, that the path still names the
+//! file they locked).
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::raw::{Access, Attempt, install, lock_internal, open_in_dir, path_is};
+use super::raw::{Access, Attempt, install, is_denied, lock_internal, open_in_dir, path_is};
 use crate::error::{Error, Result};
 
 const WIDTH: usize = 21; // 20 digits (u64::MAX) and a newline
@@ -50,8 +56,8 @@ pub(crate) fn current(path: &Path) -> Result<u64> {
 /// counter locked. `share`: see [`super::raw::open_in_dir`].
 pub(crate) async fn bump(path: &Path, share: u32, lock: Lock) -> Result<Option<u64>> {
     for _ in 0..100 {
-        let (file, id) = match open_in_dir(path, Access::Update { share, create: false }) {
-            Ok(opened) => opened,
+        let (file, id, writable) = match open_in_dir(path, Access::Update { share, create: false }) {
+            Ok((file, id)) => (file, id, true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // First use. Losing the race to create it means someone else did: use theirs.
                 if install(path, &encode(1), share, false).map_err(|e| Error::io(context(path), e))? {
@@ -59,6 +65,12 @@ pub(crate) async fn bump(path: &Path, share: u32, lock: Lock) -> Result<Option<u
                 }
                 continue;
             }
+            // We may not write it; we may still read it, lock it and replace it.
+            Err(e) if is_denied(&e) => match open_in_dir(path, Access::Read) {
+                Ok((file, id)) => (file, id, false),
+                Err(gone) if gone.kind() == io::ErrorKind::NotFound => continue,
+                Err(_) => return Err(Error::io(context(path), e)),
+            },
             Err(e) => return Err(Error::io(context(path), e)),
         };
         if let Lock::Own { try_only } = lock {
@@ -69,8 +81,8 @@ pub(crate) async fn bump(path: &Path, share: u32, lock: Lock) -> Result<Option<u
                 Attempt::Busy => return Ok(None),
                 Attempt::Replaced => continue,
             }
-            // Someone may have deleted or replaced it while we waited: only the file at the path
-            // counts.
+            // Whoever held it before us may have replaced it (see the module's documentation):
+            // only the file at the path counts.
             if !path_is(path, id)? {
                 continue;
             }
@@ -80,7 +92,14 @@ pub(crate) async fn bump(path: &Path, share: u32, lock: Lock) -> Result<Option<u
             message: format!("{} reached the largest fencing token", path.display()),
             source: None,
         })?;
-        file.write_all_at(&encode(value), 0).map_err(|e| Error::io(context(path), e))?;
+        if writable {
+            file.write_all_at(&encode(value), 0).map_err(|e| Error::io(context(path), e))?;
+        } else {
+            // Replaced while we hold the lock that protects it, so no one writes it meanwhile.
+            install(path, &encode(value), share, true).map_err(|e| {
+                Error::io(format!("{} (it is not writable, and replacing it failed)", context(path)), e)
+            })?;
+        }
         // Closing `file` drops its flock.
         return Ok(Some(value));
     }

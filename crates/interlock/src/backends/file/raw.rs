@@ -309,7 +309,8 @@ pub(crate) async fn lock_open_file(
 
 /// Joins a semaphore: a shared lock on its metadata file, whose content is the permits count.
 /// The first member (the only one that can get the lock exclusively) writes the count; everyone
-/// checks it. `Ok(None)` when `try_only` and another process keeps the file locked exclusively.
+/// checks it. Members that are not the first only read the file, so they need no write access to
+/// it. `Ok(None)` when `try_only` and another process keeps the file locked exclusively.
 async fn join_semaphore(
     meta_path: &Path,
     name: &LockName,
@@ -318,23 +319,44 @@ async fn join_semaphore(
     try_only: bool,
 ) -> Result<Option<(LockedFile, FileId)>> {
     let ctx = || format!("semaphore file {}", meta_path.display());
+    let count = format!("{permits}\n");
     for _ in 0..100 {
-        let (file, id) =
-            open_in_dir(meta_path, Access::Update { share, create: true }).map_err(|e| Error::io(ctx(), e))?;
+        let (file, id, writable) = match open_in_dir(meta_path, Access::Update { share, create: true }) {
+            Ok((file, id)) => (file, id, true),
+            Err(e) if is_denied(&e) => match open_in_dir(meta_path, Access::Read) {
+                Ok((file, id)) => (file, id, false),
+                // It is not there, and we may not create it: the first error says why.
+                Err(missing) if missing.kind() == io::ErrorKind::NotFound => return Err(Error::io(ctx(), e)),
+                Err(e) => return Err(Error::io(ctx(), e)),
+            },
+            Err(e) => return Err(Error::io(ctx(), e)),
+        };
         let meta = LockedFile(file);
         if try_flock(&meta.0, false, meta_path)? {
-            meta.0.set_len(0).map_err(|e| Error::io(ctx(), e))?;
-            meta.0.write_all_at(format!("{permits}\n").as_bytes(), 0).map_err(|e| Error::io(ctx(), e))?;
+            // The first member: nobody else holds the file, so nobody reads it while we write.
+            if writable {
+                meta.0.set_len(0).map_err(|e| Error::io(ctx(), e))?;
+                meta.0.write_all_at(count.as_bytes(), 0).map_err(|e| Error::io(ctx(), e))?;
+            } else if read_permits(&meta.0).map_err(|e| Error::io(ctx(), e))? != Some(permits) {
+                // A file we may not write (left by another user): replace it with one holding our
+                // count, while our exclusive lock keeps everyone else out of the old one. Members
+                // that locked the old file notice (they check the path after taking a permit).
+                if path_is(meta_path, id)? {
+                    install(meta_path, count.as_bytes(), share, true).map_err(|e| Error::io(ctx(), e))?;
+                }
+                continue;
+            }
         }
         // Converting exclusive to shared, or waiting out another member's brief exclusive write
         // (it modifies the file, which wakes us).
         if let Attempt::Busy = lock_internal(&meta.0, meta_path, id, true, try_only, false).await? {
             return Ok(None);
         }
-        let mut buf = [0u8; 32];
-        let n = meta.0.read_at(&mut buf, 0).map_err(|e| Error::io(ctx(), e))?;
-        match std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.trim().parse::<u32>().ok()) {
+        match read_permits(&meta.0).map_err(|e| Error::io(ctx(), e))? {
             Some(p) if p == permits => return Ok(Some((meta, id))),
+            // A first member that could not write the file replaced it while we waited for the
+            // old one: only the file at the path counts.
+            _ if !path_is(meta_path, id)? => continue,
             Some(existing) => {
                 return Err(Error::PermitsMismatch { name: name.display(), existing, requested: permits });
             }
@@ -347,6 +369,13 @@ async fn join_semaphore(
         message: format!("{} never got a permits count", meta_path.display()),
         source: None,
     })
+}
+
+/// The permits count in a semaphore's metadata file; `None` when it holds none (yet).
+fn read_permits(file: &File) -> io::Result<Option<u32>> {
+    let mut buf = [0u8; 32];
+    let n = file.read_at(&mut buf, 0)?;
+    Ok(std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.trim().parse::<u32>().ok()))
 }
 
 /// How many times a single try ([`Wait::Try`]) attempts one of our internal files before it
@@ -410,8 +439,10 @@ pub(crate) enum Access {
 }
 
 /// Opens a file in the lock directory as `access` says. A file we create has mode 0666 less the
-/// umask, like `flock(1)`'s. Never follows a symlink, never blocks on a FIFO, refuses anything but
-/// a regular file.
+/// umask, like `flock(1)`'s; when root creates it in a directory that belongs to another user, it
+/// gets the directory's owner and group, so that root using a name first never locks the
+/// directory's owner out of it. Never follows a symlink, never blocks on a FIFO, refuses anything
+/// but a regular file.
 pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, FileId)> {
     let (rw, create, share) = match access {
         Access::Lock => (OFlags::RDONLY, true, None),
@@ -428,7 +459,22 @@ pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, File
         },
         None => rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)),
     };
-    let opened = open(if create { flags | OFlags::CREATE } else { flags });
+    // Open what is there; create only what is not, so that we know what we created.
+    let mut created = false;
+    let mut opened = open(flags);
+    for _ in 0..100 {
+        match opened {
+            Err(rustix::io::Errno::NOENT) if create => {}
+            _ => break,
+        }
+        opened = open(flags | OFlags::CREATE | OFlags::EXCL);
+        match opened {
+            Ok(_) => created = true,
+            // Someone else created it meanwhile (or it is a symlink): open what is there.
+            Err(rustix::io::Errno::EXIST) => opened = open(flags),
+            Err(_) => {}
+        }
+    }
     let fd: OwnedFd = match opened {
         Ok(fd) => fd,
         Err(rustix::io::Errno::LOOP) => {
@@ -446,13 +492,43 @@ pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, File
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode | share))?;
         }
     }
+    if created {
+        give_to_dir_owner(&fd, path);
+    }
     Ok((File::from(fd), (st.st_dev, st.st_ino)))
+}
+
+/// When we are root and the directory of `path` belongs to another user, gives the file `fd` (one
+/// we just created there) to the directory's owner and group: the files of a lock directory are
+/// shaped by the directory, not by who happened to create them first. Best effort: where that
+/// fails (say, a filesystem without ownership), the file stays ours, which the directory's owner
+/// can still recover from (it replaces files of ours it cannot write).
+fn give_to_dir_owner(fd: &OwnedFd, path: &Path) {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let given = rustix::fs::stat(dir).and_then(|st| match st.st_uid {
+        0 => Ok(()),
+        uid => rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(st.st_gid))),
+    });
+    if let Err(e) = given {
+        tracing::warn!(error = %e, path = %path.display(), "cannot give the file to its directory's owner");
+    }
+}
+
+/// True for the errors that mean "you may not open this file that way" (as opposed to "it is not
+/// there" or "it is broken").
+pub(crate) fn is_denied(e: &io::Error) -> bool {
+    // std maps both EACCES and EPERM to this kind.
+    e.kind() == io::ErrorKind::PermissionDenied
 }
 
 /// Puts a file holding exactly `content` at `path` atomically, so that it is never seen empty or
 /// half-written: writes a hidden temporary file beside it, then moves that into place, over what
 /// is there when `replace`, else only if nothing is (`Ok(false)` when something is: use it).
-/// The new file gets the `share` bits (see [`open_in_dir`]).
+/// The new file gets the `share` bits, and the directory's owner when root writes it into
+/// another user's directory (see [`open_in_dir`]).
 ///
 /// The temporary name (`.interlock-PID-N.tmp`) starts with `.`, which no lock file name does,
 /// and does not end in `.fence`, as every other hidden file of ours does: it can never be taken
@@ -480,6 +556,7 @@ pub(crate) fn install(path: &Path, content: &[u8], share: u32, replace: bool) ->
         if mode & share != share {
             rustix::fs::fchmod(&file, Mode::from_raw_mode(mode | share))?;
         }
+        give_to_dir_owner(&OwnedFd::from(file), path);
         if replace {
             rustix::fs::rename(&tmp, path)?;
             moved = true;
