@@ -170,3 +170,128 @@ async fn shared_directories_get_shared_sidecars() {
     let mode = std::fs::metadata(private.join(".m.fence")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode & 0o066 & !0o044, 0, "private directory, no group/other write: {mode:o}");
 }
+
+/// A read lock only reads the fencing counter: on a name no writer used yet it gets token 0 and
+/// creates no counter file (so it needs no write access to the directory's files).
+#[tokio::test]
+async fn a_reader_creates_no_counter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path()).await;
+    let r = p.rwlock("r").unwrap().read().await.unwrap();
+    assert_eq!(r.fencing_token(), Some(0));
+    drop(r);
+    assert_eq!(listing(tmp.path()), ["r"]);
+    let w = p.rwlock("r").unwrap().write().await.unwrap();
+    assert_eq!(w.fencing_token(), Some(1));
+    drop(w);
+    assert_eq!(p.rwlock("r").unwrap().read().await.unwrap().fencing_token(), Some(1));
+}
+
+/// Root using a directory that belongs to another user makes its files that user's, so the
+/// directory's owner is never locked out of a name root used first.
+#[tokio::test]
+async fn files_root_creates_belong_to_the_directorys_owner() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return eprintln!("files_root_creates_belong_to_the_directorys_owner: needs root; skipped");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("theirs");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let p = provider(&dir).await;
+    drop(p.mutex("m").unwrap().lock().await.unwrap());
+    drop(p.semaphore("s", 2).unwrap().acquire().await.unwrap());
+    let files = listing(&dir);
+    assert!(files.len() >= 5, "{files:?}");
+    for f in files {
+        let m = std::fs::symlink_metadata(dir.join(&f)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534), "{f}");
+    }
+    // In its own directory, root keeps its files.
+    let own = tmp.path().join("own");
+    drop(provider(&own).await.mutex("m").unwrap().lock().await.unwrap());
+    assert_eq!(std::fs::metadata(own.join(".m.fence")).unwrap().uid(), 0);
+}
+
+/// A fencing counter that is not exactly what interlock writes (20 digits and a newline) is
+/// refused with an error naming the file, by writers, readers and semaphores alike.
+#[tokio::test]
+async fn a_counter_that_is_not_ours_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path()).await;
+    drop(p.mutex("c").unwrap().lock().await.unwrap());
+    drop(p.semaphore("s", 2).unwrap().acquire().await.unwrap());
+    let long_number = format!("{}3", " ".repeat(70));
+    for bad in
+        ["", " \n\t ", &long_number, "14", "00000000000000000014", "00000000000000000014\n0", "18446744073709551616\n"]
+    {
+        for fence in [".c.fence", ".s#sem.fence"] {
+            let path = tmp.path().join(fence);
+            std::fs::write(&path, bad).unwrap();
+            let errs = if fence == ".c.fence" {
+                vec![
+                    p.mutex("c").unwrap().try_lock().await.unwrap_err(),
+                    p.rwlock("c").unwrap().try_read().await.unwrap_err(),
+                ]
+            } else {
+                vec![p.semaphore("s", 2).unwrap().try_acquire().await.unwrap_err()]
+            };
+            for e in errs {
+                assert!(matches!(e, Error::Backend { .. }), "{bad:?}: {e:?}");
+                let msg = e.to_string();
+                assert!(msg.contains(&path.display().to_string()) && msg.contains("refusing"), "{bad:?}: {msg}");
+                assert!(!msg.contains('\n'), "one line: {msg:?}");
+            }
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), bad, "left as it was");
+        }
+    }
+    std::fs::write(tmp.path().join(".c.fence"), "18446744073709551614\n").unwrap();
+    assert_eq!(p.mutex("c").unwrap().lock().await.unwrap().fencing_token(), Some(u64::MAX));
+    assert!(p.mutex("c").unwrap().lock().await.is_err(), "the counter cannot wrap");
+}
+
+/// Semaphore members bump one counter concurrently, from its first use on: every permit gets its
+/// own token, and the counter file is never seen empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_use_of_a_semaphore_counter() {
+    for _ in 0..20 {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = provider(tmp.path()).await;
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let sem = p.semaphore("pool", 8).unwrap();
+            tasks.push(tokio::spawn(async move { sem.acquire_timeout(EVENTUALLY).await }));
+        }
+        let mut guards = Vec::new();
+        for t in tasks {
+            guards.push(t.await.unwrap().expect("a permit"));
+        }
+        let mut tokens: Vec<u64> = guards.iter().map(|g| g.fencing_token().unwrap()).collect();
+        tokens.sort_unstable();
+        assert_eq!(tokens, (1..=8).collect::<Vec<u64>>());
+        drop(guards);
+        assert!(listing(tmp.path()).iter().all(|f| !f.ends_with(".tmp")), "{:?}", listing(tmp.path()));
+    }
+}
+
+/// Another tool holding one of a semaphore's internal files (its metadata file, or its fencing
+/// counter): a single try reports contention instead of waiting for it, and a timed acquisition
+/// times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_does_not_wait_for_a_semaphores_internal_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path()).await;
+    let sem = p.semaphore("x", 2).unwrap();
+    drop(sem.acquire().await.unwrap());
+    for internal in ["x#sem", ".x#sem.fence"] {
+        let foreign = File::open(tmp.path().join(internal)).unwrap();
+        rustix::fs::flock(&foreign, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let tried = tokio::time::timeout(EVENTUALLY, sem.try_acquire()).await.expect("a try does not wait");
+        assert!(tried.unwrap().is_none(), "{internal}: contention");
+        let timed = tokio::time::timeout(EVENTUALLY, sem.acquire_timeout(Duration::from_millis(300))).await;
+        assert!(timed.expect("bounded").unwrap_err().is_timeout(), "{internal}");
+        drop(foreign);
+        drop(sem.try_acquire().await.unwrap().expect("free again"));
+    }
+}

@@ -5,75 +5,208 @@
 //! new value; a reader takes the current value, which is the last exclusive token because readers
 //! and writers exclude each other on the lock file. Exclusive holders are alone, so they need no
 //! lock on the counter; the holders of one semaphore's permits are not, so they take a short
-//! `flock` on the counter file while they bump it. The value is written in place, fixed width, so a reader never sees
-//! a half-written number. It survives process restarts; it is not fsynced, so a power loss can lose
-//! the most recent increments. Deleting the file restarts the count: don't.
+//! `flock` on the counter file while they bump it. Readers only read: they never create or write
+//! the file, so they need no write access to it.
+//!
+//! The counter is exactly 20 decimal digits and a newline, written in place, so a reader never
+//! sees a half-written number. Anything else in the file is refused, never taken for zero: only a
+//! missing file means "first use". A new counter file is created atomically with its first value
+//! (a temporary file moved into place without replacing anything), so it is never seen empty.
+//! It survives process restarts; it is not fsynced, so a power loss can lose the most recent
+//! increments. Deleting the file restarts the count: don't.
+//!
+//! A counter file we may not write (left by another user, e.g. root-owned 0644 in a directory we
+//! own) is replaced by a new file holding the next value, but only under the lock that protects
+//! it: the lock file's exclusive lock for `.NAME.fence`, the counter's own exclusive lock for a
+//! semaphore's (whose holders therefore check, once they hold it, that the path still names the
+//! file they locked).
 
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::raw::{lock_open_file, open_in_dir};
+use super::raw::{Access, Attempt, install, is_denied, lock_internal, open_in_dir, path_is};
 use crate::error::{Error, Result};
 
 const WIDTH: usize = 21; // 20 digits (u64::MAX) and a newline
 
-/// Adds one to the counter at `path` and returns the new value (`bump`), or returns the current
-/// value (`!bump`). With `lock`, under an exclusive `flock` of the counter file. `share`: see
-/// [`super::raw::open_in_dir`].
-pub(crate) async fn next(path: &Path, bump: bool, lock: bool, share: u32) -> Result<u64> {
-    let ctx = || format!("fencing counter {}", path.display());
-    let (file, id): (File, _) = open_in_dir(path, Some(share)).map_err(|e| Error::io(ctx(), e))?;
-    if lock {
-        // Held by other members for a few microseconds; wait for it like any lock, without
-        // blocking the thread.
-        lock_open_file(&file, path, id, false, false, false).await?;
+/// What protects the counter while it is bumped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lock {
+    /// The caller holds the lock file exclusively: nobody else writes the counter.
+    Held,
+    /// The counter's own exclusive `flock` (semaphore members bump it concurrently). With
+    /// `try_only`, a counter another process keeps locked is contention, not something to wait for.
+    Own { try_only: bool },
+}
+
+/// The current value of the counter at `path`, for a reader: 0 when the file does not exist
+/// (nobody took the lock exclusively yet). Never creates or writes the file.
+pub(crate) fn current(path: &Path) -> Result<u64> {
+    match open_in_dir(path, Access::Read) {
+        Ok((file, _)) => read(&file, path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io(context(path), e)),
     }
-    // One read: the counter is 21 bytes written in place, so a short read only happens at EOF.
-    let mut buf = [0u8; 64];
-    let n = file.read_at(&mut buf, 0).map_err(|e| Error::io(ctx(), e))?;
-    let text = std::str::from_utf8(&buf[..n]).unwrap_or("?").trim();
-    let current: u64 = if text.is_empty() {
-        0
-    } else {
-        text.parse().map_err(|_| Error::Backend {
+}
+
+/// Adds one to the counter at `path` and returns the new value; creates the counter with 1 on
+/// first use. `Ok(None)` only with `Lock::Own { try_only: true }` when another process keeps the
+/// counter locked. `share`: see [`super::raw::open_in_dir`].
+pub(crate) async fn bump(path: &Path, share: u32, lock: Lock) -> Result<Option<u64>> {
+    for _ in 0..100 {
+        let (file, id, writable) = match open_in_dir(path, Access::Update { share, create: false }) {
+            Ok((file, id)) => (file, id, true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // First use. Losing the race to create it means someone else did: use theirs.
+                if install(path, &encode(1), share, false).map_err(|e| Error::io(context(path), e))? {
+                    return Ok(Some(1));
+                }
+                continue;
+            }
+            // We may not write it; we may still read it, lock it and replace it.
+            Err(e) if is_denied(&e) => match open_in_dir(path, Access::Read) {
+                Ok((file, id)) => (file, id, false),
+                Err(gone) if gone.kind() == io::ErrorKind::NotFound => continue,
+                Err(_) => return Err(Error::io(context(path), e)),
+            },
+            Err(e) => return Err(Error::io(context(path), e)),
+        };
+        if let Lock::Own { try_only } = lock {
+            // Held by other members for a few microseconds; wait for it like any lock, without
+            // blocking the thread (a single try does not wait).
+            match lock_internal(&file, path, id, false, try_only, true).await? {
+                Attempt::Locked => {}
+                Attempt::Busy => return Ok(None),
+                Attempt::Replaced => continue,
+            }
+            // Whoever held it before us may have replaced it (see the module's documentation):
+            // only the file at the path counts.
+            if !path_is(path, id)? {
+                continue;
+            }
+        }
+        let value = read(&file, path)?.checked_add(1).ok_or_else(|| Error::Backend {
             backend: "file",
-            message: format!(
-                "{} does not hold a counter ({:?}); refusing to restart fencing tokens from zero",
-                path.display(),
-                text.chars().take(24).collect::<String>()
-            ),
+            message: format!("{} reached the largest fencing token", path.display()),
             source: None,
-        })?
-    };
-    if !bump {
-        return Ok(current);
+        })?;
+        if writable {
+            file.write_all_at(&encode(value), 0).map_err(|e| Error::io(context(path), e))?;
+        } else {
+            // Replaced while we hold the lock that protects it, so no one writes it meanwhile.
+            install(path, &encode(value), share, true).map_err(|e| {
+                Error::io(format!("{} (it is not writable, and replacing it failed)", context(path)), e)
+            })?;
+        }
+        // Closing `file` drops its flock.
+        return Ok(Some(value));
     }
-    let value = current.checked_add(1).ok_or_else(|| Error::Backend {
+    Err(Error::Backend {
         backend: "file",
-        message: format!("{} reached the largest fencing token", path.display()),
+        message: format!("{} keeps changing; cannot draw a fencing token", path.display()),
         source: None,
-    })?;
-    let text = format!("{value:0w$}\n", w = WIDTH - 1);
-    file.write_all_at(text.as_bytes(), 0).map_err(|e| Error::io(ctx(), e))?;
-    // Closing `file` drops its flock.
-    Ok(value)
+    })
+}
+
+fn context(path: &Path) -> String {
+    format!("fencing counter {}", path.display())
+}
+
+/// The counter as interlock writes it: 20 digits, zero-padded, and a newline.
+fn encode(value: u64) -> Vec<u8> {
+    format!("{value:0w$}\n", w = WIDTH - 1).into_bytes()
+}
+
+/// The value of a counter file that holds exactly what [`encode`] writes; anything else (empty,
+/// blank, too short or too long, other characters, a number beyond `u64`) is refused.
+fn read(file: &File, path: &Path) -> Result<u64> {
+    // One `pread` in the common case: a regular file returns all it has up to the buffer's size,
+    // so 21 bytes read means a 21-byte file, and a longer file shows as more than 21.
+    let mut buf = [0u8; 32];
+    let mut n = 0;
+    while n < WIDTH {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(context(path), e)),
+        }
+    }
+    if let Some(value) = decode(&buf[..n]) {
+        return Ok(value);
+    }
+    let found = match n {
+        0 => "it is empty".to_owned(),
+        _ => {
+            let size = file.metadata().map_or(n as u64, |m| m.len());
+            let shown = String::from_utf8_lossy(&buf[..n.min(24)]).into_owned();
+            format!("found {size} bytes: {shown:?}{}", if n > 24 { "..." } else { "" })
+        }
+    };
+    Err(Error::Backend {
+        backend: "file",
+        message: format!(
+            "{} does not hold a counter (expected 20 digits and a newline; {found}); refusing to restart fencing tokens",
+            path.display()
+        ),
+        source: None,
+    })
+}
+
+fn decode(bytes: &[u8]) -> Option<u64> {
+    let (digits, newline) = bytes.split_at_checked(WIDTH - 1)?;
+    if newline != b"\n" || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[test]
+    fn decodes_only_what_it_encodes() {
+        for v in [0, 1, 14, u64::MAX] {
+            assert_eq!(decode(&encode(v)), Some(v));
+            assert_eq!(encode(v).len(), WIDTH);
+        }
+        for bad in [
+            &b""[..],
+            b"\n",
+            b"14\n",
+            b"00000000000000000014",
+            b"00000000000000000014\n\n",
+            b"00000000000000000014\r",
+            b" 0000000000000000014\n",
+            b"+0000000000000000014\n",
+            b"18446744073709551616\n",
+            b"0000000000000000001\xff\n",
+        ] {
+            assert_eq!(decode(bad), None, "{bad:?}");
+        }
+    }
+
     #[tokio::test]
     async fn counts_persists_and_refuses_garbage() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join(".x.fence");
-        assert_eq!(next(&p, false, true, 0o600).await.unwrap(), 0);
-        assert_eq!(next(&p, true, true, 0o600).await.unwrap(), 1);
-        assert_eq!(next(&p, true, true, 0o600).await.unwrap(), 2);
-        assert_eq!(next(&p, false, true, 0o600).await.unwrap(), 2);
+        assert_eq!(current(&p).unwrap(), 0);
+        assert!(!p.exists(), "reading creates nothing");
+        let own = Lock::Own { try_only: false };
+        assert_eq!(bump(&p, 0o600, own).await.unwrap(), Some(1));
+        assert_eq!(bump(&p, 0o600, Lock::Held).await.unwrap(), Some(2));
+        assert_eq!(current(&p).unwrap(), 2);
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "00000000000000000002\n");
-        std::fs::write(&p, b"junk").unwrap();
-        assert!(next(&p, true, true, 0o600).await.unwrap_err().to_string().contains("refusing"));
+        for junk in [&b"junk"[..], b"", b"   \n", b"00000000000000000002\n "] {
+            std::fs::write(&p, junk).unwrap();
+            let e = bump(&p, 0o600, own).await.unwrap_err().to_string();
+            assert!(e.contains("refusing") && e.contains(".x.fence"), "{e}");
+            assert!(current(&p).unwrap_err().to_string().contains("refusing"));
+        }
+        let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [".x.fence"], "no temporary files left");
     }
 }

@@ -58,10 +58,19 @@ impl FileProvider {
                 }
             }
         };
-        // On error the files drop here, which unlocks them.
-        // Exclusive holders of the lock file are alone, so its counter needs no lock of its own;
-        // permit holders of one semaphore bump theirs concurrently, so that one is locked.
-        let token = fence::next(&self.dir.join(fence_file), bump, meta.is_some(), self.share).await?;
+        // On error (or contention on the semaphore's counter) the files drop here, which unlocks
+        // them. Exclusive holders of the lock file are alone, so its counter needs no lock of its
+        // own; permit holders of one semaphore bump theirs concurrently, so that one is locked.
+        let fence_path = self.dir.join(fence_file);
+        let token = if !bump {
+            fence::current(&fence_path)?
+        } else {
+            let lock = if meta.is_some() { fence::Lock::Own { try_only } } else { fence::Lock::Held };
+            match fence::bump(&fence_path, self.share, lock).await? {
+                Some(token) => token,
+                None => return Ok(None),
+            }
+        };
         Ok(Some(Arc::new(FileHeld { files: StdMutex::new(Some((file, meta))), token })))
     }
 
@@ -82,7 +91,9 @@ impl FileProvider {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let meta_path = self.dir.join(sem);
         'open: loop {
-            let (meta, meta_id) = join_semaphore(&meta_path, name, permits, self.share).await?;
+            let Some((meta, meta_id)) = join_semaphore(&meta_path, name, permits, self.share, try_only).await? else {
+                return Ok(None);
+            };
             // Permit files are opened as they are tried: an uncontended acquisition opens one, not
             // all of them. A waiter ends up with all open, to watch them.
             let mut permit_files: Vec<Option<(PathBuf, File, FileId)>> = (0..permits).map(|_| None).collect();
@@ -96,7 +107,7 @@ impl FileProvider {
                     let slot = &mut permit_files[i as usize];
                     if slot.is_none() {
                         let path = self.dir.join(mapping::permit_name(sem, i));
-                        let (file, id) = open_in_dir(&path, None)
+                        let (file, id) = open_in_dir(&path, Access::Lock)
                             .map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
                         *slot = Some((path, file, id));
                     }
@@ -246,7 +257,8 @@ impl Waiter {
 /// Takes `path` shared or exclusive; `Ok(None)` on contention when `try_only`.
 async fn lock_file(path: &Path, shared: bool, try_only: bool) -> Result<Option<LockedFile>> {
     loop {
-        let (file, id) = open_in_dir(path, None).map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
+        let (file, id) =
+            open_in_dir(path, Access::Lock).map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
         match lock_open_file(&file, path, id, shared, try_only, true).await? {
             Attempt::Busy => return Ok(None),
             Attempt::Replaced => continue,
@@ -304,23 +316,54 @@ pub(crate) async fn lock_open_file(
 
 /// Joins a semaphore: a shared lock on its metadata file, whose content is the permits count.
 /// The first member (the only one that can get the lock exclusively) writes the count; everyone
-/// checks it.
-async fn join_semaphore(meta_path: &Path, name: &LockName, permits: u32, share: u32) -> Result<(LockedFile, FileId)> {
+/// checks it. Members that are not the first only read the file, so they need no write access to
+/// it. `Ok(None)` when `try_only` and another process keeps the file locked exclusively.
+async fn join_semaphore(
+    meta_path: &Path,
+    name: &LockName,
+    permits: u32,
+    share: u32,
+    try_only: bool,
+) -> Result<Option<(LockedFile, FileId)>> {
     let ctx = || format!("semaphore file {}", meta_path.display());
+    let count = format!("{permits}\n");
     for _ in 0..100 {
-        let (file, id) = open_in_dir(meta_path, Some(share)).map_err(|e| Error::io(ctx(), e))?;
+        let (file, id, writable) = match open_in_dir(meta_path, Access::Update { share, create: true }) {
+            Ok((file, id)) => (file, id, true),
+            Err(e) if is_denied(&e) => match open_in_dir(meta_path, Access::Read) {
+                Ok((file, id)) => (file, id, false),
+                // It is not there, and we may not create it: the first error says why.
+                Err(missing) if missing.kind() == io::ErrorKind::NotFound => return Err(Error::io(ctx(), e)),
+                Err(e) => return Err(Error::io(ctx(), e)),
+            },
+            Err(e) => return Err(Error::io(ctx(), e)),
+        };
         let meta = LockedFile(file);
         if try_flock(&meta.0, false, meta_path)? {
-            meta.0.set_len(0).map_err(|e| Error::io(ctx(), e))?;
-            meta.0.write_all_at(format!("{permits}\n").as_bytes(), 0).map_err(|e| Error::io(ctx(), e))?;
+            // The first member: nobody else holds the file, so nobody reads it while we write.
+            if writable {
+                meta.0.set_len(0).map_err(|e| Error::io(ctx(), e))?;
+                meta.0.write_all_at(count.as_bytes(), 0).map_err(|e| Error::io(ctx(), e))?;
+            } else if read_permits(&meta.0).map_err(|e| Error::io(ctx(), e))? != Some(permits) {
+                // A file we may not write (left by another user): replace it with one holding our
+                // count, while our exclusive lock keeps everyone else out of the old one. Members
+                // that locked the old file notice (they check the path after taking a permit).
+                if path_is(meta_path, id)? {
+                    install(meta_path, count.as_bytes(), share, true).map_err(|e| Error::io(ctx(), e))?;
+                }
+                continue;
+            }
         }
         // Converting exclusive to shared, or waiting out another member's brief exclusive write
         // (it modifies the file, which wakes us).
-        lock_open_file(&meta.0, meta_path, id, true, false, false).await?;
-        let mut buf = [0u8; 32];
-        let n = meta.0.read_at(&mut buf, 0).map_err(|e| Error::io(ctx(), e))?;
-        match std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.trim().parse::<u32>().ok()) {
-            Some(p) if p == permits => return Ok((meta, id)),
+        if let Attempt::Busy = lock_internal(&meta.0, meta_path, id, true, try_only, false).await? {
+            return Ok(None);
+        }
+        match read_permits(&meta.0).map_err(|e| Error::io(ctx(), e))? {
+            Some(p) if p == permits => return Ok(Some((meta, id))),
+            // A first member that could not write the file replaced it while we waited for the
+            // old one: only the file at the path counts.
+            _ if !path_is(meta_path, id)? => continue,
             Some(existing) => {
                 return Err(Error::PermitsMismatch { name: name.display(), existing, requested: permits });
             }
@@ -333,6 +376,43 @@ async fn join_semaphore(meta_path: &Path, name: &LockName, permits: u32, share: 
         message: format!("{} never got a permits count", meta_path.display()),
         source: None,
     })
+}
+
+/// The permits count in a semaphore's metadata file; `None` when it holds none (yet).
+fn read_permits(file: &File) -> io::Result<Option<u32>> {
+    let mut buf = [0u8; 32];
+    let n = file.read_at(&mut buf, 0)?;
+    Ok(std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.trim().parse::<u32>().ok()))
+}
+
+/// How many times a single try ([`Wait::Try`]) attempts one of our internal files before it
+/// reports contention. Their legitimate holders keep them for microseconds (a semaphore's first
+/// member writing the permits count, a member bumping the fencing counter); a foreign process
+/// holding one must not make a single try wait.
+const INTERNAL_TRIES: u32 = 8;
+
+/// Locks one of our internal files (a semaphore's metadata file or fencing counter), which its
+/// legitimate holders keep for a few microseconds: a few attempts, yielding the CPU in between
+/// (never sleeping), then `Busy` when `try_only`, else waiting like for any lock (the caller's
+/// deadline cancels the wait).
+pub(crate) async fn lock_internal(
+    file: &File,
+    path: &Path,
+    id: FileId,
+    shared: bool,
+    try_only: bool,
+    follow: bool,
+) -> Result<Attempt> {
+    for _ in 0..INTERNAL_TRIES {
+        if try_flock(file, shared, path)? {
+            return Ok(Attempt::Locked);
+        }
+        std::thread::yield_now();
+    }
+    if try_only {
+        return Ok(Attempt::Busy);
+    }
+    lock_open_file(file, path, id, shared, false, follow).await
 }
 
 /// Which file an open descriptor is: `(device, inode)`.
@@ -352,24 +432,56 @@ pub(crate) fn share_mode(dir_mode: u32) -> u32 {
     mode
 }
 
-/// Opens (creating if needed, mode 0666 less the umask, like `flock(1)`) a file in the lock
-/// directory: read-only for lock files (`flock` needs no more), read-write for our own counter and
-/// metadata files with `Some(share)`, in which case a file we own gets at least the `share` bits
-/// (see [`share_mode`]) so that other users of a shared directory can update it too. Never follows
-/// a symlink, never blocks on a FIFO, refuses anything but a regular file.
-pub(crate) fn open_in_dir(path: &Path, write: Option<u32>) -> io::Result<(File, FileId)> {
-    let access = if write.is_some() { OFlags::RDWR } else { OFlags::RDONLY };
-    let flags = access | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
-    let mode = Mode::from_raw_mode(0o666);
+/// How [`open_in_dir`] opens a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// A lock or permit file: read-only (`flock` needs no more), created if missing.
+    Lock,
+    /// One of our files that we write (fencing counter, semaphore metadata): read-write, created
+    /// empty if missing and `create`; a file we own gets at least the `share` bits (see
+    /// [`share_mode`]) so that the other users of a shared directory can update it too.
+    Update { share: u32, create: bool },
+    /// An existing file, only read; `NotFound` if missing.
+    Read,
+}
+
+/// Opens a file in the lock directory as `access` says. A file we create has mode 0666 less the
+/// umask, like `flock(1)`'s; when root creates it in a directory that belongs to another user, it
+/// gets the directory's owner and group, so that root using a name first never locks the
+/// directory's owner out of it. Never follows a symlink, never blocks on a FIFO, refuses anything
+/// but a regular file.
+pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, FileId)> {
+    let (rw, create, share) = match access {
+        Access::Lock => (OFlags::RDONLY, true, None),
+        Access::Update { share, create } => (OFlags::RDWR, create, Some(share)),
+        Access::Read => (OFlags::RDONLY, false, None),
+    };
+    let flags = rw | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
     // Our read-write files are read and written on every acquisition: spare the filesystem an
     // atime update each time where we may (O_NOATIME needs ownership: EPERM otherwise).
-    let opened = match write {
-        Some(_) => match rustix::fs::open(path, flags | OFlags::NOATIME, mode) {
-            Err(rustix::io::Errno::PERM) => rustix::fs::open(path, flags, mode),
+    let open = |flags: OFlags| match share {
+        Some(_) => match rustix::fs::open(path, flags | OFlags::NOATIME, Mode::from_raw_mode(0o666)) {
+            Err(rustix::io::Errno::PERM) => rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)),
             other => other,
         },
-        None => rustix::fs::open(path, flags, mode),
+        None => rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)),
     };
+    // Open what is there; create only what is not, so that we know what we created.
+    let mut created = false;
+    let mut opened = open(flags);
+    for _ in 0..100 {
+        match opened {
+            Err(rustix::io::Errno::NOENT) if create => {}
+            _ => break,
+        }
+        opened = open(flags | OFlags::CREATE | OFlags::EXCL);
+        match opened {
+            Ok(_) => created = true,
+            // Someone else created it meanwhile (or it is a symlink): open what is there.
+            Err(rustix::io::Errno::EXIST) => opened = open(flags),
+            Err(_) => {}
+        }
+    }
     let fd: OwnedFd = match opened {
         Ok(fd) => fd,
         Err(rustix::io::Errno::LOOP) => {
@@ -381,13 +493,104 @@ pub(crate) fn open_in_dir(path: &Path, write: Option<u32>) -> io::Result<(File, 
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(io::Error::other(format!("{} is not a regular file", path.display())));
     }
-    if let Some(share) = write {
+    if let Some(share) = share {
         let mode = st.st_mode & 0o7777;
         if mode & share != share && st.st_uid == rustix::process::geteuid().as_raw() {
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode | share))?;
         }
     }
+    if created {
+        give_to_dir_owner(&fd, path);
+    }
     Ok((File::from(fd), (st.st_dev, st.st_ino)))
+}
+
+/// When we are root and the directory of `path` belongs to another user, gives the file `fd` (one
+/// we just created there) to the directory's owner and group: the files of a lock directory are
+/// shaped by the directory, not by who happened to create them first. Best effort: where that
+/// fails (say, a filesystem without ownership), the file stays ours, which the directory's owner
+/// can still recover from (it replaces files of ours it cannot write).
+fn give_to_dir_owner(fd: &OwnedFd, path: &Path) {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let given = rustix::fs::stat(dir).and_then(|st| match st.st_uid {
+        0 => Ok(()),
+        uid => rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(st.st_gid))),
+    });
+    if let Err(e) = given {
+        tracing::warn!(error = %e, path = %path.display(), "cannot give the file to its directory's owner");
+    }
+}
+
+/// True for the errors that mean "you may not open this file that way" (as opposed to "it is not
+/// there" or "it is broken").
+pub(crate) fn is_denied(e: &io::Error) -> bool {
+    // std maps both EACCES and EPERM to this kind.
+    e.kind() == io::ErrorKind::PermissionDenied
+}
+
+/// Puts a file holding exactly `content` at `path` atomically, so that it is never seen empty or
+/// half-written: writes a hidden temporary file beside it, then moves that into place, over what
+/// is there when `replace`, else only if nothing is (`Ok(false)` when something is: use it).
+/// The new file gets the `share` bits, and the directory's owner when root writes it into
+/// another user's directory (see [`open_in_dir`]).
+///
+/// The temporary name (`.interlock-PID-N.tmp`) starts with `.`, which no lock file name does,
+/// and does not end in `.fence`, as every other hidden file of ours does: it can never be taken
+/// for a lock or counter file.
+pub(crate) fn install(path: &Path, content: &[u8], share: u32, replace: bool) -> io::Result<bool> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut attempt = 0;
+    let (tmp, fd) = loop {
+        let tmp = dir.join(format!(".interlock-{}-{}.tmp", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        match rustix::fs::open(&tmp, flags, Mode::from_raw_mode(0o666)) {
+            Ok(fd) => break (tmp, fd),
+            // Left by a process that had our pid (another pid namespace, or one that crashed).
+            Err(rustix::io::Errno::EXIST) if attempt < 100 => attempt += 1,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // Whether the temporary name is gone (moved into place), and what to return.
+    let mut moved = false;
+    let placed = (|| {
+        let file = File::from(fd);
+        file.write_all_at(content, 0)?;
+        let mode = rustix::fs::fstat(&file)?.st_mode & 0o7777;
+        if mode & share != share {
+            rustix::fs::fchmod(&file, Mode::from_raw_mode(mode | share))?;
+        }
+        give_to_dir_owner(&OwnedFd::from(file), path);
+        if replace {
+            rustix::fs::rename(&tmp, path)?;
+            moved = true;
+            return Ok(true);
+        }
+        let cwd = rustix::fs::CWD;
+        match rustix::fs::renameat_with(cwd, &tmp, cwd, path, rustix::fs::RenameFlags::NOREPLACE) {
+            Ok(()) => {
+                moved = true;
+                Ok(true)
+            }
+            Err(rustix::io::Errno::EXIST) => Ok(false),
+            // A filesystem without RENAME_NOREPLACE: a hard link never replaces either.
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
+                match rustix::fs::linkat(cwd, &tmp, cwd, path, rustix::fs::AtFlags::empty()) {
+                    Ok(()) => Ok(true),
+                    Err(rustix::io::Errno::EXIST) => Ok(false),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    })();
+    if !moved {
+        let _ = rustix::fs::unlink(&tmp);
+    }
+    placed
 }
 
 /// Lock attempts (non-blocking `flock` calls on lock and permit files) made by this process.
@@ -408,7 +611,7 @@ fn try_flock(file: &File, shared: bool, path: &Path) -> Result<bool> {
 }
 
 /// True when `path` still names the file `id` (the inode we opened and locked).
-fn path_is(path: &Path, id: FileId) -> Result<bool> {
+pub(crate) fn path_is(path: &Path, id: FileId) -> Result<bool> {
     match rustix::fs::lstat(path) {
         Ok(st) => Ok((st.st_dev, st.st_ino) == id),
         Err(rustix::io::Errno::NOENT) => Ok(false),

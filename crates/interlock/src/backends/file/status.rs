@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::mapping;
-use super::raw::open_in_dir;
+use super::raw::{Access, open_in_dir};
 use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::raw::{HeldMode, LockStatus};
@@ -83,7 +83,7 @@ pub(crate) fn status(dir: &Path, name: &LockName) -> Result<LockStatus> {
     if std::fs::symlink_metadata(&meta_path).is_err() {
         return Ok(status);
     }
-    let permits = open_in_dir(&meta_path, None).ok().and_then(|(f, _)| {
+    let permits = open_in_dir(&meta_path, Access::Read).ok().and_then(|(f, _)| {
         let mut buf = [0u8; 32];
         let n = f.read_at(&mut buf, 0).ok()?;
         std::str::from_utf8(&buf[..n]).ok()?.trim().parse::<u32>().ok()
