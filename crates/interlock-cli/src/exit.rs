@@ -169,9 +169,24 @@ pub fn clap_error(err: clap::Error) -> ExitCode {
             let text = err.render().to_string();
             let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            Failure::usage(format!("{first} (see --help)")).report()
+            Failure::usage(format!("{} (see --help)", redact_words(first))).report()
         }
     }
+}
+
+/// Hides the password of every word that looks like `user:password@` (see
+/// [`interlock::url::redact`]): clap quotes the arguments it could not place, and one may be a URL.
+pub fn redact_words(text: &str) -> String {
+    let words = text.split(' ').map(|word| {
+        if !word.contains('@') {
+            return word.to_owned();
+        }
+        // Redact inside clap's quotes, so that `'redis://u:pw@h'` keeps its scheme.
+        let core = word.trim_matches(['\'', '"']);
+        let start = word.len() - word.trim_start_matches(['\'', '"']).len();
+        format!("{}{}{}", &word[..start], interlock::url::redact(core), &word[start + core.len()..])
+    });
+    words.collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -197,5 +212,13 @@ mod tests {
         let long = "é".repeat(100);
         assert!(show_name(&long).ends_with('…'));
         assert!(show_name(&long).len() < 100);
+    }
+
+    #[test]
+    fn clap_messages_hide_passwords() {
+        let text = "unexpected argument 'redis://u:hunter2@h/0' found; also 'mysql//root:hunter2@db' and u@h";
+        let shown = redact_words(text);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("'redis://u:***@h/0'") && shown.ends_with(" and u@h"), "{shown}");
     }
 }
