@@ -57,6 +57,26 @@ fn clap_errors_are_one_line_and_exit_64() {
     }
 }
 
+#[test]
+fn clap_errors_name_what_is_missing_or_wrong() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["hold"], &["required arguments were not provided: <NAME>"]),
+        (&["status"], &["required arguments were not provided: <NAME>..."]),
+        (&["hold", "-u"], &["a value is required for '--url <URL>'"]),
+        (&[], &["a subcommand is needed: run, hold, status"]),
+        (&["demo"], &["demo needs a subcommand: flash-sale"]),
+        (&["stauts"], &["unrecognized subcommand 'stauts'", "tip: ", "'status'"]),
+        (&["bench", "nonsense"], &["invalid value 'nonsense'", "[possible values: "]),
+    ];
+    for (args, needles) in cases {
+        let line = run(args).fails_with(64);
+        for needle in *needles {
+            assert!(line.contains(needle), "{args:?}: {line:?} lacks {needle:?}");
+        }
+        assert!(line.ends_with(" (see --help)"), "{line}");
+    }
+}
+
 // ---------------------------------------------------------------- run: the command's status
 
 #[test]
