@@ -158,6 +158,46 @@ fn run_forwards_sigterm_to_the_command_and_exits_with_its_status() {
     run(&["run", "-u", &d.url(), "-n", "job", "--", "true"]).succeeds();
 }
 
+#[test]
+fn run_takes_a_name_that_starts_with_a_dash_after_a_first_separator() {
+    let d = LockDir::new();
+    let url = d.url();
+    let out = run(&["run", "-u", &url, "--", "-rf", "--", "sh", "-c", "echo \"$INTERLOCK_NAME\""]);
+    out.succeeds();
+    assert_eq!(out.stdout, "-rf\n");
+    assert!(exists(&d.path("%2Drf")), "{:?}", walk(&d.dir));
+    // The same lock as `hold -- -rf`.
+    let (_holder, _) = hold(&["-u", &url, "--", "-rf"]);
+    run(&["run", "-u", &url, "-n", "--", "-rf", "--", "true"]).fails_with(1);
+    // After `-- NAME` must come `--`.
+    let line = run(&["run", "-u", &url, "--", "-rf", "true"]).fails_with(64);
+    assert!(line.contains("-- NAME -- COMMAND"), "{line}");
+    run(&["run", "-u", &url, "--", "-rf"]).fails_with(64);
+    let line = run(&["run", "-u", &url, "--"]).fails_with(64);
+    assert!(line.contains("NAME"), "{line}");
+}
+
+#[test]
+fn a_command_keeps_its_own_separator() {
+    let d = LockDir::new();
+    let url = d.url();
+    let show_args = ["sh", "-c", "printf '%s|' \"$@\"", "sh"];
+    // NAME before `--`: everything after it is the command's, `--` included.
+    let mut args = vec!["run", "-u", &url, "job", "--"];
+    args.extend(show_args);
+    args.extend(["--", "-v", "file"]);
+    let out = run(&args);
+    out.succeeds();
+    assert_eq!(out.stdout, "--|-v|file|\n");
+    // NAME after `--`: the same, after the second `--`.
+    let mut args = vec!["run", "-u", &url, "--", "job", "--"];
+    args.extend(show_args);
+    args.extend(["--", "-v"]);
+    let out = run(&args);
+    out.succeeds();
+    assert_eq!(out.stdout, "--|-v|\n");
+}
+
 // ---------------------------------------------------------------- conflicts: -n, -w, -E
 
 #[test]
