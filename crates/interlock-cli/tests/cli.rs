@@ -505,6 +505,67 @@ fn status_shows_free_and_held_locks() {
     assert!(lines[3].starts_with("other: free"), "{}", lines[3]);
 }
 
+#[test]
+fn status_on_a_missing_directory_says_free_and_creates_nothing() {
+    let d = LockDir::new();
+    let out = run(&["status", "-u", &d.url(), "job", "other"]);
+    out.succeeds();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert!(lines[0].starts_with("job: free"), "{}", out.stdout);
+    assert!(lines[1].starts_with("other: free"), "{}", out.stdout);
+    assert!(!exists(&d.dir), "status created the lock directory");
+    assert!(walk(d.tmp.path()).is_empty(), "{:?}", walk(d.tmp.path()));
+    // Its parent must exist, though: interlock never creates parents.
+    let url = format!("file://{}/no/such/parent", d.tmp.path().display());
+    let line = run(&["status", "-u", &url, "job"]).fails_with(69);
+    assert!(line.contains("/no/such"), "{line}");
+}
+
+#[test]
+fn run_creates_a_missing_lock_directory_with_mode_0700() {
+    let d = LockDir::new();
+    run(&["run", "-u", &d.url(), "job", "--", "true"]).succeeds();
+    let mode = std::fs::metadata(&d.dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(exists(&d.path("job")));
+}
+
+/// `interlock ARGS...` as uid/gid 65534 (nobody), for tests run as root.
+fn as_nobody(args: &[&str]) -> cli_support::Out {
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", cli_support::BIN]).args(args);
+    c.env_remove("INTERLOCK_URL").env_remove("INTERLOCK_LOG");
+    output(c)
+}
+
+/// Like `flock(1)`, status only reads: a directory nobody can write to is fine. An acquisition that
+/// must create a file there gets the system's error naming the path (69).
+#[test]
+fn status_works_in_a_directory_it_cannot_write() {
+    if !rustix::process::geteuid().is_root() {
+        return eprintln!("status_works_in_a_directory_it_cannot_write: needs root to switch users; skipped");
+    }
+    if !cli_support::require_tool("setpriv", &["--version"]) {
+        return;
+    }
+    let d = LockDir::new();
+    // The test's temp dir is 0700; let nobody in, but not write.
+    std::fs::set_permissions(d.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(&d.dir).unwrap();
+    std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let url = d.url();
+    let (holder, _) = hold(&["-u", &url, "job"]);
+    let out = as_nobody(&["status", "-u", &url, "job", "other"]);
+    out.succeeds();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with(&format!("job: held exclusive by pid {}", holder.pid())), "{}", out.stdout);
+    assert!(lines[1].starts_with("other: free"), "{}", out.stdout);
+    let line = as_nobody(&["run", "-u", &url, "other", "--", "true"]).fails_with(69);
+    assert!(line.contains(&d.path("other").display().to_string()), "{line}");
+    assert!(!exists(&d.path("other")));
+}
+
 // ---------------------------------------------------------------- secrets
 
 #[test]
