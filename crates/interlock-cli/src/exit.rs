@@ -42,8 +42,11 @@ Exit status:
   127              run: the command was not found
 
 Environment:
-  INTERLOCK_URL    the lock URL when -u is not given (default: file://, a private directory
-                   $XDG_RUNTIME_DIR/interlock or /tmp/interlock-$UID)
+  INTERLOCK_URL    the lock URL when -u is not given (default: file://, the private directory
+                   /tmp/interlock-$UID, the same for every session of a user: login shell, cron,
+                   service). To share locks between users or services, name a directory they can
+                   all use, e.g. file:///var/lock/app after install -d -m 2770 -g app /var/lock/app.
+                   A systemd service with PrivateTmp=yes has its own /tmp and must name one too.
   INTERLOCK_LOG    log filter for messages on stderr (default: warn), e.g. debug or interlock=trace"
     };
 }

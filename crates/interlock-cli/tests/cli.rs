@@ -5,6 +5,7 @@
 mod cli_support;
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cli_support::{LockDir, Proc, exists, hold, interlock, one_error_line, output, run, walk};
@@ -443,23 +444,132 @@ fn interlock_url_from_the_environment_is_used() {
     output(c).succeeds();
 }
 
-#[test]
-fn without_a_url_the_private_default_directory_is_used() {
-    let xdg = tempfile::tempdir().unwrap();
-    let mut c = interlock();
-    c.env("XDG_RUNTIME_DIR", xdg.path()).args(["run", "job", "--", "true"]);
-    output(c).succeeds();
-    let dir = xdg.path().join("interlock");
-    assert!(exists(&dir.join("job")), "{:?}", walk(xdg.path()));
-    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o700, "the default directory is private");
+/// This user's default lock directory: the same path for every process of the user.
+fn default_dir() -> PathBuf {
+    PathBuf::from(format!("/tmp/interlock-{}", rustix::process::geteuid().as_raw()))
+}
 
-    // One that others can write to is refused (69), as ssh-agent refuses its socket directory.
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let mut c = interlock();
-    c.env("XDG_RUNTIME_DIR", xdg.path()).args(["run", "job", "--", "true"]);
-    let line = output(c).fails_with(69);
-    assert!(line.contains("refusing"), "{line}");
+/// Removes the given files when dropped (also when the test fails).
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Environments of one user that used to disagree on the default directory: a login shell
+/// (`XDG_RUNTIME_DIR`, its own `TMPDIR`), a cron job (`HOME`, `LOGNAME`, `SHELL`, `PATH` only) and
+/// a bare service (nothing at all).
+fn sessions(xdg: &Path, tmpdir: &Path) -> Vec<(&'static str, Vec<(&'static str, std::ffi::OsString)>)> {
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let home = ("HOME", std::env::var_os("HOME").unwrap_or_else(|| os("/")));
+    vec![
+        (
+            "login",
+            vec![
+                home.clone(),
+                ("XDG_RUNTIME_DIR", xdg.into()),
+                ("TMPDIR", tmpdir.into()),
+                ("PATH", os("/usr/bin:/bin")),
+            ],
+        ),
+        ("login without TMPDIR", vec![home.clone(), ("XDG_RUNTIME_DIR", xdg.into())]),
+        ("login without XDG_RUNTIME_DIR", vec![home.clone(), ("TMPDIR", tmpdir.into())]),
+        ("cron", vec![home, ("LOGNAME", os("root")), ("SHELL", os("/bin/sh")), ("PATH", os("/usr/bin:/bin"))]),
+        ("service", vec![]),
+    ]
+}
+
+/// `interlock ARGS...` with exactly the environment `env`.
+fn in_session(env: &[(&str, std::ffi::OsString)], args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(cli_support::BIN);
+    c.env_clear().envs(env.iter().map(|(k, v)| (*k, v))).args(args);
+    c
+}
+
+#[test]
+fn without_a_url_every_session_of_a_user_uses_one_default_directory() {
+    let default = default_dir();
+    let existed = exists(&default);
+    let name = format!("interlock-test-default-{}", std::process::id());
+    let _cleanup = RemoveOnDrop(vec![default.join(&name), default.join(format!(".{name}.fence"))]);
+    let xdg = tempfile::tempdir().unwrap();
+    let tmpdir = tempfile::tempdir().unwrap();
+    let sessions = sessions(xdg.path(), tmpdir.path());
+    // `status` creates nothing and shows where the lock file is.
+    for (what, env) in &sessions {
+        let out = output(in_session(env, &["status", &name]));
+        out.succeeds();
+        assert_eq!(out.stdout, format!("{name}: free [{}]\n", default.join(&name).display()), "{what}");
+    }
+    // A lock held from a login shell excludes the same user's cron job and service.
+    let mut holder = Proc::spawn(in_session(&sessions[0].1, &["hold", &name]));
+    assert!(holder.line().starts_with("token="));
+    for (what, env) in &sessions[1..] {
+        let out = output(in_session(env, &["run", "-n", &name, "--", "true"]));
+        assert_eq!(out.code(), Some(1), "{what} got a lock held from a login shell: {}", out.stderr);
+    }
+    holder.close_stdin();
+    assert!(holder.wait().success(), "{}", holder.stderr());
+    output(in_session(&sessions[3].1, &["run", "-n", &name, "--", "true"])).succeeds();
+    assert!(walk(xdg.path()).is_empty() && walk(tmpdir.path()).is_empty());
+    // Private: ours, and nobody else may write to it (0700 when interlock created it).
+    let meta = std::fs::symlink_metadata(&default).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), rustix::process::geteuid().as_raw());
+    let mode = meta.permissions().mode() & 0o777;
+    assert_eq!(mode & 0o022, 0, "{mode:o}");
+    if !existed {
+        assert_eq!(mode, 0o700);
+    }
+}
+
+/// `interlock ARGS...` in a private mount namespace with an empty tmpfs on /tmp, after the shell
+/// commands `setup`: the default directory can be made hostile without touching the machine's.
+fn in_private_tmp(setup: &str, args: &[&str]) -> cli_support::Out {
+    let mut c = std::process::Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"]);
+    c.arg("mount -t tmpfs -o mode=1777 interlock-test /tmp && eval \"$SETUP\" && exec \"$@\"");
+    c.arg("sh").arg(cli_support::BIN).args(args);
+    c.env("SETUP", setup).env_remove("INTERLOCK_URL").env_remove("INTERLOCK_LOG");
+    output(c)
+}
+
+/// The default directory is trusted only if it is ours and no one else can write to it, as
+/// ssh-agent refuses its socket directory: one that someone else made under /tmp is refused (69).
+#[test]
+fn a_default_directory_others_control_is_refused() {
+    if !rustix::process::geteuid().is_root() {
+        return eprintln!("a_default_directory_others_control_is_refused: needs root for a private /tmp; skipped");
+    }
+    if !cli_support::require_tool(
+        "unshare",
+        &["--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs x /tmp"],
+    ) {
+        return;
+    }
+    let uid = rustix::process::geteuid().as_raw();
+    let dir = format!("/tmp/interlock-{uid}");
+    // Missing: the first acquisition creates it, 0700.
+    let out = in_private_tmp("", &["run", "job", "--", "stat", "-c", "%a %u %F", &dir]);
+    out.succeeds();
+    assert_eq!(out.stdout, format!("700 {uid} directory\n"));
+    let hostile = [
+        (format!("mkdir -m 777 {dir}"), "others can write to it (mode 777)"),
+        (format!("mkdir -m 1777 {dir}"), "others can write to it (mode 1777)"),
+        (format!("mkdir -m 700 {dir} && chown 65534 {dir}"), "it belongs to uid 65534"),
+        (format!("mkdir -m 700 /tmp/elsewhere && ln -s /tmp/elsewhere {dir}"), "it is a symbolic link"),
+        (format!("touch {dir}"), "it is not a directory"),
+    ];
+    for (setup, why) in hostile {
+        for args in [&["run", "job", "--", "true"][..], &["hold", "job"], &["status", "job"]] {
+            let line = in_private_tmp(&setup, args).fails_with(69);
+            assert!(line.contains(&format!("refusing default lock directory {dir}: {why}")), "{setup}: {line}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------- bad numbers

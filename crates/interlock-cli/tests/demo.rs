@@ -110,17 +110,26 @@ fn the_memory_backend_cannot_exclude_buyer_processes_and_says_so() {
     assert!(walk(tmp.path()).is_empty(), "state left behind: {:?}", walk(tmp.path()));
 }
 
+/// The README's demo: the default URL, so the default directory `/tmp/interlock-$UID` (where it
+/// leaves its `flash-sale` lock, as for anyone who runs it); its state stays in `$TMPDIR`.
 #[test]
 fn with_the_default_url_the_state_stays_out_of_the_default_lock_directory() {
-    let xdg = tempfile::tempdir().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut c = cli_support::interlock();
-    c.env("XDG_RUNTIME_DIR", xdg.path()).env("TMPDIR", tmp.path());
-    c.args(["demo", "flash-sale", "--buyers", "4", "--stock", "2"]);
+    c.env("TMPDIR", tmp.path()).args(["demo", "flash-sale", "--buyers", "4", "--stock", "2"]);
     let out = cli_support::output(c);
     out.succeeds();
     assert_eq!(field(&out, "sold"), 2, "{}", out.stdout);
-    assert_eq!(walk(&xdg.path().join("interlock")), [Path::new(".flash-sale.fence"), Path::new("flash-sale")]);
+    let default = Path::new("/tmp").join(format!("interlock-{}", rustix::process::geteuid().as_raw()));
+    assert!(exists(&default.join("flash-sale")));
+    for entry in std::fs::read_dir(&default).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with("flash-sale-") && !entry.file_type().unwrap().is_dir(),
+            "state in {default:?}: {name}"
+        );
+    }
     assert!(walk(tmp.path()).is_empty(), "state left behind: {:?}", walk(tmp.path()));
 }
 

@@ -8,8 +8,8 @@
 //! the system's error naming the path.
 //!
 //! A directory named in the URL is used as given (so several users can share one on purpose). The
-//! default directory, `$XDG_RUNTIME_DIR/interlock` or else `/tmp/interlock-$UID`, is trusted only if it is a real directory (not a
-//! symlink) owned by the current user that no one else can write to.
+//! default directory, `/tmp/interlock-$UID` in every session of a user, is trusted only if it is a
+//! real directory (not a symlink) owned by the current user that no one else can write to.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -58,13 +58,12 @@ impl FileConfig {
     }
 }
 
-/// `$XDG_RUNTIME_DIR/interlock` when that variable names an absolute directory, else
-/// `/tmp/interlock-$UID`.
+/// The default lock directory, `/tmp/interlock-$UID` (with the effective uid), whatever the
+/// environment: a login shell, a cron job and a service of one user all compute the same path, so
+/// they exclude each other (as tmux does with `/tmp/tmux-$UID`). `$TMPDIR` and `$XDG_RUNTIME_DIR`
+/// are ignored on purpose: they differ between sessions of one user. Neither creates nor checks it.
 pub fn default_dir_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
-        Some(xdg) if xdg.is_absolute() && xdg.is_dir() => xdg.join("interlock"),
-        _ => PathBuf::from(format!("/tmp/interlock-{}", rustix::process::geteuid().as_raw())),
-    }
+    PathBuf::from(format!("/tmp/interlock-{}", rustix::process::geteuid().as_raw()))
 }
 
 /// Validates a lock directory at connect, creating and writing nothing: if it exists it must be a
