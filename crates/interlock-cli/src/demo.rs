@@ -1,7 +1,8 @@
 //! `interlock demo flash-sale`: many buyer processes race for a small stock kept in plain files.
 //! With the lock they sell exactly the stock; with `--no-lock` they oversell.
 //!
-//! The parent keeps the stock in a fresh state directory, starts every buyer (this same binary,
+//! The parent keeps the stock in a fresh private temporary directory (in `$TMPDIR`, never in the
+//! lock directory, so the demo's files can never collide with a lock), starts every buyer (this same binary,
 //! re-executed with the hidden `demo-buyer` subcommand), waits until each has connected and said
 //! `ready`, then closes all their stdins at once so that they start together. Each buyer takes the
 //! `flash-sale` mutex, reads the stock, thinks for a few milliseconds, and if anything is left,
@@ -9,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -106,7 +107,7 @@ pub async fn demo(args: DemoArgs) -> Outcome {
 pub async fn flash_sale(args: FlashSaleArgs) -> Outcome {
     let url = acquire::resolve_url(args.url.as_deref());
     let provider = acquire::connect(&url).await?;
-    let state = StateDir::create(&state_parent(&url))?;
+    let state = StateDir::create()?;
     write_stock(&state.stock(), args.stock)?;
     File::create(state.sales()).map_err(|e| Failure::io(format!("cannot create {}", state.sales().display()), e))?;
     let exe = std::env::current_exe().map_err(|e| Failure::io("cannot find the interlock executable", e))?;
@@ -237,48 +238,39 @@ pub async fn buyer(args: BuyerArgs) -> Outcome {
     Ok(0)
 }
 
-/// Where the state directory goes: next to the locks for the file backend (the lock directory
-/// named in the URL, or the default one), the temporary directory otherwise.
-fn state_parent(url: &str) -> PathBuf {
-    match interlock::LockUrl::parse(url) {
-        Ok(u) if u.scheme() == "file" && u.path().is_empty() => interlock::file::default_dir_path(),
-        Ok(u) if u.scheme() == "file" => PathBuf::from(u.path()),
-        _ => std::env::temp_dir(),
-    }
-}
-
-/// The demo's private directory, removed when dropped.
+/// The demo's private state directory, removed when dropped: a fresh temporary directory (mode
+/// 0700) in `$TMPDIR`, outside the lock directory. Its name starts with `.`, which no lock name
+/// maps to on the file backend, so even a `$TMPDIR` that is the lock directory cannot make it
+/// collide with a lock.
 #[derive(Debug)]
-struct StateDir(PathBuf);
+struct StateDir(Option<tempfile::TempDir>, PathBuf);
 
 impl StateDir {
-    /// Creates `PARENT/flash-sale-<pid>`, mode 0700; fails if it exists.
-    fn create(parent: &Path) -> Result<StateDir, Failure> {
-        let dir = parent.join(format!("flash-sale-{}", std::process::id()));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| Failure::io(format!("cannot create the demo's state directory {}", dir.display()), e))?;
-        Ok(StateDir(dir))
+    fn create() -> Result<StateDir, Failure> {
+        let dir = tempfile::Builder::new().prefix(".interlock-flash-sale-").tempdir().map_err(|e| {
+            Failure::io(format!("cannot create the demo's state directory in {}", std::env::temp_dir().display()), e)
+        })?;
+        let path = dir.path().to_owned();
+        Ok(StateDir(Some(dir), path))
     }
 
     fn path(&self) -> &Path {
-        &self.0
+        &self.1
     }
 
     fn stock(&self) -> PathBuf {
-        self.0.join("stock")
+        self.1.join("stock")
     }
 
     fn sales(&self) -> PathBuf {
-        self.0.join("sales")
+        self.1.join("sales")
     }
 }
 
 impl Drop for StateDir {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove the demo's state directory");
+        if let Some(Err(e)) = self.0.take().map(tempfile::TempDir::close) {
+            tracing::warn!(dir = %self.1.display(), error = %e, "cannot remove the demo's state directory");
         }
     }
 }

@@ -42,8 +42,11 @@ Exit status:
   127              run: the command was not found
 
 Environment:
-  INTERLOCK_URL    the lock URL when -u is not given (default: file://, a private directory
-                   $XDG_RUNTIME_DIR/interlock or /tmp/interlock-$UID)
+  INTERLOCK_URL    the lock URL when -u is not given (default: file://, the private directory
+                   /tmp/interlock-$UID, the same for every session of a user: login shell, cron,
+                   service). To share locks between users or services, name a directory they can
+                   all use, e.g. file:///var/lock/app after install -d -m 2770 -g app /var/lock/app.
+                   A systemd service with PrivateTmp=yes has its own /tmp and must name one too.
   INTERLOCK_LOG    log filter for messages on stderr (default: warn), e.g. debug or interlock=trace"
     };
 }
@@ -153,25 +156,98 @@ pub fn child_code(status: std::process::ExitStatus) -> u8 {
 }
 
 /// Turns a clap parse error into our conventions: `--help` and `--version` print and exit 0;
-/// everything else is one line on stderr and exit 64.
+/// everything else is one line on stderr (see [`clap_message`]) and exit 64.
 pub fn clap_error(err: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     match err.kind() {
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            Failure::usage("a subcommand is needed (see --help)").report()
-        }
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             // Printing help can only fail when stdout is gone; nothing useful is left to do.
             let _ = err.print();
             ExitCode::SUCCESS
         }
-        _ => {
-            let text = err.render().to_string();
-            let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            Failure::usage(format!("{first} (see --help)")).report()
-        }
+        _ => Failure::usage(clap_message(&err)).report(),
     }
+}
+
+/// A clap error as one line, keeping everything clap says except the usage and the pointer to
+/// `--help` (replaced by ` (see --help)`): the message with its indented items
+/// (`the following required arguments were not provided: <NAME>`), possible values, and tips
+/// (`; tip: a similar subcommand exists: 'status'`). A missing subcommand names the ones there
+/// are. Passwords of URL-like words are hidden.
+pub fn clap_message(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let message = if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        missing_subcommand(&text)
+    } else {
+        let parts: Vec<String> = text
+            .split("\n\n")
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && !p.starts_with("Usage:") && !p.starts_with("For more information"))
+            .map(join_paragraph)
+            .filter(|p| !p.is_empty())
+            .collect();
+        if parts.is_empty() { "invalid arguments".to_owned() } else { parts.join("; ") }
+    };
+    format!("{} (see --help)", redact_words(&message))
+}
+
+/// Joins the lines of one paragraph of a clap error: `header:` then its items separated by
+/// commas, `[possible values: ...]` after a space, each `tip:` after a semicolon.
+fn join_paragraph(paragraph: &str) -> String {
+    let mut out = String::new();
+    for line in paragraph.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let line = line.strip_prefix("error:").map_or(line, str::trim_start);
+        if out.is_empty() {
+        } else if line.starts_with("tip:") {
+            out.push_str("; ");
+        } else if out.ends_with(':') || line.starts_with('[') {
+            out.push(' ');
+        } else {
+            out.push_str(", ");
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// The message for a command that needs a subcommand, from the help text clap rendered for it:
+/// `a subcommand is needed: run, hold, ...` at the top, `demo needs a subcommand: flash-sale`.
+fn missing_subcommand(help: &str) -> String {
+    // `Usage: interlock demo <COMMAND>`: the words after the program name, before any `<...>`.
+    let command = help
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage:"))
+        .map(|usage| {
+            let words: Vec<&str> =
+                usage.split_whitespace().skip(1).take_while(|w| !w.starts_with(['<', '['])).collect();
+            words.join(" ")
+        })
+        .unwrap_or_default();
+    let subcommands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let needed =
+        if command.is_empty() { "a subcommand is needed".to_owned() } else { format!("{command} needs a subcommand") };
+    if subcommands.is_empty() { needed } else { format!("{needed}: {}", subcommands.join(", ")) }
+}
+
+/// Hides the password of every word that looks like `user:password@` (see
+/// [`interlock::url::redact`]): clap quotes the arguments it could not place, and one may be a URL.
+pub fn redact_words(text: &str) -> String {
+    let words = text.split(' ').map(|word| {
+        if !word.contains('@') {
+            return word.to_owned();
+        }
+        // Redact inside clap's quotes, so that `'redis://u:pw@h'` keeps its scheme.
+        let core = word.trim_matches(['\'', '"']);
+        let start = word.len() - word.trim_start_matches(['\'', '"']).len();
+        format!("{}{}{}", &word[..start], interlock::url::redact(core), &word[start + core.len()..])
+    });
+    words.collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -197,5 +273,43 @@ mod tests {
         let long = "é".repeat(100);
         assert!(show_name(&long).ends_with('…'));
         assert!(show_name(&long).len() < 100);
+    }
+
+    /// The one-line message for `interlock ARGS...`.
+    fn clap_line(args: &[&str]) -> String {
+        use clap::Parser;
+        let err = crate::Cli::try_parse_from(std::iter::once("interlock").chain(args.iter().copied())).unwrap_err();
+        let line = clap_message(&err);
+        assert!(!line.contains('\n') && line.ends_with(" (see --help)"), "{line:?}");
+        line
+    }
+
+    #[test]
+    fn clap_errors_keep_what_clap_says_on_one_line() {
+        assert_eq!(clap_line(&["hold"]), "the following required arguments were not provided: <NAME> (see --help)");
+        assert_eq!(
+            clap_line(&["status"]),
+            "the following required arguments were not provided: <NAME>... (see --help)"
+        );
+        assert_eq!(clap_line(&[]), "a subcommand is needed: run, hold, status, bench, demo (see --help)");
+        assert_eq!(clap_line(&["demo"]), "demo needs a subcommand: flash-sale (see --help)");
+        let line = clap_line(&["stauts"]);
+        assert!(line.starts_with("unrecognized subcommand 'stauts'; tip: ") && line.contains("'status'"), "{line}");
+        let line = clap_line(&["bench", "nonsense"]);
+        assert!(line.starts_with("invalid value 'nonsense' for '[WORKLOAD]...' [possible values: "), "{line}");
+        let line = clap_line(&["hold", "-s", "--permits", "2", "x"]);
+        assert_eq!(line, "the argument '--shared' cannot be used with '--permits <N>' (see --help)");
+        let line = clap_line(&["hold", "--bogus", "x"]);
+        assert!(line.starts_with("unexpected argument '--bogus' found; tip: "), "{line}");
+        let line = clap_line(&["hold", "-u"]);
+        assert_eq!(line, "a value is required for '--url <URL>' but none was supplied (see --help)");
+    }
+
+    #[test]
+    fn clap_messages_hide_passwords() {
+        let text = "unexpected argument 'redis://u:hunter2@h/0' found; also 'mysql//root:hunter2@db' and u@h";
+        let shown = redact_words(text);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("'redis://u:***@h/0'") && shown.ends_with(" and u@h"), "{shown}");
     }
 }

@@ -10,6 +10,7 @@ mod demo;
 mod exit;
 mod hold;
 mod run;
+mod run_args;
 mod signals;
 mod status;
 mod tree;
@@ -18,7 +19,7 @@ mod worker;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 /// Run commands under a lock, on files or the coordination systems you already run.
@@ -35,8 +36,12 @@ enum Command {
     #[command(
         override_usage = "interlock run [-u URL] [-s|--shared] [-n|--nonblock] [-w|--timeout SECS] \
                           [-E|--conflict-exit-code N] [--permits N] [--lease DUR] [--kill-after DUR] \
-                          NAME -- COMMAND [ARGS...]",
+                          NAME -- COMMAND [ARGS...]\n       \
+                          interlock run [OPTIONS] -- NAME -- COMMAND [ARGS...]",
         after_help = concat!(
+            "A NAME that starts with `-` goes after a first `--`, followed by another `--` and COMMAND: \
+             interlock run -n -- -rf -- ./cleanup.sh. A NAME before the first `--` leaves everything after it \
+             to COMMAND, `--` included: interlock run x -- grep -- -v file.\n\n",
             "COMMAND gets INTERLOCK_NAME and INTERLOCK_TOKEN (the fencing token) in its environment. SIGINT, \
              SIGTERM and SIGHUP sent to interlock are passed on to COMMAND. If the lock is lost while COMMAND \
              runs, COMMAND gets SIGTERM, then SIGKILL after --kill-after, and interlock exits 75.\n\n",
@@ -90,9 +95,15 @@ enum Command {
 /// Parses the command line (clap errors exit 64, `--help` and `--version` 0), sets up logging, runs
 /// the subcommand and turns its outcome into the exit code.
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    // `run` may also take its NAME after `--` (see run_args), which clap needs to be told.
+    let matches = match run_args::allow_name_after_separator(Cli::command()).try_get_matches() {
+        Ok(matches) => matches,
         Err(e) => return exit::clap_error(e),
+    };
+    let run_name_given = run_args::name_given(&matches);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => return exit::clap_error(e.format(&mut Cli::command())),
     };
     init_tracing();
     let outcome = match cli.command {
@@ -101,7 +112,7 @@ fn main() -> ExitCode {
         // A bench client runs on its own single-threaded runtime, so hundreds of them stay light.
         Command::BenchClient(args) => bench::client::main(args),
         other => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-            Ok(runtime) => runtime.block_on(dispatch(other)),
+            Ok(runtime) => runtime.block_on(dispatch(other, run_name_given)),
             Err(e) => Err(exit::Failure::io("cannot start the async runtime", e)),
         },
     };
@@ -111,11 +122,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs an async subcommand. (The runtime is built by hand rather than with `#[tokio::main]`, so
-/// that a failure to start it is an error message, not a panic.)
-async fn dispatch(command: Command) -> exit::Outcome {
+/// Runs an async subcommand; `run_name_given` says whether `run`'s NAME came before `--` (see
+/// [`run_args`]). (The runtime is built by hand rather than with `#[tokio::main]`, so that a
+/// failure to start it is an error message, not a panic.)
+async fn dispatch(command: Command, run_name_given: bool) -> exit::Outcome {
     match command {
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => run::run(args.split_name_and_command(run_name_given)?).await,
         Command::Hold(args) => hold::hold(args).await,
         Command::Status(args) => status::status(args).await,
         Command::Bench(args) => bench::bench(args).await,

@@ -5,6 +5,7 @@
 mod cli_support;
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cli_support::{LockDir, Proc, exists, hold, interlock, one_error_line, output, run, walk};
@@ -54,6 +55,26 @@ fn clap_errors_are_one_line_and_exit_64() {
     ] {
         let out = run(args);
         out.fails_with(64);
+    }
+}
+
+#[test]
+fn clap_errors_name_what_is_missing_or_wrong() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["hold"], &["required arguments were not provided: <NAME>"]),
+        (&["status"], &["required arguments were not provided: <NAME>..."]),
+        (&["hold", "-u"], &["a value is required for '--url <URL>'"]),
+        (&[], &["a subcommand is needed: run, hold, status"]),
+        (&["demo"], &["demo needs a subcommand: flash-sale"]),
+        (&["stauts"], &["unrecognized subcommand 'stauts'", "tip: ", "'status'"]),
+        (&["bench", "nonsense"], &["invalid value 'nonsense'", "[possible values: "]),
+    ];
+    for (args, needles) in cases {
+        let line = run(args).fails_with(64);
+        for needle in *needles {
+            assert!(line.contains(needle), "{args:?}: {line:?} lacks {needle:?}");
+        }
+        assert!(line.ends_with(" (see --help)"), "{line}");
     }
 }
 
@@ -136,6 +157,46 @@ fn run_forwards_sigterm_to_the_command_and_exits_with_its_status() {
     assert_eq!(p.line(), "got-term");
     assert_eq!(p.wait().code(), Some(42));
     run(&["run", "-u", &d.url(), "-n", "job", "--", "true"]).succeeds();
+}
+
+#[test]
+fn run_takes_a_name_that_starts_with_a_dash_after_a_first_separator() {
+    let d = LockDir::new();
+    let url = d.url();
+    let out = run(&["run", "-u", &url, "--", "-rf", "--", "sh", "-c", "echo \"$INTERLOCK_NAME\""]);
+    out.succeeds();
+    assert_eq!(out.stdout, "-rf\n");
+    assert!(exists(&d.path("%2Drf")), "{:?}", walk(&d.dir));
+    // The same lock as `hold -- -rf`.
+    let (_holder, _) = hold(&["-u", &url, "--", "-rf"]);
+    run(&["run", "-u", &url, "-n", "--", "-rf", "--", "true"]).fails_with(1);
+    // After `-- NAME` must come `--`.
+    let line = run(&["run", "-u", &url, "--", "-rf", "true"]).fails_with(64);
+    assert!(line.contains("-- NAME -- COMMAND"), "{line}");
+    run(&["run", "-u", &url, "--", "-rf"]).fails_with(64);
+    let line = run(&["run", "-u", &url, "--"]).fails_with(64);
+    assert!(line.contains("NAME"), "{line}");
+}
+
+#[test]
+fn a_command_keeps_its_own_separator() {
+    let d = LockDir::new();
+    let url = d.url();
+    let show_args = ["sh", "-c", "printf '%s|' \"$@\"", "sh"];
+    // NAME before `--`: everything after it is the command's, `--` included.
+    let mut args = vec!["run", "-u", &url, "job", "--"];
+    args.extend(show_args);
+    args.extend(["--", "-v", "file"]);
+    let out = run(&args);
+    out.succeeds();
+    assert_eq!(out.stdout, "--|-v|file|\n");
+    // NAME after `--`: the same, after the second `--`.
+    let mut args = vec!["run", "-u", &url, "--", "job", "--"];
+    args.extend(show_args);
+    args.extend(["--", "-v"]);
+    let out = run(&args);
+    out.succeeds();
+    assert_eq!(out.stdout, "--|-v|\n");
 }
 
 // ---------------------------------------------------------------- conflicts: -n, -w, -E
@@ -388,23 +449,132 @@ fn interlock_url_from_the_environment_is_used() {
     output(c).succeeds();
 }
 
-#[test]
-fn without_a_url_the_private_default_directory_is_used() {
-    let xdg = tempfile::tempdir().unwrap();
-    let mut c = interlock();
-    c.env("XDG_RUNTIME_DIR", xdg.path()).args(["run", "job", "--", "true"]);
-    output(c).succeeds();
-    let dir = xdg.path().join("interlock");
-    assert!(exists(&dir.join("job")), "{:?}", walk(xdg.path()));
-    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o700, "the default directory is private");
+/// This user's default lock directory: the same path for every process of the user.
+fn default_dir() -> PathBuf {
+    PathBuf::from(format!("/tmp/interlock-{}", rustix::process::geteuid().as_raw()))
+}
 
-    // One that others can write to is refused (69), as ssh-agent refuses its socket directory.
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let mut c = interlock();
-    c.env("XDG_RUNTIME_DIR", xdg.path()).args(["run", "job", "--", "true"]);
-    let line = output(c).fails_with(69);
-    assert!(line.contains("refusing"), "{line}");
+/// Removes the given files when dropped (also when the test fails).
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Environments of one user that used to disagree on the default directory: a login shell
+/// (`XDG_RUNTIME_DIR`, its own `TMPDIR`), a cron job (`HOME`, `LOGNAME`, `SHELL`, `PATH` only) and
+/// a bare service (nothing at all).
+fn sessions(xdg: &Path, tmpdir: &Path) -> Vec<(&'static str, Vec<(&'static str, std::ffi::OsString)>)> {
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let home = ("HOME", std::env::var_os("HOME").unwrap_or_else(|| os("/")));
+    vec![
+        (
+            "login",
+            vec![
+                home.clone(),
+                ("XDG_RUNTIME_DIR", xdg.into()),
+                ("TMPDIR", tmpdir.into()),
+                ("PATH", os("/usr/bin:/bin")),
+            ],
+        ),
+        ("login without TMPDIR", vec![home.clone(), ("XDG_RUNTIME_DIR", xdg.into())]),
+        ("login without XDG_RUNTIME_DIR", vec![home.clone(), ("TMPDIR", tmpdir.into())]),
+        ("cron", vec![home, ("LOGNAME", os("root")), ("SHELL", os("/bin/sh")), ("PATH", os("/usr/bin:/bin"))]),
+        ("service", vec![]),
+    ]
+}
+
+/// `interlock ARGS...` with exactly the environment `env`.
+fn in_session(env: &[(&str, std::ffi::OsString)], args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(cli_support::BIN);
+    c.env_clear().envs(env.iter().map(|(k, v)| (*k, v))).args(args);
+    c
+}
+
+#[test]
+fn without_a_url_every_session_of_a_user_uses_one_default_directory() {
+    let default = default_dir();
+    let existed = exists(&default);
+    let name = format!("interlock-test-default-{}", std::process::id());
+    let _cleanup = RemoveOnDrop(vec![default.join(&name), default.join(format!(".{name}.fence"))]);
+    let xdg = tempfile::tempdir().unwrap();
+    let tmpdir = tempfile::tempdir().unwrap();
+    let sessions = sessions(xdg.path(), tmpdir.path());
+    // `status` creates nothing and shows where the lock file is.
+    for (what, env) in &sessions {
+        let out = output(in_session(env, &["status", &name]));
+        out.succeeds();
+        assert_eq!(out.stdout, format!("{name}: free [{}]\n", default.join(&name).display()), "{what}");
+    }
+    // A lock held from a login shell excludes the same user's cron job and service.
+    let mut holder = Proc::spawn(in_session(&sessions[0].1, &["hold", &name]));
+    assert!(holder.line().starts_with("token="));
+    for (what, env) in &sessions[1..] {
+        let out = output(in_session(env, &["run", "-n", &name, "--", "true"]));
+        assert_eq!(out.code(), Some(1), "{what} got a lock held from a login shell: {}", out.stderr);
+    }
+    holder.close_stdin();
+    assert!(holder.wait().success(), "{}", holder.stderr());
+    output(in_session(&sessions[3].1, &["run", "-n", &name, "--", "true"])).succeeds();
+    assert!(walk(xdg.path()).is_empty() && walk(tmpdir.path()).is_empty());
+    // Private: ours, and nobody else may write to it (0700 when interlock created it).
+    let meta = std::fs::symlink_metadata(&default).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), rustix::process::geteuid().as_raw());
+    let mode = meta.permissions().mode() & 0o777;
+    assert_eq!(mode & 0o022, 0, "{mode:o}");
+    if !existed {
+        assert_eq!(mode, 0o700);
+    }
+}
+
+/// `interlock ARGS...` in a private mount namespace with an empty tmpfs on /tmp, after the shell
+/// commands `setup`: the default directory can be made hostile without touching the machine's.
+fn in_private_tmp(setup: &str, args: &[&str]) -> cli_support::Out {
+    let mut c = std::process::Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"]);
+    c.arg("mount -t tmpfs -o mode=1777 interlock-test /tmp && eval \"$SETUP\" && exec \"$@\"");
+    c.arg("sh").arg(cli_support::BIN).args(args);
+    c.env("SETUP", setup).env_remove("INTERLOCK_URL").env_remove("INTERLOCK_LOG");
+    output(c)
+}
+
+/// The default directory is trusted only if it is ours and no one else can write to it, as
+/// ssh-agent refuses its socket directory: one that someone else made under /tmp is refused (69).
+#[test]
+fn a_default_directory_others_control_is_refused() {
+    if !rustix::process::geteuid().is_root() {
+        return eprintln!("a_default_directory_others_control_is_refused: needs root for a private /tmp; skipped");
+    }
+    if !cli_support::require_tool(
+        "unshare",
+        &["--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs x /tmp"],
+    ) {
+        return;
+    }
+    let uid = rustix::process::geteuid().as_raw();
+    let dir = format!("/tmp/interlock-{uid}");
+    // Missing: the first acquisition creates it, 0700.
+    let out = in_private_tmp("", &["run", "job", "--", "stat", "-c", "%a %u %F", &dir]);
+    out.succeeds();
+    assert_eq!(out.stdout, format!("700 {uid} directory\n"));
+    let hostile = [
+        (format!("mkdir -m 777 {dir}"), "others can write to it (mode 777)"),
+        (format!("mkdir -m 1777 {dir}"), "others can write to it (mode 1777)"),
+        (format!("mkdir -m 700 {dir} && chown 65534 {dir}"), "it belongs to uid 65534"),
+        (format!("mkdir -m 700 /tmp/elsewhere && ln -s /tmp/elsewhere {dir}"), "it is a symbolic link"),
+        (format!("touch {dir}"), "it is not a directory"),
+    ];
+    for (setup, why) in hostile {
+        for args in [&["run", "job", "--", "true"][..], &["hold", "job"], &["status", "job"]] {
+            let line = in_private_tmp(&setup, args).fails_with(69);
+            assert!(line.contains(&format!("refusing default lock directory {dir}: {why}")), "{setup}: {line}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------- bad numbers
@@ -450,6 +620,67 @@ fn status_shows_free_and_held_locks() {
     assert!(lines[3].starts_with("other: free"), "{}", lines[3]);
 }
 
+#[test]
+fn status_on_a_missing_directory_says_free_and_creates_nothing() {
+    let d = LockDir::new();
+    let out = run(&["status", "-u", &d.url(), "job", "other"]);
+    out.succeeds();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert!(lines[0].starts_with("job: free"), "{}", out.stdout);
+    assert!(lines[1].starts_with("other: free"), "{}", out.stdout);
+    assert!(!exists(&d.dir), "status created the lock directory");
+    assert!(walk(d.tmp.path()).is_empty(), "{:?}", walk(d.tmp.path()));
+    // Its parent must exist, though: interlock never creates parents.
+    let url = format!("file://{}/no/such/parent", d.tmp.path().display());
+    let line = run(&["status", "-u", &url, "job"]).fails_with(69);
+    assert!(line.contains("/no/such"), "{line}");
+}
+
+#[test]
+fn run_creates_a_missing_lock_directory_with_mode_0700() {
+    let d = LockDir::new();
+    run(&["run", "-u", &d.url(), "job", "--", "true"]).succeeds();
+    let mode = std::fs::metadata(&d.dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(exists(&d.path("job")));
+}
+
+/// `interlock ARGS...` as uid/gid 65534 (nobody), for tests run as root.
+fn as_nobody(args: &[&str]) -> cli_support::Out {
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", cli_support::BIN]).args(args);
+    c.env_remove("INTERLOCK_URL").env_remove("INTERLOCK_LOG");
+    output(c)
+}
+
+/// Like `flock(1)`, status only reads: a directory nobody can write to is fine. An acquisition that
+/// must create a file there gets the system's error naming the path (69).
+#[test]
+fn status_works_in_a_directory_it_cannot_write() {
+    if !rustix::process::geteuid().is_root() {
+        return eprintln!("status_works_in_a_directory_it_cannot_write: needs root to switch users; skipped");
+    }
+    if !cli_support::require_tool("setpriv", &["--version"]) {
+        return;
+    }
+    let d = LockDir::new();
+    // The test's temp dir is 0700; let nobody in, but not write.
+    std::fs::set_permissions(d.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(&d.dir).unwrap();
+    std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let url = d.url();
+    let (holder, _) = hold(&["-u", &url, "job"]);
+    let out = as_nobody(&["status", "-u", &url, "job", "other"]);
+    out.succeeds();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with(&format!("job: held exclusive by pid {}", holder.pid())), "{}", out.stdout);
+    assert!(lines[1].starts_with("other: free"), "{}", out.stdout);
+    let line = as_nobody(&["run", "-u", &url, "other", "--", "true"]).fails_with(69);
+    assert!(line.contains(&d.path("other").display().to_string()), "{line}");
+    assert!(!exists(&d.path("other")));
+}
+
 // ---------------------------------------------------------------- secrets
 
 #[test]
@@ -464,28 +695,47 @@ fn passwords_are_never_printed() {
         "gopher://u:hunter2@x",
         "file://u:hunter2@/tmp/x",
         "memory://u:hunter2@x",
+        // Without `://`: still a user and a password.
+        "mysql//root:hunter2@db",
+        "memory:u:hunter2@x",
+        "redis:u:hunter2@127.0.0.1:1",
+        "u:hunter2@127.0.0.1",
+        "file:u:hunter2@/tmp/x",
     ];
+    let check = |mut c: std::process::Command, what: &str| {
+        c.env("INTERLOCK_LOG", "trace").current_dir(d.tmp.path());
+        let out = output(c);
+        assert!(!out.status.success(), "{what}");
+        let all = format!("{}{}", out.stdout, out.stderr);
+        assert!(!all.contains("hunter2"), "{what} printed the password: {all}");
+        assert!(!all.contains("panicked"), "{all}");
+    };
     for url in urls {
-        let runs: Vec<Vec<&str>> = vec![
-            vec!["run", "-u", url, "job", "--", "true"],
-            vec!["hold", "-u", url, "job"],
-            vec!["status", "-u", url, "job"],
-            vec!["demo", "flash-sale", "-u", url, "--buyers", "1"],
+        let runs: [&[&str]; 4] = [
+            &["run", "job", "--", "true"],
+            &["hold", "job"],
+            &["status", "job"],
+            &["demo", "flash-sale", "--buyers", "1"],
         ];
         for args in runs {
+            // With -u ...
             let mut c = interlock();
-            c.env("INTERLOCK_LOG", "trace").current_dir(d.tmp.path()).args(&args);
-            let out = output(c);
-            assert!(!out.status.success(), "{args:?}");
-            let all = format!("{}{}", out.stdout, out.stderr);
-            assert!(!all.contains("hunter2"), "{args:?} printed the password: {all}");
-            assert!(!all.contains("panicked"), "{all}");
+            c.args(&args[..1]).args(["-u", url]).args(&args[1..]);
+            check(c, &format!("{args:?} -u {url}"));
+            // ... and with $INTERLOCK_URL.
+            let mut c = interlock();
+            c.env("INTERLOCK_URL", url).args(args);
+            check(c, &format!("INTERLOCK_URL={url} {args:?}"));
         }
         let mut c = interlock();
         c.env("INTERLOCK_URL", url).args(["run", "job", "--", "true"]);
-        let out = output(c);
-        assert!(!format!("{}{}", out.stdout, out.stderr).contains("hunter2"));
-        one_error_line(&out.stderr);
+        one_error_line(&output(c).stderr);
+        // A URL where clap does not expect it is echoed in clap's error: redacted too.
+        for args in [&["hold", "job", url][..], &["run", "job", url], &["status", "--bogus", url]] {
+            let mut c = interlock();
+            c.args(args);
+            check(c, &format!("{args:?}"));
+        }
     }
 }
 

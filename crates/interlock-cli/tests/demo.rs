@@ -4,7 +4,10 @@
 
 mod cli_support;
 
-use cli_support::{LockDir, Out, run, walk};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cli_support::{LockDir, Out, Proc, exists, hold, run, walk};
 
 fn field(out: &Out, key: &str) -> u64 {
     let line = out
@@ -16,17 +19,28 @@ fn field(out: &Out, key: &str) -> u64 {
     line.trim().parse().unwrap_or_else(|_| panic!("`{key}:` is not a number: {line:?}"))
 }
 
+/// `interlock demo flash-sale -u DIR --buyers 8 EXTRA...`, with a private `$TMPDIR`.
 fn flash_sale(d: &LockDir, extra: &[&str]) -> Out {
     let url = d.url();
-    let mut args = vec!["demo", "flash-sale", "-u", url.as_str(), "--buyers", "8"];
-    args.extend(extra);
-    run(&args)
+    let mut c = cli_support::interlock();
+    c.env("TMPDIR", d.tmp.path().join("tmp"));
+    std::fs::create_dir_all(d.tmp.path().join("tmp")).unwrap();
+    c.args(["demo", "flash-sale", "-u", url.as_str(), "--buyers", "8"]).args(extra);
+    cli_support::output(c)
 }
 
-/// The demo removes its state directory; only lock files remain.
+/// The demo removes its state directory from `$TMPDIR`; only the lock's own files are in the lock
+/// directory.
 fn assert_state_removed(d: &LockDir) {
-    let left = walk(&d.dir);
-    assert!(left.iter().all(|p| !p.to_string_lossy().starts_with("flash-sale-")), "state left behind: {left:?}");
+    let left = walk(&d.tmp.path().join("tmp"));
+    assert!(left.is_empty(), "state left behind: {left:?}");
+    if exists(&d.dir) {
+        let files = walk(&d.dir);
+        assert!(
+            files.iter().all(|f| [".flash-sale.fence", "flash-sale"].contains(&&*f.to_string_lossy())),
+            "{files:?}"
+        );
+    }
 }
 
 #[test]
@@ -96,14 +110,77 @@ fn the_memory_backend_cannot_exclude_buyer_processes_and_says_so() {
     assert!(walk(tmp.path()).is_empty(), "state left behind: {:?}", walk(tmp.path()));
 }
 
+/// The README's demo: the default URL, so the default directory `/tmp/interlock-$UID` (where it
+/// leaves its `flash-sale` lock, as for anyone who runs it); its state stays in `$TMPDIR`.
 #[test]
-fn with_the_default_url_the_state_goes_next_to_the_default_lock_directory() {
-    let xdg = tempfile::tempdir().unwrap();
+fn with_the_default_url_the_state_stays_out_of_the_default_lock_directory() {
+    let tmp = tempfile::tempdir().unwrap();
     let mut c = cli_support::interlock();
-    c.env("XDG_RUNTIME_DIR", xdg.path()).args(["demo", "flash-sale", "--buyers", "4", "--stock", "2"]);
+    c.env("TMPDIR", tmp.path()).args(["demo", "flash-sale", "--buyers", "4", "--stock", "2"]);
     let out = cli_support::output(c);
     out.succeeds();
     assert_eq!(field(&out, "sold"), 2, "{}", out.stdout);
-    let left = walk(&xdg.path().join("interlock"));
-    assert!(left.iter().all(|p| !p.to_string_lossy().starts_with("flash-sale-")), "state left behind: {left:?}");
+    let default = Path::new("/tmp").join(format!("interlock-{}", rustix::process::geteuid().as_raw()));
+    assert!(exists(&default.join("flash-sale")));
+    for entry in std::fs::read_dir(&default).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with("flash-sale-") && !entry.file_type().unwrap().is_dir(),
+            "state in {default:?}: {name}"
+        );
+    }
+    assert!(walk(tmp.path()).is_empty(), "state left behind: {:?}", walk(tmp.path()));
+}
+
+/// The demo's files never enter the lock namespace: while the buyers run, the lock directory holds
+/// nothing but lock files, and a held lock named like the old state directory
+/// (`flash-sale-<pid of the demo>`) does not get in the demo's way, nor the demo in its.
+#[test]
+fn the_demo_state_stays_out_of_the_lock_namespace() {
+    let d = LockDir::new();
+    std::fs::create_dir(&d.dir).unwrap();
+    let tmp = d.tmp.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let url = d.url();
+    // The shell learns its pid, waits for a line, then becomes the demo: the pid is known first.
+    let mut c = std::process::Command::new("sh");
+    c.args(["-c", "read go; exec \"$0\" \"$@\"", cli_support::BIN]);
+    c.args(["demo", "flash-sale", "-u", &url, "--buyers", "2", "--stock", "1", "--think-ms", "1500"]);
+    c.env_remove("INTERLOCK_URL").env_remove("INTERLOCK_LOG").env("TMPDIR", &tmp);
+    let mut demo = Proc::spawn(c);
+    let old_style = format!("flash-sale-{}", demo.pid());
+    let (mut holder, _) = hold(&["-u", &url, &old_style]);
+    demo.send("go\n");
+    demo.close_stdin();
+
+    // Wait until a buyer holds the lock: the state directory exists then.
+    let deadline = Instant::now() + cli_support::LONG;
+    loop {
+        assert!(demo.running(), "the demo ended early: {}", demo.stderr());
+        assert!(Instant::now() < deadline, "no buyer took the lock; demo stderr: {}", demo.stderr());
+        let st = run(&["status", "-u", &url, "flash-sale"]);
+        if st.stdout.contains("held") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut listed: Vec<String> = walk(&d.dir).iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    listed.sort();
+    let mut expected = vec!["flash-sale".to_owned(), ".flash-sale.fence".to_owned(), old_style.clone()];
+    expected.push(format!(".{old_style}.fence"));
+    expected.sort();
+    assert_eq!(listed, expected, "only lock files in the lock directory");
+    let state = walk(&tmp);
+    assert!(state.iter().any(|p| p.to_string_lossy().starts_with('.')), "the state lives in $TMPDIR: {state:?}");
+
+    assert!(demo.wait().success(), "{}", demo.stderr());
+    assert!(demo.all_stdout().contains("sold:     1"), "{}", demo.all_stdout());
+    assert!(walk(&tmp).is_empty(), "state left behind: {:?}", walk(&tmp));
+    // The old-style lock is untouched and still held.
+    assert!(exists(&d.path(&old_style)));
+    let st = run(&["status", "-u", &url, &old_style]);
+    assert!(st.stdout.contains(&format!("held exclusive by pid {}", holder.pid())), "{}", st.stdout);
+    holder.close_stdin();
+    assert!(holder.wait().success());
 }

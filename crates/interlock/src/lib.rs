@@ -86,8 +86,8 @@ pub use url::LockUrl;
 ///
 /// | URL | backend |
 /// |---|---|
-/// | `file:///DIR` | `flock(2)` files in `DIR` (created 0700 if missing) |
-/// | `file://` | files in the default directory: `$XDG_RUNTIME_DIR/interlock` or `/tmp/interlock-$UID` |
+/// | `file:///DIR` | `flock(2)` files in `DIR` (created 0700 by the first acquisition if missing) |
+/// | `file://` | files in the default directory, `/tmp/interlock-$UID`, the same in every session of a user |
 /// | `memory://[SPACE][?lease=DUR]` | in-process locks |
 ///
 /// # Errors

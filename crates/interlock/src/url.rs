@@ -222,27 +222,43 @@ fn decode(s: &str) -> std::result::Result<String, &'static str> {
 
 /// Replaces the password of a URL-like string with `***`, even when the rest does not parse.
 ///
+/// Anything that looks like `user:password@` is hidden, also without `://` (`mysql//root:pw@db`,
+/// `memory:u:pw@x`, `root:pw@db`): from the first `:` of the userinfo to the LAST `@` of the
+/// string, the text becomes `***`. The userinfo starts after a leading `scheme://`, else at the
+/// start of the string. This may hide more than the password of an odd string (a scheme or user
+/// name without `//`, a `:` and then `@` in a path), never less.
+///
 /// # Examples
 ///
 /// ```
-/// assert_eq!(interlock::url::redact("mysql://root:hunter2@db:3306/app"), "mysql://root:***@db:3306/app");
-/// assert_eq!(interlock::url::redact("file:///tmp/x"), "file:///tmp/x");
+/// use interlock::url::redact;
+/// assert_eq!(redact("mysql://root:hunter2@db:3306/app"), "mysql://root:***@db:3306/app");
+/// assert_eq!(redact("mysql//root:hunter2@db"), "mysql//root:***@db");
+/// assert_eq!(redact("memory:u:hunter2@x"), "memory:***@x");
+/// assert_eq!(redact("file:///tmp/x"), "file:///tmp/x");
 /// ```
 pub fn redact(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
+    // A password should be percent-encoded, but one with a raw `/`, `?`, `:` or `@` must not leak
+    // either: the userinfo runs up to the LAST `@`, the password from its first `:`.
+    let Some(at) = url.rfind('@') else {
         return url.to_owned();
     };
-    let rest = &url[start..];
-    // A password should be percent-encoded, but one with a raw `/`, `?` or `@` must not leak
-    // either: take the userinfo up to the LAST `@`. This may hide more than the password of an
-    // odd URL (one with `:` and then `@` in its path), never less.
-    let Some(at) = rest.rfind('@') else {
-        return url.to_owned();
+    let start = match url[..at].split_once("://") {
+        Some((scheme, _)) if is_scheme(scheme) => scheme.len() + 3,
+        // Without a leading `scheme://` nothing says where a user name would start: from the
+        // first `:` on, everything up to the `@` may be a password.
+        _ => 0,
     };
-    match rest[..at].find(':') {
-        Some(colon) => format!("{}{}:***{}", &url[..start], &rest[..colon], &rest[at..]),
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
         None => url.to_owned(),
     }
+}
+
+/// True for a URL scheme: a letter, then letters, digits, `+`, `-` or `.`.
+fn is_scheme(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
 }
 
 /// Parses a duration: a number with an optional unit `ms`, `s`, `m`, `h` (`us` too); a bare number
@@ -348,6 +364,69 @@ mod tests {
             );
             let e = LockUrl::parse(raw).map(|u| u.to_string()).unwrap_or_else(|e| e.to_string());
             assert!(!e.contains("pa/ss") && !e.contains("pa?ss") && !e.contains("p@ss") && !e.contains("a/b?c"), "{e}");
+        }
+    }
+
+    #[test]
+    fn redacts_user_password_without_a_double_slash() {
+        assert_eq!(redact("mysql//root:hunter2@db"), "mysql//root:***@db");
+        assert_eq!(redact("root:hunter2@db"), "root:***@db");
+        // Without `scheme://`, a scheme or user name may be hidden with the password.
+        assert_eq!(redact("memory:u:hunter2@x"), "memory:***@x");
+        assert_eq!(redact("mysql:/root:hunter2@db/app"), "mysql:***@db/app");
+        assert_eq!(redact("memory:hunter2@x"), "memory:***@x");
+        // A user without a password is shown.
+        assert_eq!(redact("mysql//root@db"), "mysql//root@db");
+        for raw in [
+            "mysql//root:hunter2@db",
+            "memory:u:hunter2@x",
+            "redis:u:hunter2@h:1/0",
+            "u:hunter2@x://y",
+            "a:hun://ter2@h",
+        ] {
+            assert!(!redact(raw).contains("hunter2"), "{raw} -> {}", redact(raw));
+            let shown = LockUrl::parse(raw).map(|u| format!("{u} {u:?}")).unwrap_or_else(|e| e.to_string());
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+    }
+
+    /// Whatever surrounds it, a `user:password@` never shows its password.
+    #[test]
+    fn redaction_holds_for_anything_that_looks_like_user_password_at() {
+        let prefixes = [
+            "",
+            "redis://",
+            "redis:",
+            "redis:/",
+            "mysql//",
+            "//",
+            "'redis://",
+            "a:b/",
+            "memory:x",
+            "x://y/",
+            "file:///",
+            "1x:",
+            " ",
+            "a:b://",
+        ];
+        let users = ["", "root", "u-1", "a.b", "a:b"];
+        let secrets = ["hunter2", "hun/ter2", "hun?ter2", "hun@ter2", "hun:ter2", "hun://ter2", "hunter2%40"];
+        let suffixes = ["", "db", "db:3306/app", "h/0?x=1", "h/p@q", "h,h2/0", "x://y", "h'"];
+        for prefix in prefixes {
+            for user in users {
+                for secret in secrets {
+                    for suffix in suffixes {
+                        let raw = format!("{prefix}{user}:{secret}@{suffix}");
+                        let shown = redact(&raw);
+                        for part in secret.split(['/', '?', '@', ':']).filter(|p| !p.is_empty()) {
+                            assert!(!shown.contains(part), "{raw:?} -> {shown:?}");
+                        }
+                        let parsed =
+                            LockUrl::parse(&raw).map(|u| format!("{u} {u:?}")).unwrap_or_else(|e| e.to_string());
+                        assert!(!parsed.contains("hun"), "{raw:?} -> {parsed:?}");
+                    }
+                }
+            }
         }
     }
 

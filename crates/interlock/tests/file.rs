@@ -71,6 +71,7 @@ async fn refuses_symlinks_and_special_files() {
     let target = tmp.path().join("target");
     let dir = tmp.path().join("locks");
     let p = provider(&dir).await;
+    std::fs::create_dir(&dir).unwrap(); // connect creates nothing; here the test plants files first
     std::os::unix::fs::symlink(&target, dir.join("link")).unwrap();
     let e = p.mutex("link").unwrap().try_lock().await.unwrap_err();
     assert!(e.to_string().contains("symbolic link"), "{e}");

@@ -39,6 +39,11 @@ impl Target {
             Ok(u) if u.scheme() == "file" => Some(PathBuf::from(u.path())),
             _ => None,
         };
+        if let Some(dir) = &lock_dir {
+            // The floors open files in the directory before any lock is taken: create it now,
+            // as the first acquisition would.
+            interlock::file::prepare_dir(dir).map_err(|e| Failure::from_lock(&e, crate::exit::CONFLICT_DEFAULT))?;
+        }
         let cross_process = provider.capabilities().cross_process;
         Ok(Target {
             url: url.to_owned(),

@@ -35,7 +35,7 @@ mod status;
 mod watch;
 
 pub(crate) use config::FileConfig;
-pub use config::default_dir_path;
+pub use config::{default_dir_path, prepare_dir};
 pub(crate) use raw::FileProvider;
 
 /// How many lock attempts (non-blocking `flock` calls) this process has made on the file backend.

@@ -40,6 +40,8 @@ impl FileProvider {
     }
 
     async fn acquire_inner(&self, req: Request, wait: Wait) -> Result<Option<Arc<dyn RawHeld>>> {
+        // `connect` only validates the directory; the first acquisition creates it (config.rs).
+        super::config::prepare_dir(&self.dir)?;
         let base = mapping::file_name(req.name.as_str());
         let try_only = wait == Wait::Try;
         let (file, meta, fence_file, bump) = match req.kind {
