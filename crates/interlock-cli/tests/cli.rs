@@ -537,8 +537,10 @@ fn without_a_url_every_session_of_a_user_uses_one_default_directory() {
 fn in_private_tmp(setup: &str, args: &[&str]) -> cli_support::Out {
     let mut c = std::process::Command::new("unshare");
     c.args(["--mount", "--propagation", "private", "sh", "-c"]);
-    c.arg("mount -t tmpfs -o mode=1777 interlock-test /tmp && eval \"$SETUP\" && exec \"$@\"");
-    c.arg("sh").arg(cli_support::BIN).args(args);
+    // The binary may itself live under /tmp (a checkout there), which the tmpfs hides: open it
+    // first and run it through its descriptor.
+    c.arg("exec 3< \"$0\" && mount -t tmpfs -o mode=1777 interlock-test /tmp && eval \"$SETUP\" && exec /proc/self/fd/3 \"$@\"");
+    c.arg(cli_support::BIN).args(args);
     c.env("SETUP", setup).env_remove("INTERLOCK_URL").env_remove("INTERLOCK_LOG");
     output(c)
 }
