@@ -14,6 +14,7 @@ mod run_args;
 mod signals;
 mod status;
 mod tree;
+mod tty;
 mod worker;
 
 use std::io::IsTerminal;

@@ -32,6 +32,7 @@ use crate::acquire::{self, Held, LockArgs};
 use crate::exit::{self, Failure, Outcome};
 use crate::signals::{Caught, Signals};
 use crate::tree::{self, Reaped, Spec, Tree};
+use crate::tty::Terminal;
 
 /// Flags of `interlock run`.
 #[derive(Args, Debug)]
@@ -75,14 +76,9 @@ enum Mode {
 impl Mode {
     /// `SameGroup` when interlock's process group is the foreground group of its controlling
     /// terminal, else `OwnGroup`.
-    fn detect() -> Mode {
-        let tty = rustix::fs::open(
-            "/dev/tty",
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        );
-        match tty.and_then(rustix::termios::tcgetpgrp) {
-            Ok(fg) if fg == rustix::process::getpgrp() => Mode::SameGroup,
+    fn detect(terminal: Option<&Terminal>) -> Mode {
+        match terminal {
+            Some(t) if t.is_ours() => Mode::SameGroup,
             _ => Mode::OwnGroup,
         }
     }
@@ -104,7 +100,8 @@ pub async fn run(args: RunArgs) -> Outcome {
         return Err(Failure::usage("run needs a command after `--`: interlock run NAME -- COMMAND [ARGS...]"));
     };
     let Held { provider, guard } = acquire::acquire(&args.lock).await?;
-    let mode = Mode::detect();
+    let terminal = Terminal::open();
+    let mode = Mode::detect(terminal.as_ref());
     // Before the command exists, so that no state change of it is missed.
     let mut signals = match Signals::install(CAUGHT) {
         Ok(s) => s,
@@ -131,14 +128,22 @@ pub async fn run(args: RunArgs) -> Outcome {
     };
     // interlock's own copies are not needed: the guard holds the lock, the command its copies.
     drop(inherit);
-    let mut runner =
-        Runner { mode, tree: &mut tree, signals: &mut signals, my_group: rustix::process::getpgrp(), last: None };
+    let mut runner = Runner {
+        mode,
+        tree: &mut tree,
+        signals: &mut signals,
+        my_group: rustix::process::getpgrp(),
+        last: None,
+        terminal,
+        wants_terminal: false,
+    };
     let lost = guard.lost();
     tokio::pin!(lost);
     let finished = tokio::select! {
         done = runner.until_done() => Some(done),
         () = &mut lost => None,
     };
+    runner.take_terminal_back();
     match finished {
         Some(Ok(())) => finish(guard, runner.tree.status()).await,
         Some(Err(e)) => Err(release_quietly(guard, Failure::io("cannot wait for the command", e)).await),
@@ -157,6 +162,11 @@ struct Runner<'a> {
     my_group: Pid,
     /// The last signal passed on: which, from whom, when.
     last: Option<(Signal, Option<i32>, Instant)>,
+    /// The controlling terminal, for job control in `OwnGroup` mode.
+    terminal: Option<Terminal>,
+    /// The command stopped to read or write the terminal: hand it the terminal when we are in
+    /// the foreground again.
+    wants_terminal: bool,
 }
 
 /// A second copy of one signal from one sender within this time is the same event: the kernel
@@ -182,23 +192,64 @@ impl Runner<'_> {
     /// Handles one caught signal: reaps on SIGCHLD, passes the others on.
     fn handle(&mut self, caught: Caught) -> io::Result<Reaped> {
         match caught.signal {
-            Signal::CHILD => self.tree.reap(),
+            Signal::CHILD => {
+                let reaped = self.tree.reap()?;
+                if let Reaped::Stopped(sig) = reaped {
+                    self.command_stopped(sig);
+                }
+                Ok(reaped)
+            }
             Signal::TSTP => {
                 if self.forwards(caught) {
                     self.tree.signal(Signal::TSTP);
                 }
-                // Stop as the default action would, so the shell sees its job stop.
-                if let Err(e) = rustix::process::kill_process(rustix::process::getpid(), Signal::STOP) {
-                    tracing::debug!(error = %e, "cannot stop ourselves");
-                }
+                stop_ourselves();
                 Ok(Reaped::Running)
             }
             sig => {
+                if sig == Signal::CONT && self.wants_terminal && self.terminal.as_ref().is_some_and(Terminal::is_ours) {
+                    // `fg`: the shell gave us the terminal; the command is the one that needs it.
+                    if let (Some(t), Some(group)) = (&self.terminal, self.tree.group) {
+                        t.give_to(group);
+                    }
+                }
                 if self.forwards(caught) {
                     self.tree.signal(sig);
                 }
                 Ok(Reaped::Running)
             }
+        }
+    }
+
+    /// Job control in `OwnGroup` mode, where the shell sees interlock, not the command: when the
+    /// command stops for the terminal (reading or writing it from the background: SIGTTIN,
+    /// SIGTTOU) or stops with the terminal's foreground that we handed it (Ctrl-Z), take the
+    /// terminal back and stop too, so that the shell shows the job stopped and `fg` works.
+    /// Other stops (a SIGSTOP sent to the command alone, our own forwarded SIGTSTP) change nothing.
+    fn command_stopped(&mut self, sig: Signal) {
+        if self.mode != Mode::OwnGroup {
+            return;
+        }
+        let (Some(terminal), Some(group)) = (&self.terminal, self.tree.group) else { return };
+        let handed = terminal.foreground() == Some(group);
+        let for_terminal = sig == Signal::TTIN || sig == Signal::TTOU;
+        if !(for_terminal || (handed && sig == Signal::TSTP)) || !tree::is_stopped(self.tree.child) {
+            return;
+        }
+        self.wants_terminal = true;
+        if handed {
+            terminal.give_to(self.my_group);
+        }
+        stop_ourselves();
+    }
+
+    /// Before exiting: if the command's group still has the terminal's foreground, give it back to
+    /// ours, where the shell left it.
+    fn take_terminal_back(&self) {
+        if let (Some(t), Some(group)) = (&self.terminal, self.tree.group)
+            && t.foreground() == Some(group)
+        {
+            t.give_to(self.my_group);
         }
     }
 
@@ -256,6 +307,13 @@ impl Runner<'_> {
                 self.tree.signal(caught.signal);
             }
         }
+    }
+}
+
+/// Stops interlock as a stop signal's default action would, so that the shell sees its job stop.
+fn stop_ourselves() {
+    if let Err(e) = rustix::process::kill_process(rustix::process::getpid(), Signal::STOP) {
+        tracing::debug!(error = %e, "cannot stop ourselves");
     }
 }
 

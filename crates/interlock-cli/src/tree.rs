@@ -148,6 +148,12 @@ impl Tree {
     }
 }
 
+/// True while process `pid` is stopped (state `T` in `/proc/PID/stat`).
+pub fn is_stopped(pid: Pid) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).unwrap_or_default();
+    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+}
+
 /// Sets up the child between `fork` and `exec`: its own process group, the parent-death signal,
 /// and the inherited lock descriptors.
 #[allow(unsafe_code)]

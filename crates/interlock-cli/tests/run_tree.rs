@@ -314,3 +314,58 @@ fn in_process_backends_are_refused_by_run_hold_and_status() {
         assert!(line.contains("inside one process"), "{line}");
     }
 }
+
+#[test]
+fn a_background_job_that_reads_the_terminal_stops_and_fg_gives_it_the_terminal() {
+    if !cli_support::require_tool("python3", &["--version"]) || !cli_support::require_tool("bash", &["--version"]) {
+        return;
+    }
+    // An interactive bash in a pty: the command, started in the background, stops when it reads
+    // the terminal; the shell must see the job stopped, and `fg` (also after a Ctrl-Z) must let
+    // it read.
+    const PY: &str = r#"
+import os, pty, select, sys, time
+bin, url = sys.argv[1], sys.argv[2]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("bash", ["bash", "--norc", "--noprofile", "-i"])
+buf = b""
+last = b""
+def until(s, t=20):
+    global buf
+    end = time.time() + t
+    while s.encode() not in buf:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r: buf += os.read(fd, 1000)
+        if time.time() > end: sys.exit("timed out waiting for %r: %r" % (s, buf[-300:]))
+    global last
+    i = buf.index(s.encode()) + len(s)
+    last, buf = buf[:i], buf[i:]
+def say(s): os.write(fd, s.encode())
+def stopped():
+    global buf
+    for _ in range(100):
+        say("jobs\n"); until("jobs"); until("$ ")
+        if b"Stopped" in last: return
+        time.sleep(0.2)
+    sys.exit("the job never showed as stopped")
+say("PS1='$ '\n"); until("$ ")
+say(f"{bin} run -u {url} x -- head -1 &\n"); until("$ ")
+stopped()
+say("fg\n"); until("head -1")
+time.sleep(0.3)
+say("\x1a"); until("$ "); stopped()
+say("fg\n"); until("head -1")
+time.sleep(0.3)
+say("hello\n"); until("hello"); until("hello"); until("$ ")
+say("echo rc=$?\n"); until("rc=0")
+say("exit\n")
+print("ok")
+"#;
+    let d = LockDir::new();
+    let mut c = Command::new("python3");
+    c.args(["-c", PY, BIN, &d.url()]).env_remove("INTERLOCK_URL");
+    let out = cli_support::output(c);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout.trim(), "ok");
+}
