@@ -7,17 +7,14 @@
 //! backends whose locks expire, the command gets SIGKILL if interlock dies (nobody would renew the
 //! lock any more).
 //!
-//! Signals: each signal that reaches interlock reaches each process of the command exactly once.
-//! - Started in the foreground of a terminal, the command stays in interlock's process group, as
-//!   under `flock(1)`: Ctrl-C, Ctrl-\ and Ctrl-Z reach it from the terminal itself, so interlock
-//!   does not pass on signals that the kernel sent (or that a process of its own group sent, which
-//!   is how `kill 0` reaches a whole group); it passes on the others.
-//! - Anywhere else (scripts, cron, services, `timeout`, background jobs), the command gets a
-//!   process group of its own, so a signal sent to interlock's group (`timeout`'s SIGTERM, a
-//!   shell's SIGHUP to its jobs) reaches interlock alone, which passes it on to the command's tree.
-//! - A signal that was ignored when interlock started (`nohup`) stays ignored, for the command too.
-//! - SIGTSTP is passed on like the others, then interlock stops itself; SIGCONT continues the
-//!   command again (in its own group).
+//! Signals: the command runs in a process group of its own, so that a signal sent to interlock's
+//! group (`timeout`, a shell's job control, the terminal's Ctrl-C while interlock has it) reaches
+//! interlock alone, and interlock passes each signal it gets on to every process of the command's
+//! tree, once. A signal ignored when interlock started (`nohup`) stays ignored, for the command
+//! too. Job control works as a shell does it: when the command needs the terminal (it is stopped
+//! by SIGTTIN or SIGTTOU) and interlock has it, interlock hands the terminal's foreground to the
+//! command's group, takes it back when the command stops on Ctrl-Z (stopping its own group as the
+//! terminal would have), and hands it over again on `fg`. See `docs/run.md`.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -30,7 +27,7 @@ use rustix::process::{Pid, Signal, WaitStatus};
 
 use crate::acquire::{self, Held, LockArgs};
 use crate::exit::{self, Failure, Outcome};
-use crate::signals::{Caught, Signals};
+use crate::signals::{self, Caught, Signals};
 use crate::tree::{self, Reaped, Spec, Tree};
 use crate::tty::Terminal;
 
@@ -49,8 +46,8 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-/// The signals interlock passes on to the command (SIGCHLD tells it about the tree, SIGCONT and
-/// SIGTSTP are handled for job control).
+/// The signals interlock passes on to the command (SIGCHLD tells it about the tree; SIGTSTP and
+/// SIGCONT are also handled for job control).
 const CAUGHT: &[Signal] = &[
     Signal::HUP,
     Signal::INT,
@@ -63,26 +60,6 @@ const CAUGHT: &[Signal] = &[
     Signal::CONT,
     Signal::CHILD,
 ];
-
-/// Where the command runs, relative to interlock's process group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    /// In interlock's group, which holds the terminal: the terminal signals both.
-    SameGroup,
-    /// In a group of its own: only interlock passes signals on.
-    OwnGroup,
-}
-
-impl Mode {
-    /// `SameGroup` when interlock's process group is the foreground group of its controlling
-    /// terminal, else `OwnGroup`.
-    fn detect(terminal: Option<&Terminal>) -> Mode {
-        match terminal {
-            Some(t) if t.is_ours() => Mode::SameGroup,
-            _ => Mode::OwnGroup,
-        }
-    }
-}
 
 /// Takes the lock, runs the command with `INTERLOCK_NAME` and `INTERLOCK_TOKEN` in its
 /// environment and the signals passed on (module docs), and releases the lock when the command
@@ -100,8 +77,6 @@ pub async fn run(args: RunArgs) -> Outcome {
         return Err(Failure::usage("run needs a command after `--`: interlock run NAME -- COMMAND [ARGS...]"));
     };
     let Held { provider, guard } = acquire::acquire(&args.lock).await?;
-    let terminal = Terminal::open();
-    let mode = Mode::detect(terminal.as_ref());
     // Before the command exists, so that no state change of it is missed.
     let mut signals = match Signals::install(CAUGHT) {
         Ok(s) => s,
@@ -114,10 +89,13 @@ pub async fn run(args: RunArgs) -> Outcome {
         Ok(fds) => fds,
         Err(e) => return Err(release_quietly(guard, Failure::from_lock(&e, exit::CONFLICT_DEFAULT)).await),
     };
+    let ignored: Vec<Signal> =
+        signals.registered().iter().copied().filter(|s| signals::ignored_at_start().contains(*s)).collect();
     let spec = Spec {
-        own_group: mode == Mode::OwnGroup,
         death_signal: provider.capabilities().can_lose.then_some(Signal::KILL),
         inherit: &inherit,
+        caught: signals.registered(),
+        ignored: &ignored,
     };
     let mut cmd = std::process::Command::new(program);
     let token = guard.fencing_token().map(|t| t.to_string()).unwrap_or_default();
@@ -129,12 +107,12 @@ pub async fn run(args: RunArgs) -> Outcome {
     // interlock's own copies are not needed: the guard holds the lock, the command its copies.
     drop(inherit);
     let mut runner = Runner {
-        mode,
         tree: &mut tree,
         signals: &mut signals,
+        me: rustix::process::getpid(),
         my_group: rustix::process::getpgrp(),
         last: None,
-        terminal,
+        terminal: Terminal::open(),
         wants_terminal: false,
     };
     let lost = guard.lost();
@@ -146,7 +124,11 @@ pub async fn run(args: RunArgs) -> Outcome {
     runner.take_terminal_back();
     match finished {
         Some(Ok(())) => finish(guard, runner.tree.status()).await,
-        Some(Err(e)) => Err(release_quietly(guard, Failure::io("cannot wait for the command", e)).await),
+        Some(Err(e)) => {
+            // Never release while the command may still run: end it first.
+            runner.kill_all().await;
+            Err(release_quietly(guard, Failure::io("cannot wait for the command", e)).await)
+        }
         None => {
             runner.stop_after_loss(guard, args.kill_after).await;
             Ok(exit::LOCK_LOST)
@@ -156,29 +138,28 @@ pub async fn run(args: RunArgs) -> Outcome {
 
 /// Waits for the tree and passes signals on to it.
 struct Runner<'a> {
-    mode: Mode,
     tree: &'a mut Tree,
     signals: &'a mut Signals,
+    me: Pid,
     my_group: Pid,
-    /// The last signal passed on: which, from whom, when.
+    /// The last signal passed on: which, from whom, when it arrived.
     last: Option<(Signal, Option<i32>, Instant)>,
-    /// The controlling terminal, for job control in `OwnGroup` mode.
+    /// The controlling terminal, for job control.
     terminal: Option<Terminal>,
-    /// The command stopped to read or write the terminal: hand it the terminal when we are in
-    /// the foreground again.
+    /// The command stopped to use the terminal: hand it the terminal whenever we have it.
     wants_terminal: bool,
 }
 
-/// A second copy of one signal from one sender within this time is the same event: the kernel
-/// would have merged it into the first had it still been pending, and `timeout(1)` sends its
-/// signal twice, to its child and then to its process group.
-const SAME_EVENT: Duration = Duration::from_millis(100);
+/// A second copy of one signal from one sender that arrives within this time is the same event:
+/// `timeout(1)` sends its signal to its child and then to its process group, microseconds apart,
+/// and the kernel would have merged the two had the first still been pending.
+const SAME_EVENT: Duration = Duration::from_millis(10);
 
 impl Runner<'_> {
     /// Until no process of the tree is left.
     async fn until_done(&mut self) -> io::Result<()> {
         // A state change before the handler was installed would have been missed: look once.
-        if self.tree.reap()? == Reaped::Done {
+        if self.reap()? == Reaped::Done {
             return Ok(());
         }
         loop {
@@ -192,13 +173,7 @@ impl Runner<'_> {
     /// Handles one caught signal: reaps on SIGCHLD, passes the others on.
     fn handle(&mut self, caught: Caught) -> io::Result<Reaped> {
         match caught.signal {
-            Signal::CHILD => {
-                let reaped = self.tree.reap()?;
-                if let Reaped::Stopped(sig) = reaped {
-                    self.command_stopped(sig);
-                }
-                Ok(reaped)
-            }
+            Signal::CHILD => self.reap(),
             Signal::TSTP => {
                 if self.forwards(caught) {
                     self.tree.signal(Signal::TSTP);
@@ -207,11 +182,8 @@ impl Runner<'_> {
                 Ok(Reaped::Running)
             }
             sig => {
-                if sig == Signal::CONT && self.wants_terminal && self.terminal.as_ref().is_some_and(Terminal::is_ours) {
-                    // `fg`: the shell gave us the terminal; the command is the one that needs it.
-                    if let (Some(t), Some(group)) = (&self.terminal, self.tree.group) {
-                        t.give_to(group);
-                    }
+                if sig == Signal::CONT {
+                    self.hand_terminal_over();
                 }
                 if self.forwards(caught) {
                     self.tree.signal(sig);
@@ -221,64 +193,81 @@ impl Runner<'_> {
         }
     }
 
-    /// Job control in `OwnGroup` mode, where the shell sees interlock, not the command: when the
-    /// command stops for the terminal (reading or writing it from the background: SIGTTIN,
-    /// SIGTTOU) or stops with the terminal's foreground that we handed it (Ctrl-Z), take the
-    /// terminal back and stop too, so that the shell shows the job stopped and `fg` works.
-    /// Other stops (a SIGSTOP sent to the command alone, our own forwarded SIGTSTP) change nothing.
-    fn command_stopped(&mut self, sig: Signal) {
-        if self.mode != Mode::OwnGroup {
-            return;
+    /// Reaps, and acts on a stop of the command (every stop is reported once: never drop one).
+    fn reap(&mut self) -> io::Result<Reaped> {
+        let reaped = self.tree.reap()?;
+        if let Reaped::Stopped(sig) = reaped {
+            self.command_stopped(sig);
         }
-        let (Some(terminal), Some(group)) = (&self.terminal, self.tree.group) else { return };
-        let handed = terminal.foreground() == Some(group);
+        Ok(reaped)
+    }
+
+    /// Job control, where the shell sees interlock and its group, not the command's:
+    /// - the command stopped to read or write the terminal (SIGTTIN, SIGTTOU): if we have the
+    ///   terminal, hand it over and continue the command; if not, stop too, so the shell shows the
+    ///   job stopped, and hand it over on `fg`;
+    /// - the command stopped on Ctrl-Z while it had the terminal: take the terminal back and stop
+    ///   our own group, which is what the terminal would have done had we kept it.
+    ///
+    /// Other stops (a SIGSTOP sent to the command alone, a SIGTSTP we passed on) change nothing.
+    fn command_stopped(&mut self, sig: Signal) {
+        let Some(terminal) = &self.terminal else { return };
+        let had_terminal = terminal.foreground() == Some(self.tree.group);
         let for_terminal = sig == Signal::TTIN || sig == Signal::TTOU;
-        if !(for_terminal || (handed && sig == Signal::TSTP)) || !tree::is_stopped(self.tree.child) {
+        if !(for_terminal || (had_terminal && sig == Signal::TSTP)) || !tree::is_stopped(self.tree.child) {
             return;
         }
         self.wants_terminal = true;
-        if handed {
+        if had_terminal {
             terminal.give_to(self.my_group);
+            kill_group(self.my_group, Signal::TSTP);
+        } else if terminal.is_ours() {
+            self.hand_terminal_over();
+            kill_group(self.tree.group, Signal::CONT);
+        } else {
+            stop_ourselves();
         }
-        stop_ourselves();
     }
 
-    /// Before exiting: if the command's group still has the terminal's foreground, give it back to
-    /// ours, where the shell left it.
+    /// Gives the terminal to the command's group if the command needs it and we have it.
+    fn hand_terminal_over(&self) {
+        if let Some(t) = &self.terminal
+            && self.wants_terminal
+            && t.is_ours()
+        {
+            t.give_to(self.tree.group);
+        }
+    }
+
+    /// Before exiting: if the command's group still has the terminal, give it back to ours,
+    /// where the shell left it.
     fn take_terminal_back(&self) {
-        if let (Some(t), Some(group)) = (&self.terminal, self.tree.group)
-            && t.foreground() == Some(group)
+        if let Some(t) = &self.terminal
+            && t.foreground() == Some(self.tree.group)
         {
             t.give_to(self.my_group);
         }
     }
 
-    /// Whether `caught` must be passed on: only where the command's processes did not get it
-    /// too, and only once per event (see [`SAME_EVENT`]).
+    /// Whether `caught` must be passed on: not a repeat of the same event (see [`SAME_EVENT`]),
+    /// not something we sent ourselves (job control), not something a process of the command's
+    /// group sent (never bounce a signal back at its sender), not a hangup the kernel also sent to
+    /// the command's group because it had the terminal.
     fn forwards(&mut self, caught: Caught) -> bool {
-        let now = Instant::now();
         let repeat = self.last.is_some_and(|(sig, sender, at)| {
-            sig == caught.signal && sender == caught.sender && now.duration_since(at) < SAME_EVENT
+            sig == caught.signal && sender == caught.sender && caught.at.duration_since(at) < SAME_EVENT
         });
-        if repeat || !self.reached_only_us(caught) {
+        let sender = caught.sender.and_then(Pid::from_raw);
+        let ours = sender == Some(self.me);
+        let from_command = sender.and_then(|p| rustix::process::getpgid(Some(p)).ok()) == Some(self.tree.group);
+        let terminal_hangup = caught.from_kernel
+            && caught.signal == Signal::HUP
+            && self.terminal.as_ref().and_then(Terminal::foreground) == Some(self.tree.group);
+        if repeat || ours || from_command || terminal_hangup {
             return false;
         }
-        self.last = Some((caught.signal, caught.sender, now));
+        self.last = Some((caught.signal, caught.sender, caught.at));
         true
-    }
-
-    /// True when `caught` reached interlock but not the command.
-    fn reached_only_us(&self, caught: Caught) -> bool {
-        let sender_group = caught.sender.and_then(Pid::from_raw).and_then(|p| rustix::process::getpgid(Some(p)).ok());
-        match self.mode {
-            // The terminal (kernel) and members of our own group (`kill 0`) reached the command
-            // already; the shell's SIGCONT after `fg` went to the whole group too.
-            Mode::SameGroup => {
-                !caught.from_kernel && caught.signal != Signal::CONT && sender_group != Some(self.my_group)
-            }
-            // Never bounce a signal that the command itself sent us back at it.
-            Mode::OwnGroup => sender_group.is_none() || sender_group != self.tree.group,
-        }
     }
 
     /// The lock is gone: says so, then stops the command's tree (SIGTERM, SIGKILL after `grace`),
@@ -295,18 +284,30 @@ impl Runner<'_> {
             return;
         }
         tracing::debug!("the command outlived its grace period; sending SIGKILL");
+        self.kill_all().await;
+    }
+
+    /// SIGKILL to every process of the tree until none is left (one forking meanwhile included).
+    async fn kill_all(&mut self) {
         loop {
             self.tree.signal(Signal::KILL);
-            match self.tree.reap() {
+            match self.reap() {
                 Ok(Reaped::Done) | Err(_) => return,
                 Ok(_) => {}
             }
             // Woken by the next SIGCHLD (or any signal), then kill whatever is still there.
             let caught = self.signals.recv().await;
-            if caught.signal != Signal::CHILD && self.forwards(caught) {
-                self.tree.signal(caught.signal);
+            if caught.signal != Signal::CHILD {
+                let _ = self.handle(caught);
             }
         }
+    }
+}
+
+/// Sends `sig` to process group `group`, logging a failure.
+fn kill_group(group: Pid, sig: Signal) {
+    if let Err(e) = rustix::process::kill_process_group(group, sig) {
+        tracing::debug!(group = group.as_raw_nonzero().get(), error = %e, "cannot signal a process group");
     }
 }
 

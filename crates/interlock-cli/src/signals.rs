@@ -32,11 +32,14 @@ pub struct Caught {
     pub from_kernel: bool,
     /// The process that sent it with `kill(2)`, when known.
     pub sender: Option<i32>,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 /// Catches a set of signals from the moment it is made, until it is dropped.
 #[derive(Debug)]
 pub struct Signals {
+    registered: Vec<Signal>,
     rx: mpsc::UnboundedReceiver<Caught>,
     handle: Handle,
     thread: Option<JoinHandle<()>>,
@@ -51,15 +54,19 @@ impl Signals {
     /// A [`Failure`] (exit 74) if the operating system refuses.
     pub fn install(wanted: &[Signal]) -> Result<Signals, Failure> {
         let ignored = ignored_at_start();
-        let raw: Vec<i32> =
-            wanted.iter().filter(|s| **s == Signal::CHILD || !ignored.contains(**s)).map(|s| s.as_raw()).collect();
+        let registered: Vec<Signal> =
+            wanted.iter().copied().filter(|s| *s == Signal::CHILD || !ignored.contains(*s)).collect();
+        let raw: Vec<i32> = registered.iter().map(|s| s.as_raw()).collect();
         let mut info =
             SignalsInfo::<WithOrigin>::new(&raw).map_err(|e| Failure::io("cannot install signal handlers", e))?;
         let handle = info.handle();
         let (tx, rx) = mpsc::unbounded_channel();
+        let raw_for_thread = raw.clone();
         let thread = std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
+                // A mask inherited from whoever started us may block them: this thread must get them.
+                unblock(&raw_for_thread);
                 for origin in info.forever() {
                     // Signals we did not register cannot arrive here; skip rather than panic.
                     let Some(signal) = Signal::from_named_raw(origin.signal) else { continue };
@@ -67,6 +74,7 @@ impl Signals {
                         signal,
                         from_kernel: matches!(origin.cause, Cause::Kernel) || origin.signal == sig::SIGCHLD,
                         sender: origin.process.map(|p| p.pid),
+                        at: std::time::Instant::now(),
                     };
                     if tx.send(caught).is_err() {
                         break;
@@ -74,7 +82,12 @@ impl Signals {
                 }
             })
             .map_err(|e| Failure::io("cannot start the signal thread", e))?;
-        Ok(Signals { rx, handle, thread: Some(thread) })
+        Ok(Signals { registered, rx, handle, thread: Some(thread) })
+    }
+
+    /// The signals actually caught: those asked for, less those ignored at start.
+    pub fn registered(&self) -> &[Signal] {
+        &self.registered
     }
 
     /// Waits for the next caught signal.
@@ -93,6 +106,20 @@ impl Drop for Signals {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Unblocks `signals` in the calling thread.
+#[allow(unsafe_code)]
+fn unblock(signals: &[i32]) {
+    // SAFETY: `sigset_t` is plain data initialised by `sigemptyset`; only this thread's mask changes.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &sig in signals {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
 }
 

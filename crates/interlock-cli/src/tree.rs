@@ -15,14 +15,19 @@ use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 /// How the command is started.
 #[derive(Debug)]
 pub struct Spec<'a> {
-    /// Give the command a process group of its own (see `run`'s module docs for when).
-    pub own_group: bool,
     /// Sent to the command if interlock dies first (`PR_SET_PDEATHSIG`): for locks that expire
     /// once interlock no longer renews them.
     pub death_signal: Option<Signal>,
     /// Descriptors the command inherits (the file backend's lock), close-on-exec cleared in the
     /// child only.
     pub inherit: &'a [OwnedFd],
+    /// The signals interlock catches: the command starts with their default action (or ignoring
+    /// them, for those in `ignored`), and none of them can reach interlock's handlers in the
+    /// child between `fork` and `exec`.
+    pub caught: &'a [Signal],
+    /// Those of `caught` that were ignored when interlock started (SIGCHLD, which interlock
+    /// catches anyway): the command inherits them ignored.
+    pub ignored: &'a [Signal],
 }
 
 /// What [`Tree::reap`] found.
@@ -32,8 +37,6 @@ pub enum Reaped {
     Running,
     /// The command itself was stopped by this signal (job control).
     Stopped(Signal),
-    /// The command itself was continued.
-    Continued,
     /// No process of the tree is left.
     Done,
 }
@@ -44,8 +47,8 @@ pub struct Tree {
     me: Pid,
     /// The command's own process (the direct child).
     pub child: Pid,
-    /// The command's process group when it has one of its own.
-    pub group: Option<Pid>,
+    /// The command's process group, its own (the command is its leader).
+    pub group: Pid,
     status: Option<WaitStatus>,
 }
 
@@ -68,25 +71,22 @@ impl Tree {
     /// The spawn error: the command was not found or could not be executed.
     pub fn spawn(cmd: &mut Command, spec: &Spec<'_>) -> io::Result<Tree> {
         let me = rustix::process::getpid();
-        let own_group = spec.own_group;
-        let death = spec.death_signal;
         // The raw numbers are copied into the closure, which runs in the child where the
         // descriptors are the same numbers.
         let fds: Vec<i32> = spec.inherit.iter().map(AsRawFd::as_raw_fd).collect();
-        child_setup(cmd, me, own_group, death, fds);
-        let child = cmd.spawn()?;
+        let caught: Vec<i32> = spec.caught.iter().map(|s| s.as_raw()).collect();
+        let ignored: Vec<i32> = spec.ignored.iter().map(|s| s.as_raw()).collect();
+        cmd.process_group(0);
+        let to_block = caught.clone();
+        let spawned = with_signals_blocked(&to_block, |mask| {
+            child_setup(cmd, ChildSetup { parent: me, death: spec.death_signal, fds, caught, ignored, mask });
+            cmd.spawn()
+        });
+        let child = spawned?;
         let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw).ok_or_else(|| io::Error::other("bad pid"))?;
         // std's `Child` is dropped without waiting: we reap with `waitpid` ourselves.
         drop(child);
-        let group = if own_group {
-            // Also from this side, as shells do, so the group exists before we signal it.
-            // EACCES (the child has exec'd) and ESRCH (already gone) mean it is done or moot.
-            let _ = rustix::process::setpgid(Some(pid), Some(pid));
-            Some(pid)
-        } else {
-            None
-        };
-        Ok(Tree { me, child: pid, group, status: None })
+        Ok(Tree { me, child: pid, group: pid, status: None })
     }
 
     /// Reaps every child whose state changed (the command, and descendants re-parented to us);
@@ -104,8 +104,6 @@ impl Tree {
                         self.status = Some(st);
                     } else if let Some(sig) = st.stopping_signal().and_then(Signal::from_named_raw) {
                         seen = Reaped::Stopped(sig);
-                    } else if st.continued() {
-                        seen = Reaped::Continued;
                     }
                 }
                 Ok(Some(_)) => {} // a descendant re-parented to us: reaped
@@ -123,17 +121,23 @@ impl Tree {
     }
 
     /// Sends `sig` to every process of the tree, each once: the command's process group with one
-    /// `kill` where it has its own, then every other descendant found under `/proc`, rescanning
-    /// until a scan finds none not yet signalled (a process forked meanwhile gets it too).
+    /// `kill`, then every other descendant found under `/proc`, rescanning until a scan finds none
+    /// not yet signalled (a process forked meanwhile gets it too).
     pub fn signal(&self, sig: Signal) {
+        let group = self.group.as_raw_nonzero().get();
         let mut done: HashSet<i32> = HashSet::new();
-        if let Some(Err(e)) = self.group.map(|group| rustix::process::kill_process_group(group, sig)) {
+        let mut members = descendants(self.me);
+        // Only while the group can still be ours: its leader not yet reaped (its pid, so the
+        // group id, cannot be reused until then), or one of our processes still in it.
+        if (self.status.is_none() || members.iter().any(|p| p.pgid == group))
+            && let Err(e) = rustix::process::kill_process_group(self.group, sig)
+        {
             tracing::debug!(error = %e, "cannot signal the command's process group");
         }
         for _ in 0..16 {
             let mut fresh = false;
-            for p in descendants(self.me) {
-                if (self.group.is_some() && p.pgid == Pid::as_raw(self.group)) || !done.insert(p.pid) {
+            for p in members.iter().filter(|p| p.pgid != group) {
+                if !done.insert(p.pid) {
                     continue;
                 }
                 fresh = true;
@@ -144,6 +148,7 @@ impl Tree {
             if !fresh {
                 return;
             }
+            members = descendants(self.me);
         }
     }
 }
@@ -154,29 +159,66 @@ pub fn is_stopped(pid: Pid) -> bool {
     stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
 }
 
-/// Sets up the child between `fork` and `exec`: its own process group, the parent-death signal,
-/// and the inherited lock descriptors.
+/// What the child sets up between `fork` and `exec`.
+struct ChildSetup {
+    parent: Pid,
+    death: Option<Signal>,
+    fds: Vec<i32>,
+    caught: Vec<i32>,
+    ignored: Vec<i32>,
+    /// The signal mask to restore (the one interlock inherited).
+    mask: libc::sigset_t,
+}
+
+/// Runs `f` with `signals` blocked in this thread, passing it the mask from before. The child
+/// forked meanwhile starts with them blocked too, so none can run interlock's handler in it.
 #[allow(unsafe_code)]
-fn child_setup(cmd: &mut Command, parent: Pid, own_group: bool, death: Option<Signal>, fds: Vec<i32>) {
+fn with_signals_blocked<T>(signals: &[i32], f: impl FnOnce(libc::sigset_t) -> T) -> T {
+    // SAFETY: `sigset_t` is plain data, initialised by `sigemptyset` / `pthread_sigmask`; the
+    // mask is changed for this thread only and restored before we return.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &sig in signals {
+            libc::sigaddset(&mut set, sig);
+        }
+        let blocked = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) == 0;
+        let out = f(old);
+        if blocked {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+        out
+    }
+}
+
+/// Sets up the child between `fork` and `exec`: the parent-death signal, the inherited lock
+/// descriptors, default (or ignored) actions for the signals interlock catches, then the signal
+/// mask interlock inherited.
+#[allow(unsafe_code)]
+fn child_setup(cmd: &mut Command, setup: ChildSetup) {
     // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
-    // work is allowed. It makes raw system calls through rustix (no allocation, no locks) and
-    // only reads `fds`, which was allocated before the fork.
+    // work is allowed: raw system calls through rustix and libc's `signal` and `sigprocmask`
+    // (async-signal-safe by POSIX), no allocation, no locks. It only reads `setup`, which was
+    // allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if own_group {
-                rustix::process::setpgid(None, None)?;
-            }
-            if let Some(sig) = death {
+            if let Some(sig) = setup.death {
                 rustix::process::set_parent_process_death_signal(Some(sig))?;
                 // interlock may have died before the line above: then nobody would signal us.
-                if rustix::process::getppid() != Some(parent) {
+                if rustix::process::getppid() != Some(setup.parent) {
                     return Err(io::Error::from_raw_os_error(libc::ESRCH));
                 }
             }
-            for &fd in &fds {
+            for &fd in &setup.fds {
                 let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
                 rustix::io::fcntl_setfd(fd, FdFlags::empty())?;
             }
+            for &sig in &setup.caught {
+                let action = if setup.ignored.contains(&sig) { libc::SIG_IGN } else { libc::SIG_DFL };
+                libc::signal(sig, action);
+            }
+            libc::sigprocmask(libc::SIG_SETMASK, &setup.mask, std::ptr::null_mut());
             Ok(())
         });
     }
@@ -203,17 +245,20 @@ fn descendants(root: Pid) -> Vec<ProcEntry> {
 
 /// The entries below `root` in the parent relation.
 fn tree_below(all: &[ProcEntry], root: i32) -> Vec<ProcEntry> {
+    let mut inside: HashSet<i32> = HashSet::from([root]);
     let mut out = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for p in all.iter().filter(|p| p.ppid == parent && p.pid != root) {
-            if !out.iter().any(|o: &ProcEntry| o.pid == p.pid) {
+    // Parents come and go in any order under /proc: repeat until nothing new joins.
+    loop {
+        let before = out.len();
+        for p in all {
+            if p.pid != root && inside.contains(&p.ppid) && inside.insert(p.pid) {
                 out.push(*p);
-                frontier.push(p.pid);
             }
         }
+        if out.len() == before {
+            return out;
+        }
     }
-    out
 }
 
 /// Parses `/proc/PID/stat`: `pid (comm) state ppid pgrp ...`; `comm` may hold spaces and `)`.

@@ -237,7 +237,12 @@ fn sigtstp_stops_the_command_and_interlock_and_sigcont_resumes_both() {
     let mut p = start(&d.url(), "x", "echo $$; sleep 0.6; echo finished");
     let child: u32 = p.line().parse().unwrap();
     p.signal(Signal::TSTP);
-    eventually("both stopped", || state(child) == 'T' && state(p.pid()) == 'T');
+    let deadline = Instant::now() + cli_support::LONG;
+    while !(state(child) == 'T' && state(p.pid()) == 'T') {
+        let states = (state(child), state(p.pid()));
+        assert!(Instant::now() < deadline, "command and interlock not both stopped: {states:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::thread::sleep(Duration::from_millis(800));
     assert!(p.running());
     p.signal(Signal::CONT);
@@ -245,22 +250,26 @@ fn sigtstp_stops_the_command_and_interlock_and_sigcont_resumes_both() {
     assert_eq!(p.line(), "finished");
 }
 
-/// Runs `interlock run ... -- COMMAND` in the foreground of a new terminal (a pty), types `keys`
-/// once the command printed `ready`, and returns what Python saw (`stopped`, the exit status).
-fn in_a_terminal(dir: &LockDir, command: &[&str], keys: &str) -> String {
+/// Runs `argv` as the session leader of a new terminal (a pty), in its foreground; once `ready`
+/// appears on the terminal, does `action` (`keys:TEXT` types TEXT, `hangup` closes the terminal,
+/// `none`), and returns what Python saw (`stopped` if it stopped, then the exit status).
+fn in_a_pty(argv: &[&str], action: &str) -> String {
     const PY: &str = r#"
 import os, pty, select, sys, time
-argv = sys.argv[1:-1]; keys = sys.argv[-1].encode()
+action, argv = sys.argv[1], sys.argv[2:]
 pid, fd = pty.fork()
 if pid == 0:
-    os.execv(argv[0], argv)
+    os.execvp(argv[0], argv)
 buf = b""
 while b"ready" not in buf:
     r, _, _ = select.select([fd], [], [], 20)
     if not r: sys.exit("no ready from the command: %r" % buf)
     buf += os.read(fd, 100)
 time.sleep(0.1)
-os.write(fd, keys)
+if action.startswith("keys:"):
+    os.write(fd, action[5:].encode())
+elif action == "hangup":
+    os.close(fd)
 _, st = os.waitpid(pid, os.WUNTRACED)
 if os.WIFSTOPPED(st):
     print("stopped", flush=True)
@@ -270,10 +279,18 @@ if os.WIFSTOPPED(st):
 print("status", os.waitstatus_to_exitcode(st))
 "#;
     let mut c = Command::new("python3");
-    c.args(["-c", PY, BIN, "run", "-u", &dir.url(), "x", "--"]).args(command).arg(keys);
+    c.args(["-c", PY, action]).args(argv).env_remove("INTERLOCK_URL");
     let out = cli_support::output(c);
     assert!(out.status.success(), "{out:?}");
     out.stdout
+}
+
+/// `in_a_pty` for `interlock run -u DIR x -- COMMAND` itself.
+fn in_a_terminal(dir: &LockDir, command: &[&str], keys: &str) -> String {
+    let url = dir.url();
+    let mut argv = vec![BIN, "run", "-u", &url, "x", "--"];
+    argv.extend(command);
+    in_a_pty(&argv, &format!("keys:{keys}"))
 }
 
 #[test]
@@ -348,13 +365,13 @@ def stopped():
         say("jobs\n"); until("jobs"); until("$ ")
         if b"Stopped" in last: return
         time.sleep(0.2)
-    sys.exit("the job never showed as stopped")
+    sys.exit("the job never showed as stopped: %r" % (last[-3000:] + buf[-3000:]))
 say("PS1='$ '\n"); until("$ ")
 say(f"{bin} run -u {url} x -- head -1 &\n"); until("$ ")
 stopped()
 say("fg\n"); until("head -1")
 time.sleep(0.3)
-say("\x1a"); until("$ "); stopped()
+say("\x1a"); until("Stopped"); until("$ ")
 say("fg\n"); until("head -1")
 time.sleep(0.3)
 say("hello\n"); until("hello"); until("hello"); until("$ ")
@@ -364,8 +381,110 @@ print("ok")
 "#;
     let d = LockDir::new();
     let mut c = Command::new("python3");
-    c.args(["-c", PY, BIN, &d.url()]).env_remove("INTERLOCK_URL");
+    c.args(["-c", PY, BIN, &d.url()]).env_remove("INTERLOCK_URL").env("INTERLOCK_LOG", "debug");
     let out = cli_support::output(c);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout.trim(), "ok");
+}
+
+#[test]
+fn a_script_in_a_terminal_that_kills_its_background_interlock_reaches_the_command() {
+    // The script and interlock share the terminal's foreground group (no job control in a
+    // script): `kill $!` must still reach the command, once.
+    if !cli_support::require_tool("python3", &["--version"]) {
+        return;
+    }
+    let d = LockDir::new();
+    let log = d.tmp.path().join("log");
+    let script = format!(
+        "{bin} run -u {url} x -- python3 -c \"$1\" 3 & sleep 0.5; kill -TERM $!; wait $!",
+        bin = BIN,
+        url = d.url()
+    );
+    let said = in_a_pty(&["sh", "-c", &script, "sh", &counter("TERM", &log)], "none");
+    assert_eq!(said.trim(), "status 0", "{said}");
+    assert_eq!(lines(&log), ["TERM", "end"]);
+}
+
+#[test]
+fn timeout_in_the_foreground_of_a_terminal_reaches_the_command_once() {
+    if !cli_support::require_tool("python3", &["--version"]) || !cli_support::require_tool("timeout", &["--version"]) {
+        return;
+    }
+    let d = LockDir::new();
+    let log = d.tmp.path().join("log");
+    let url = d.url();
+    let prog = counter("TERM", &log);
+    let argv = ["timeout", "--foreground", "1", BIN, "run", "-u", &url, "x", "--", "python3", "-c", &prog, "2.5"];
+    let said = in_a_pty(&argv, "none");
+    assert_eq!(said.trim(), "status 124", "{said}");
+    assert_eq!(lines(&log), ["TERM", "end"]);
+}
+
+#[test]
+fn a_terminal_hangup_reaches_the_command_once() {
+    // interlock is the session leader (as under `ssh -t host interlock run ...`): the kernel
+    // sends it SIGHUP when the terminal goes away, and only it.
+    if !cli_support::require_tool("python3", &["--version"]) {
+        return;
+    }
+    let d = LockDir::new();
+    let log = d.tmp.path().join("log");
+    let prog = format!(
+        "import signal, sys, time\n\
+         signal.signal(signal.SIGHUP, lambda *_: (open({log:?}, 'a').write('HUP\\n'), sys.exit(0)))\n\
+         print('ready', flush=True)\n\
+         time.sleep(5)\n\
+         open({log:?}, 'a').write('end\\n')\n",
+        log = log.display().to_string()
+    );
+    let url = d.url();
+    let said = in_a_pty(&[BIN, "run", "-u", &url, "x", "--", "python3", "-c", &prog], "hangup");
+    assert!(said.trim().starts_with("status"), "{said}");
+    eventually("the command got SIGHUP", || !lines(&log).is_empty());
+    assert_eq!(lines(&log), ["HUP"]);
+}
+
+#[test]
+fn repeated_signals_are_all_passed_on() {
+    let d = LockDir::new();
+    let log = d.tmp.path().join("log");
+    let mut c = interlock();
+    c.args(["run", "-u", &d.url(), "x", "--", "python3", "-c", &counter("USR1", &log), "1.5"]);
+    let mut p = Proc::spawn(c);
+    assert_eq!(p.line(), "ready");
+    for _ in 0..3 {
+        p.signal(Signal::USR1);
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(lines(&log), ["USR1", "USR1", "USR1", "end"]);
+}
+
+/// Runs `interlock run ... -- grep Sig /proc/self/status` from Python after `prelude` (which
+/// changes what interlock inherits), and returns the mask the command shows as `field`.
+fn mask_after(prelude: &str, d: &LockDir, field: &str) -> u64 {
+    let py = format!("import os, signal, sys\n{prelude}\nos.execv(sys.argv[1], sys.argv[1:])\n");
+    let mut c = Command::new("python3");
+    c.args(["-c", &py, BIN, "run", "-u", &d.url(), "x", "--", "grep", field, "/proc/self/status"]);
+    c.env_remove("INTERLOCK_URL").env_remove("INTERLOCK_LOG");
+    let out = cli_support::output(c);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let mask = out.stdout.trim().strip_prefix(field).and_then(|m| m.strip_prefix(':')).map(str::trim);
+    u64::from_str_radix(mask.unwrap_or_else(|| panic!("no {field} line: {out:?}")), 16).unwrap()
+}
+
+#[test]
+fn a_blocked_sigchld_at_start_does_not_hang_run_and_the_command_inherits_the_mask() {
+    let d = LockDir::new();
+    let mask = mask_after("signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})", &d, "SigBlk");
+    assert_ne!(mask & (1 << 16), 0, "the command inherits the blocked SIGCHLD, as without interlock: {mask:x}");
+}
+
+#[test]
+fn a_sigchld_ignored_at_start_stays_ignored_for_the_command() {
+    // (A shell as the command would reset SIGCHLD itself; grep does not.)
+    let d = LockDir::new();
+    let mask = mask_after("signal.signal(signal.SIGCHLD, signal.SIG_IGN)", &d, "SigIgn");
+    assert_ne!(mask & (1 << 16), 0, "SIGCHLD (17) must stay ignored: {mask:x}");
 }
