@@ -235,19 +235,22 @@ fn missing_subcommand(help: &str) -> String {
     if subcommands.is_empty() { needed } else { format!("{needed}: {}", subcommands.join(", ")) }
 }
 
-/// Hides the password of every word that looks like `user:password@` (see
+/// Hides the password of everything that looks like `user:password@` (see
 /// [`interlock::url::redact`]): clap quotes the arguments it could not place, and one may be a URL.
+/// A quoted argument is redacted as a whole (a password may contain spaces), other text word by
+/// word.
 pub fn redact_words(text: &str) -> String {
-    let words = text.split(' ').map(|word| {
-        if !word.contains('@') {
-            return word.to_owned();
-        }
-        // Redact inside clap's quotes, so that `'redis://u:pw@h'` keeps its scheme.
-        let core = word.trim_matches(['\'', '"']);
-        let start = word.len() - word.trim_start_matches(['\'', '"']).len();
-        format!("{}{}{}", &word[..start], interlock::url::redact(core), &word[start + core.len()..])
-    });
-    words.collect::<Vec<_>>().join(" ")
+    let redact_if = |part: &str| if part.contains('@') { interlock::url::redact(part) } else { part.to_owned() };
+    // Split on clap's single quotes: odd parts are quoted arguments.
+    text.split('\'')
+        .enumerate()
+        .map(
+            |(i, part)| {
+                if i % 2 == 1 { redact_if(part) } else { part.split(' ').map(redact_if).collect::<Vec<_>>().join(" ") }
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("'")
 }
 
 #[cfg(test)]
@@ -311,5 +314,7 @@ mod tests {
         let shown = redact_words(text);
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("'redis://u:***@h/0'") && shown.ends_with(" and u@h"), "{shown}");
+        let spaced = redact_words("unexpected argument 'redis://u:hunter 2@h/0' found");
+        assert!(!spaced.contains("hunter"), "{spaced}");
     }
 }

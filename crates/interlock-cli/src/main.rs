@@ -44,9 +44,10 @@ enum Command {
              interlock run -n -- -rf -- ./cleanup.sh. A NAME before the first `--` leaves everything after it \
              to COMMAND, `--` included: interlock run x -- grep -- -v file.\n\n",
             "COMMAND gets INTERLOCK_NAME and INTERLOCK_TOKEN (the fencing token) in its environment. The lock \
-             is released only after COMMAND and every process it left behind have exited. Signals sent to \
-             interlock (HUP, INT, QUIT, TERM, USR1, USR2, ALRM, TSTP, CONT) reach each process of COMMAND \
-             once; signals ignored when interlock started stay ignored. On the file backend COMMAND inherits \
+             is released only after COMMAND and every process it left behind have exited. COMMAND runs in a \
+             process group of its own; the signals interlock gets (HUP, INT, QUIT, TERM, USR1, USR2, ALRM, \
+             TSTP, CONT) are passed on to each process of COMMAND once, with job control as in a shell; \
+             signals ignored when interlock started stay ignored; SIGKILL cannot be passed on (see docs/run.md). On the file backend COMMAND inherits \
              the lock's descriptor, as with flock(1). If the lock is lost while COMMAND runs, every process of \
              it gets SIGTERM, then SIGKILL after --kill-after, and interlock exits 75.\n\n",
             exit::help_text!()

@@ -262,3 +262,48 @@ fn a_bad_fencing_counter_is_refused_not_restarted() {
     std::fs::write(d.path(".s#sem.fence"), "00000000000000000030\n").unwrap();
     assert_eq!(token_of_run(false, &url, &["--permits", "2"], "s"), 31);
 }
+
+/// In a shared directory (1777), a semaphore's permit files made by a user with umask 077 are
+/// still readable by the others, so another user can take a permit; and a permit file someone
+/// else made unreadable only takes that permit out of use.
+#[test]
+fn permit_files_in_a_shared_directory_serve_every_user() {
+    if !can_switch_users("permit_files_in_a_shared_directory_serve_every_user") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("shared");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let url = format!("file://{}", dir.display());
+    // nobody, with umask 077, creates the semaphore's files.
+    let mut c = Command::new("sh");
+    c.args(["-c", "umask 077; exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$@\"", "sh"]);
+    c.args([cli_support::BIN, "run", "-u", &url, "--permits", "2", "pool", "--", "true"]);
+    c.env_remove("INTERLOCK_URL");
+    let out = cli_support::output(c);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    for i in 0..2 {
+        let path = dir.join(format!("pool#sem.{i}"));
+        if path.exists() {
+            assert_eq!(owner(&path).2 & 0o444, 0o444, "permit file {i} must be readable by all");
+        }
+    }
+    // Another user (uid 12345) takes both permits in turn.
+    for _ in 0..4 {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=12345", "--regid=12345", "--clear-groups", cli_support::BIN]);
+        c.args(["run", "-u", &url, "-n", "--permits", "2", "pool", "--", "true"]).env_remove("INTERLOCK_URL");
+        let out = cli_support::output(c);
+        assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    }
+    // A permit file made unreadable (0600, someone else's) only takes that permit out of use.
+    std::fs::set_permissions(dir.join("pool#sem.0"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(dir.join("pool#sem.0"), Some(NOBODY), Some(NOBODY)).unwrap();
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=12345", "--regid=12345", "--clear-groups", cli_support::BIN]);
+    c.args(["run", "-u", &url, "-n", "--permits", "2", "pool", "--", "true"]).env_remove("INTERLOCK_URL");
+    let out = cli_support::output(c);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+}

@@ -148,7 +148,8 @@ fn read(file: &File, path: &Path) -> Result<u64> {
     Err(Error::Backend {
         backend: "file",
         message: format!(
-            "{} does not hold a counter (expected 20 digits and a newline; {found}); refusing to restart fencing tokens",
+            "{} does not hold a counter (expected 20 digits and a newline; {found}); refusing to restart fencing tokens \
+             (write the last token back in that form, or remove the file if nothing relies on the tokens)",
             path.display()
         ),
         source: None,

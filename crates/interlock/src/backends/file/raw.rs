@@ -99,6 +99,9 @@ impl FileProvider {
             // Permit files are opened as they are tried: an uncontended acquisition opens one, not
             // all of them. A waiter ends up with all open, to watch them.
             let mut permit_files: Vec<Option<(PathBuf, File, FileId)>> = (0..permits).map(|_| None).collect();
+            // Permit files we may not open (another user's, without read access for us): skipped,
+            // an error only if that is every permit.
+            let mut denied: Vec<Option<io::Error>> = (0..permits).map(|_| None).collect();
             let mut waiter: Option<Waiter> = None;
             // Spread contenders over the permits instead of all trying permit 0 first.
             let start = std::process::id().wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % permits;
@@ -107,11 +110,19 @@ impl FileProvider {
                 for k in 0..permits {
                     let i = (start + k) % permits;
                     let slot = &mut permit_files[i as usize];
+                    if denied[i as usize].is_some() {
+                        continue;
+                    }
                     if slot.is_none() {
                         let path = self.dir.join(mapping::permit_name(sem, i));
-                        let (file, id) = open_in_dir(&path, Access::Lock)
-                            .map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
-                        *slot = Some((path, file, id));
+                        match open_in_dir(&path, Access::Permit { share: self.share }) {
+                            Ok((file, id)) => *slot = Some((path, file, id)),
+                            Err(e) if is_denied(&e) => {
+                                denied[i as usize] = Some(e);
+                                continue;
+                            }
+                            Err(e) => return Err(Error::io(format!("lock file {}", path.display()), e)),
+                        }
                     }
                     let Some((path, file, id)) = slot.take() else { continue };
                     if !try_flock(&file, false, &path)? {
@@ -123,6 +134,11 @@ impl FileProvider {
                         return Ok(Some((locked, meta)));
                     }
                     continue 'open;
+                }
+                if denied.iter().all(Option::is_some) {
+                    let path = self.dir.join(mapping::permit_name(sem, start));
+                    let e = denied[start as usize].take().unwrap_or_else(|| io::ErrorKind::PermissionDenied.into());
+                    return Err(Error::io(format!("lock file {} (and every other permit)", path.display()), e));
                 }
                 if try_only {
                     return Ok(None);
@@ -437,8 +453,12 @@ pub(crate) fn share_mode(dir_mode: u32) -> u32 {
 /// How [`open_in_dir`] opens a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Access {
-    /// A lock or permit file: read-only (`flock` needs no more), created if missing.
+    /// A lock file: read-only (`flock` needs no more), created if missing, with the mode
+    /// `flock(1)` gives it (0666 less the umask).
     Lock,
+    /// A semaphore's permit file, one of ours: as `Lock`, but a file we own gets at least the
+    /// read bits of `share`, so that every user of a shared directory can lock it.
+    Permit { share: u32 },
     /// One of our files that we write (fencing counter, semaphore metadata): read-write, created
     /// empty if missing and `create`; a file we own gets at least the `share` bits (see
     /// [`share_mode`]) so that the other users of a shared directory can update it too.
@@ -455,6 +475,7 @@ pub(crate) enum Access {
 pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, FileId)> {
     let (rw, create, share) = match access {
         Access::Lock => (OFlags::RDONLY, true, None),
+        Access::Permit { share } => (OFlags::RDONLY, true, Some(share & 0o444)),
         Access::Update { share, create } => (OFlags::RDWR, create, Some(share)),
         Access::Read => (OFlags::RDONLY, false, None),
     };
@@ -462,11 +483,13 @@ pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, File
     // Our read-write files are read and written on every acquisition: spare the filesystem an
     // atime update each time where we may (O_NOATIME needs ownership: EPERM otherwise).
     let open = |flags: OFlags| match share {
-        Some(_) => match rustix::fs::open(path, flags | OFlags::NOATIME, Mode::from_raw_mode(0o666)) {
-            Err(rustix::io::Errno::PERM) => rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)),
-            other => other,
-        },
-        None => rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)),
+        Some(_) if rw == OFlags::RDWR => {
+            match rustix::fs::open(path, flags | OFlags::NOATIME, Mode::from_raw_mode(0o666)) {
+                Err(rustix::io::Errno::PERM) => rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)),
+                other => other,
+            }
+        }
+        _ => rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)),
     };
     // Open what is there; create only what is not, so that we know what we created.
     let mut created = false;
