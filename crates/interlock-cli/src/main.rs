@@ -8,6 +8,7 @@ mod acquire;
 mod bench;
 mod demo;
 mod exit;
+mod guard;
 mod hold;
 mod run;
 mod run_args;
@@ -95,6 +96,10 @@ enum Command {
     /// Increment a counter file under a lock from T threads (test and bench helper)
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
+
+    /// Kill a command's process group when `interlock run` dies (internal)
+    #[command(hide = true)]
+    Guard(guard::GuardArgs),
 }
 
 /// Parses the command line (clap errors exit 64, `--help` and `--version` 0), sets up logging, runs
@@ -114,6 +119,8 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         // The worker uses the blocking API, which must not run inside an async runtime.
         Command::Worker(args) => worker::worker(args),
+        // The guardian stays tiny: no async runtime.
+        Command::Guard(args) => guard::guard(args),
         // A bench client runs on its own single-threaded runtime, so hundreds of them stay light.
         Command::BenchClient(args) => bench::client::main(args),
         other => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -139,7 +146,7 @@ async fn dispatch(command: Command, run_name_given: bool) -> exit::Outcome {
         Command::Demo(args) => demo::demo(args).await,
         Command::DemoBuyer(args) => demo::buyer(args).await,
         // `main` runs the worker outside the runtime; it never comes here.
-        Command::Worker(_) | Command::BenchClient(_) => {
+        Command::Worker(_) | Command::BenchClient(_) | Command::Guard(_) => {
             Err(exit::Failure::usage("this subcommand cannot run inside an async runtime"))
         }
     }

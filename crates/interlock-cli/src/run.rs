@@ -5,7 +5,7 @@
 //! the lock only once the last of them has exited. On the file backend the command also inherits
 //! the lock's descriptor, so the lock outlives even `kill -9` of interlock, as with `flock(1)`. On
 //! backends whose locks expire, the command gets SIGKILL if interlock dies (nobody would renew the
-//! lock any more).
+//! lock any more), and so does its process group, from a guardian process (`guard.rs`).
 //!
 //! Signals: the command runs in a process group of its own, so that a signal sent to interlock's
 //! group (`timeout`, a shell's job control, the terminal's Ctrl-C while interlock has it) reaches
@@ -91,8 +91,10 @@ pub async fn run(args: RunArgs) -> Outcome {
     };
     let ignored: Vec<Signal> =
         signals.registered().iter().copied().filter(|s| signals::ignored_at_start().contains(*s)).collect();
+    // Locks that expire once interlock no longer renews them: the command must not outlive it.
+    let expiring = provider.capabilities().can_lose;
     let spec = Spec {
-        death_signal: provider.capabilities().can_lose.then_some(Signal::KILL),
+        death_signal: expiring.then_some(Signal::KILL),
         inherit: &inherit,
         caught: signals.registered(),
         ignored: &ignored,
@@ -106,15 +108,14 @@ pub async fn run(args: RunArgs) -> Outcome {
     };
     // interlock's own copies are not needed: the guard holds the lock, the command its copies.
     drop(inherit);
-    let mut runner = Runner {
-        tree: &mut tree,
-        signals: &mut signals,
-        me: rustix::process::getpid(),
-        my_group: rustix::process::getpgrp(),
-        last: None,
-        terminal: Terminal::open(),
-        wants_terminal: false,
-    };
+    if expiring && let Err(e) = tree.start_guardian() {
+        // Without it, the command's children would outlive interlock's death: do not run.
+        exit::say(&format!("cannot start the guardian process: {e}"));
+        let mut runner = Runner::new(&mut tree, &mut signals);
+        runner.kill_all().await;
+        return Err(release_quietly(guard, Failure::io("cannot start the guardian process", e)).await);
+    }
+    let mut runner = Runner::new(&mut tree, &mut signals);
     let lost = guard.lost();
     tokio::pin!(lost);
     let finished = tokio::select! {
@@ -155,7 +156,19 @@ struct Runner<'a> {
 /// and the kernel would have merged the two had the first still been pending.
 const SAME_EVENT: Duration = Duration::from_millis(10);
 
-impl Runner<'_> {
+impl<'a> Runner<'a> {
+    fn new(tree: &'a mut Tree, signals: &'a mut Signals) -> Runner<'a> {
+        Runner {
+            tree,
+            signals,
+            me: rustix::process::getpid(),
+            my_group: rustix::process::getpgrp(),
+            last: None,
+            terminal: Terminal::open(),
+            wants_terminal: false,
+        }
+    }
+
     /// Until no process of the tree is left.
     async fn until_done(&mut self) -> io::Result<()> {
         // A state change before the handler was installed would have been missed: look once.

@@ -50,6 +50,9 @@ pub struct Tree {
     /// The command's process group, its own (the command is its leader).
     pub group: Pid,
     status: Option<WaitStatus>,
+    /// The guardian (`interlock guard`) that kills the command's group if interlock dies: a
+    /// child of ours, but not part of the tree.
+    guardian: Option<Pid>,
 }
 
 /// Makes this process the child subreaper of everything it starts from now on: orphaned
@@ -86,7 +89,7 @@ impl Tree {
         let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw).ok_or_else(|| io::Error::other("bad pid"))?;
         // std's `Child` is dropped without waiting: we reap with `waitpid` ourselves.
         drop(child);
-        Ok(Tree { me, child: pid, group: pid, status: None })
+        Ok(Tree { me, child: pid, group: pid, status: None, guardian: None })
     }
 
     /// Reaps every child whose state changed (the command, and descendants re-parented to us);
@@ -98,7 +101,7 @@ impl Tree {
     pub fn reap(&mut self) -> io::Result<Reaped> {
         let mut seen = Reaped::Running;
         loop {
-            match rustix::process::wait(WaitOptions::NOHANG | WaitOptions::UNTRACED | WaitOptions::CONTINUED) {
+            match rustix::process::wait(WaitOptions::NOHANG | WaitOptions::UNTRACED) {
                 Ok(Some((pid, st))) if pid == self.child => {
                     if st.exited() || st.signaled() {
                         self.status = Some(st);
@@ -106,12 +109,53 @@ impl Tree {
                         seen = Reaped::Stopped(sig);
                     }
                 }
+                Ok(Some((pid, _))) if Some(pid) == self.guardian => {
+                    tracing::warn!("the guardian process ended early; the command is not killed if interlock dies");
+                    self.guardian = None;
+                }
                 Ok(Some(_)) => {} // a descendant re-parented to us: reaped
-                Ok(None) => return Ok(seen),
+                Ok(None) => {
+                    // The guardian is a child but not part of the tree: alone, it means done.
+                    if let Some(guardian) = self.guardian
+                        && descendants(self.me).iter().all(|p| p.pid == guardian.as_raw_nonzero().get())
+                    {
+                        self.stop_guardian();
+                        continue;
+                    }
+                    return Ok(seen);
+                }
                 Err(rustix::io::Errno::CHILD) => return Ok(Reaped::Done),
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Starts the guardian (see `guard.rs`): a re-execution of this binary that gets SIGTERM when
+    /// interlock dies and then kills the command's process group. For backends whose locks expire
+    /// once interlock no longer renews them.
+    ///
+    /// # Errors
+    ///
+    /// The spawn error.
+    pub fn start_guardian(&mut self) -> io::Result<()> {
+        let parent = self.me;
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg("guard").arg("--parent").arg(parent.as_raw_nonzero().to_string());
+        cmd.arg("--group").arg(self.group.as_raw_nonzero().to_string());
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).process_group(0);
+        guardian_setup(&mut cmd);
+        let child = cmd.spawn()?;
+        self.guardian = i32::try_from(child.id()).ok().and_then(Pid::from_raw);
+        drop(child);
+        Ok(())
+    }
+
+    /// Kills and reaps the guardian: the tree is done (or interlock exits on purpose).
+    pub fn stop_guardian(&mut self) {
+        if let Some(guardian) = self.guardian.take() {
+            let _ = rustix::process::kill_process(guardian, Signal::KILL);
+            let _ = rustix::process::waitpid(Some(guardian), WaitOptions::empty());
         }
     }
 
@@ -136,7 +180,8 @@ impl Tree {
         }
         for _ in 0..16 {
             let mut fresh = false;
-            for p in members.iter().filter(|p| p.pgid != group) {
+            let guardian = Pid::as_raw(self.guardian);
+            for p in members.iter().filter(|p| p.pgid != group && p.pid != guardian) {
                 if !done.insert(p.pid) {
                     continue;
                 }
@@ -219,6 +264,19 @@ fn child_setup(cmd: &mut Command, setup: ChildSetup) {
                 libc::signal(sig, action);
             }
             libc::sigprocmask(libc::SIG_SETMASK, &setup.mask, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
+/// Sets up the guardian between `fork` and `exec`: SIGTERM when interlock dies.
+#[allow(unsafe_code)]
+fn guardian_setup(cmd: &mut Command) {
+    // SAFETY: as in `child_setup`: raw system calls only, in the forked child before `exec`.
+    unsafe {
+        cmd.pre_exec(move || {
+            // If interlock dies before this line, the guardian sees that itself (its parent changed).
+            rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
             Ok(())
         });
     }

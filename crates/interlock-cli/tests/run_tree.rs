@@ -167,16 +167,50 @@ fn on_the_file_backend_the_command_keeps_the_lock_when_interlock_is_killed() {
 }
 
 #[test]
-fn on_an_expiring_backend_the_command_dies_with_interlock() {
+fn on_an_expiring_backend_the_command_and_its_children_die_with_interlock() {
     let mut c = interlock();
     c.env("INTERLOCK_ALLOW_IN_PROCESS", "1");
-    c.args(["run", "-u", "memory://?lease=30s", "x", "--", "sh", "-c", "echo $$; sleep 30"]);
+    c.args(["run", "-u", "memory://?lease=30s", "x", "--", "sh", "-c"]);
+    c.arg("sleep 30 & echo $!; echo $$; exec > /dev/null 2>&1; wait");
     let mut p = Proc::spawn(c);
-    let pid: i32 = p.line().parse().unwrap();
-    assert!(alive(pid));
+    let grandchild: i32 = p.line().parse().unwrap();
+    let child: i32 = p.line().parse().unwrap();
+    assert!(alive(child) && alive(grandchild));
     p.child.kill().unwrap();
     p.child.wait().unwrap();
-    eventually("the command got the parent-death signal", || !alive(pid));
+    eventually("the command got the parent-death signal", || !alive(child));
+    eventually("the command's child was killed by the guardian", || !alive(grandchild));
+}
+
+/// The pids of `interlock guard --parent PARENT` processes.
+fn guardians_of(parent: u32) -> Vec<u32> {
+    let needle = format!("guard\0--parent\0{parent}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .collect()
+}
+
+#[test]
+fn the_guardian_goes_when_the_command_is_done() {
+    let mut c = interlock();
+    c.env("INTERLOCK_ALLOW_IN_PROCESS", "1");
+    c.args(["run", "-u", "memory://?lease=30s", "x", "--", "sh", "-c", "echo ready; sleep 0.3"]);
+    let mut p = Proc::spawn(c);
+    assert_eq!(p.line(), "ready");
+    let pid = p.pid();
+    assert_eq!(guardians_of(pid).len(), 1, "one guardian while the command runs");
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert!(guardians_of(pid).is_empty(), "no guardian left behind");
+    // None on the file backend, where the command keeps the lock if interlock dies.
+    let d = LockDir::new();
+    let mut p = start(&d.url(), "x", "echo ready; sleep 0.3");
+    assert_eq!(p.line(), "ready");
+    assert!(guardians_of(p.pid()).is_empty());
+    assert_eq!(p.wait().code(), Some(0));
 }
 
 // ---------------------------------------------------------------- the lock is lost
