@@ -1,13 +1,12 @@
-//! `interlock guard` (hidden): the watchman `interlock run` starts beside the command on backends
+//! `interlock guard` (hidden): the watchman `interlock run` starts before the command on backends
 //! whose locks expire. If interlock dies (even by SIGKILL), nobody renews the lock, so the
-//! command's whole process group must stop: the command itself gets its own parent-death signal,
-//! but its children do not. The guardian gets SIGTERM as its parent-death signal and then kills
-//! the command's process group with SIGKILL.
+//! command's whole tree must stop: the command itself gets its own parent-death signal, but its
+//! children do not. The guardian leads a process group of its own, which the command then joins;
+//! it gets SIGTERM as its parent-death signal and then kills its group with SIGKILL.
 //!
-//! It runs in a process group of its own (so signals meant for interlock's group or the
-//! command's never reach it), catches the usual termination signals so that a stray one cannot
-//! end it, and acts only once interlock is really gone (its parent changed). `interlock run`
-//! kills it (SIGKILL) once the command's tree is done.
+//! It catches the signals interlock passes on to that group, so that none can end or stop it, and
+//! acts only once interlock is really gone (its parent changed). `interlock run` kills it
+//! (SIGKILL) once the command's tree is done.
 
 use clap::Args;
 use rustix::process::{Pid, Signal};
@@ -22,10 +21,6 @@ pub struct GuardArgs {
     /// interlock's process id: when our parent is no longer this process, interlock is dead
     #[arg(long)]
     pub parent: i32,
-
-    /// The command's process group, killed when interlock dies
-    #[arg(long)]
-    pub group: i32,
 }
 
 /// Waits for interlock's death, then kills the command's process group. Exits 0 after that,
@@ -35,19 +30,33 @@ pub struct GuardArgs {
 ///
 /// A [`Failure`] (exit 64) for a bad pid or group, (74) when the signal handlers cannot be set.
 pub fn guard(args: GuardArgs) -> Outcome {
-    let (Some(parent), Some(group)) = (Pid::from_raw(args.parent), Pid::from_raw(args.group)) else {
-        return Err(Failure::usage("guard needs a positive --parent and --group"));
+    let Some(parent) = Pid::from_raw(args.parent) else {
+        return Err(Failure::usage("guard needs a positive --parent"));
     };
-    let mut signals = Signals::new([sig::SIGTERM, sig::SIGHUP, sig::SIGINT, sig::SIGQUIT, sig::SIGUSR1, sig::SIGUSR2])
-        .map_err(|e| Failure::io("cannot install signal handlers", e))?;
+    // The command's group is ours, so interlock's signals for it reach us too: catch them all
+    // (a caught SIGTSTP does not stop us either), and act only on interlock's death.
+    let mut signals = Signals::new([
+        sig::SIGTERM,
+        sig::SIGHUP,
+        sig::SIGINT,
+        sig::SIGQUIT,
+        sig::SIGUSR1,
+        sig::SIGUSR2,
+        sig::SIGALRM,
+        sig::SIGTSTP,
+    ])
+    .map_err(|e| Failure::io("cannot install signal handlers", e))?;
+    // interlock blocked SIGTERM for us until now (see `tree::guardian_setup`).
+    crate::signals::unblock(&[sig::SIGTERM]);
     // interlock may have died before our parent-death signal was set up (interlock set it
     // between fork and exec, and checked our parent there): look once before waiting.
     loop {
         if rustix::process::getppid() != Some(parent) {
-            if let Err(e) = rustix::process::kill_process_group(group, Signal::KILL) {
+            // Our own group: the command's tree, and us.
+            exit::say("interlock died while the command ran; its lock expires unrenewed, so the command is killed");
+            if let Err(e) = rustix::process::kill_current_process_group(Signal::KILL) {
                 tracing::debug!(error = %e, "cannot kill the command's process group");
             }
-            exit::say("interlock died while the command ran; its lock expires unrenewed, so the command was killed");
             return Ok(0);
         }
         // Any caught signal wakes us; only interlock's death (our parent changed) counts.

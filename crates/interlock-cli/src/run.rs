@@ -98,6 +98,7 @@ pub async fn run(args: RunArgs) -> Outcome {
         inherit: &inherit,
         caught: signals.registered(),
         ignored: &ignored,
+        guardian: expiring,
     };
     let mut cmd = std::process::Command::new(program);
     let token = guard.fencing_token().map(|t| t.to_string()).unwrap_or_default();
@@ -108,13 +109,6 @@ pub async fn run(args: RunArgs) -> Outcome {
     };
     // interlock's own copies are not needed: the guard holds the lock, the command its copies.
     drop(inherit);
-    if expiring && let Err(e) = tree.start_guardian() {
-        // Without it, the command's children would outlive interlock's death: do not run.
-        exit::say(&format!("cannot start the guardian process: {e}"));
-        let mut runner = Runner::new(&mut tree, &mut signals);
-        runner.kill_all().await;
-        return Err(release_quietly(guard, Failure::io("cannot start the guardian process", e)).await);
-    }
     let mut runner = Runner::new(&mut tree, &mut signals);
     let lost = guard.lost();
     tokio::pin!(lost);

@@ -111,7 +111,7 @@ impl Drop for Signals {
 
 /// Unblocks `signals` in the calling thread.
 #[allow(unsafe_code)]
-fn unblock(signals: &[i32]) {
+pub fn unblock(signals: &[i32]) {
     // SAFETY: `sigset_t` is plain data initialised by `sigemptyset`; only this thread's mask changes.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();

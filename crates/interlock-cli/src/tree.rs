@@ -28,6 +28,9 @@ pub struct Spec<'a> {
     /// Those of `caught` that were ignored when interlock started (SIGCHLD, which interlock
     /// catches anyway): the command inherits them ignored.
     pub ignored: &'a [Signal],
+    /// Start a guardian first (see [`Tree::spawn`]), for locks that expire once interlock no
+    /// longer renews them.
+    pub guardian: bool,
 }
 
 /// What [`Tree::reap`] found.
@@ -47,7 +50,7 @@ pub struct Tree {
     me: Pid,
     /// The command's own process (the direct child).
     pub child: Pid,
-    /// The command's process group, its own (the command is its leader).
+    /// The command's process group: its own (the command leads it), or the guardian's.
     pub group: Pid,
     status: Option<WaitStatus>,
     /// The guardian (`interlock guard`) that kills the command's group if interlock dies: a
@@ -66,30 +69,47 @@ pub fn become_subreaper() -> io::Result<()> {
 }
 
 impl Tree {
-    /// Starts `cmd` as `spec` says. Must be called from the thread that will outlive the command
-    /// (the main thread): the parent-death signal fires when the *thread* that forked exits.
+    /// Starts `cmd` as `spec` says, in a process group of its own, or, with `spec.guardian`, in
+    /// the group of a guardian started just before it: `interlock guard` (a re-execution of this
+    /// binary, see `guard.rs`) gets SIGTERM when interlock dies and then kills its whole group,
+    /// the command's tree. Started first, it leaves no moment in which interlock could die with
+    /// the command running unguarded.
+    ///
+    /// Must be called from the thread that will outlive the command (the main thread): the
+    /// parent-death signal fires when the *thread* that forked exits.
     ///
     /// # Errors
     ///
-    /// The spawn error: the command was not found or could not be executed.
+    /// The spawn error: the command was not found or could not be executed (or the guardian
+    /// could not be started).
     pub fn spawn(cmd: &mut Command, spec: &Spec<'_>) -> io::Result<Tree> {
         let me = rustix::process::getpid();
+        let guardian = if spec.guardian { Some(spawn_guardian(me)?) } else { None };
         // The raw numbers are copied into the closure, which runs in the child where the
         // descriptors are the same numbers.
         let fds: Vec<i32> = spec.inherit.iter().map(AsRawFd::as_raw_fd).collect();
         let caught: Vec<i32> = spec.caught.iter().map(|s| s.as_raw()).collect();
         let ignored: Vec<i32> = spec.ignored.iter().map(|s| s.as_raw()).collect();
-        cmd.process_group(0);
+        cmd.process_group(Pid::as_raw(guardian));
         let to_block = caught.clone();
         let spawned = with_signals_blocked(&to_block, |mask| {
             child_setup(cmd, ChildSetup { parent: me, death: spec.death_signal, fds, caught, ignored, mask });
             cmd.spawn()
         });
-        let child = spawned?;
-        let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw).ok_or_else(|| io::Error::other("bad pid"))?;
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                Tree::end_guardian(guardian);
+                return Err(e);
+            }
+        };
+        let Some(pid) = i32::try_from(child.id()).ok().and_then(Pid::from_raw) else {
+            Tree::end_guardian(guardian);
+            return Err(io::Error::other("bad pid"));
+        };
         // std's `Child` is dropped without waiting: we reap with `waitpid` ourselves.
         drop(child);
-        Ok(Tree { me, child: pid, group: pid, status: None, guardian: None })
+        Ok(Tree { me, child: pid, group: guardian.unwrap_or(pid), status: None, guardian })
     }
 
     /// Reaps every child whose state changed (the command, and descendants re-parented to us);
@@ -110,7 +130,8 @@ impl Tree {
                     }
                 }
                 Ok(Some((pid, _))) if Some(pid) == self.guardian => {
-                    tracing::warn!("the guardian process ended early; the command is not killed if interlock dies");
+                    // Killed by someone (or by our SIGKILL to the whole group).
+                    tracing::debug!("the guardian process ended");
                     self.guardian = None;
                 }
                 Ok(Some(_)) => {} // a descendant re-parented to us: reaped
@@ -131,29 +152,13 @@ impl Tree {
         }
     }
 
-    /// Starts the guardian (see `guard.rs`): a re-execution of this binary that gets SIGTERM when
-    /// interlock dies and then kills the command's process group. For backends whose locks expire
-    /// once interlock no longer renews them.
-    ///
-    /// # Errors
-    ///
-    /// The spawn error.
-    pub fn start_guardian(&mut self) -> io::Result<()> {
-        let parent = self.me;
-        let mut cmd = Command::new("/proc/self/exe");
-        cmd.arg("guard").arg("--parent").arg(parent.as_raw_nonzero().to_string());
-        cmd.arg("--group").arg(self.group.as_raw_nonzero().to_string());
-        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).process_group(0);
-        guardian_setup(&mut cmd);
-        let child = cmd.spawn()?;
-        self.guardian = i32::try_from(child.id()).ok().and_then(Pid::from_raw);
-        drop(child);
-        Ok(())
+    /// Kills and reaps the guardian: the tree is done.
+    fn stop_guardian(&mut self) {
+        Tree::end_guardian(self.guardian.take());
     }
 
-    /// Kills and reaps the guardian: the tree is done (or interlock exits on purpose).
-    pub fn stop_guardian(&mut self) {
-        if let Some(guardian) = self.guardian.take() {
+    fn end_guardian(guardian: Option<Pid>) {
+        if let Some(guardian) = guardian {
             let _ = rustix::process::kill_process(guardian, Signal::KILL);
             let _ = rustix::process::waitpid(Some(guardian), WaitOptions::empty());
         }
@@ -171,9 +176,10 @@ impl Tree {
         let group = self.group.as_raw_nonzero().get();
         let mut done: HashSet<i32> = HashSet::new();
         let mut members = descendants(self.me);
-        // Only while the group can still be ours: its leader not yet reaped (its pid, so the
-        // group id, cannot be reused until then), or one of our processes still in it.
-        if (self.status.is_none() || members.iter().any(|p| p.pgid == group))
+        // Only while the group can still be ours: its leader (the command, or the guardian) not
+        // yet reaped (its pid, so the group id, cannot be reused until then), or one of our
+        // processes still in it.
+        if (self.status.is_none() || self.guardian.is_some() || members.iter().any(|p| p.pgid == group))
             && let Err(e) = rustix::process::kill_process_group(self.group, sig)
         {
             tracing::debug!(error = %e, "cannot signal the command's process group");
@@ -269,12 +275,30 @@ fn child_setup(cmd: &mut Command, setup: ChildSetup) {
     }
 }
 
+/// Starts `interlock guard --parent ME` in a process group of its own, with SIGTERM as its
+/// parent-death signal; returns its pid, which is also its group's id.
+fn spawn_guardian(me: Pid) -> io::Result<Pid> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("guard").arg("--parent").arg(me.as_raw_nonzero().to_string());
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).process_group(0);
+    guardian_setup(&mut cmd);
+    let child = cmd.spawn()?;
+    i32::try_from(child.id()).ok().and_then(Pid::from_raw).ok_or_else(|| io::Error::other("bad pid"))
+}
+
 /// Sets up the guardian between `fork` and `exec`: SIGTERM when interlock dies.
 #[allow(unsafe_code)]
 fn guardian_setup(cmd: &mut Command) {
-    // SAFETY: as in `child_setup`: raw system calls only, in the forked child before `exec`.
+    // SAFETY: as in `child_setup`: raw system calls and `sigprocmask` (async-signal-safe), in
+    // the forked child before `exec`, on a `sigset_t` initialised by `sigemptyset`.
     unsafe {
         cmd.pre_exec(move || {
+            // Blocked until the guardian has its handler: a SIGTERM before that stays pending
+            // instead of ending it unnoticed.
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             // If interlock dies before this line, the guardian sees that itself (its parent changed).
             rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
             Ok(())
