@@ -123,6 +123,14 @@ fn main() -> ExitCode {
         Command::Guard(args) => guard::guard(args),
         // A bench client runs on its own single-threaded runtime, so hundreds of them stay light.
         Command::BenchClient(args) => bench::client::main(args),
+        // `run` and `hold` wait on one lock and one command: one thread does, and `run` forks a
+        // smaller process for it.
+        other @ (Command::Run(_) | Command::Hold(_)) => {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime.block_on(dispatch(other, run_name_given)),
+                Err(e) => Err(exit::Failure::io("cannot start the async runtime", e)),
+            }
+        }
         other => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(runtime) => runtime.block_on(dispatch(other, run_name_given)),
             Err(e) => Err(exit::Failure::io("cannot start the async runtime", e)),
