@@ -55,6 +55,24 @@ pub(crate) use help_text;
 /// The exit-status table shown after `--help`.
 pub const HELP: &str = help_text!();
 
+/// The URL forms of every backend, from the library's registry, for `interlock --help`.
+pub fn backends_help() -> String {
+    use interlock::backends::Availability;
+    let mut text = String::from("Lock URLs (-u, $INTERLOCK_URL):");
+    for b in interlock::backends::backends() {
+        let status = match b.availability {
+            Availability::Built => String::new(),
+            Availability::FeatureOff => {
+                format!(" (not in this build: cargo feature `{}`)", b.feature.unwrap_or(b.name))
+            }
+            _ => " (planned)".to_owned(),
+        };
+        text.push_str(&format!("\n  {:<48} {}{status}", b.url_form, b.title));
+    }
+    text.push_str("\n  every URL also takes ?connect_timeout=DUR (default 10s)");
+    text
+}
+
 /// A failure of an interlock command: its exit code and its one-line message.
 #[derive(Debug)]
 pub struct Failure {

@@ -106,7 +106,12 @@ enum Command {
 /// the subcommand and turns its outcome into the exit code.
 fn main() -> ExitCode {
     // `run` may also take its NAME after `--` (see run_args), which clap needs to be told.
-    let matches = match run_args::allow_name_after_separator(Cli::command()).try_get_matches() {
+    let cli = run_args::allow_name_after_separator(Cli::command()).after_help(format!(
+        "{}\n\n{}",
+        exit::backends_help(),
+        exit::HELP
+    ));
+    let matches = match cli.try_get_matches() {
         Ok(matches) => matches,
         Err(e) => return exit::clap_error(e),
     };

@@ -4,3 +4,36 @@
 
 interlock_testkit::conformance_suite!(memory, interlock_testkit::MemoryHarness::new());
 interlock_testkit::conformance_suite!(file, interlock_testkit::FileHarness::new(env!("CARGO_BIN_EXE_interlock")));
+
+/// Every backend this build has is complete: a docs page, and a line above that runs the suite
+/// on it. (Adding a backend: see docs/testing.md, "Adding a backend".)
+#[test]
+fn every_built_backend_has_a_docs_page_and_a_conformance_harness() {
+    const THIS_FILE: &str = include_str!("conformance.rs");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for b in interlock::backends::backends() {
+        if b.availability != interlock::backends::Availability::Built {
+            continue;
+        }
+        assert!(!b.docs.is_empty() && root.join(b.docs).is_file(), "{}: no docs page at {:?}", b.name, b.docs);
+        let line = format!("interlock_testkit::conformance_suite!({}, ", b.name);
+        assert!(THIS_FILE.contains(&line), "{}: no conformance harness (`{line}...)` in this file)", b.name);
+    }
+}
+
+/// The `interlock` binary forwards every backend feature of the library, and has them all by
+/// default.
+#[test]
+fn the_binary_forwards_every_backend_feature_by_default() {
+    let manifest =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    let default = manifest.lines().find(|l| l.trim_start().starts_with("default =")).unwrap_or("");
+    for b in interlock::backends::backends() {
+        let (Some(feature), false) = (b.feature, b.availability == interlock::backends::Availability::Planned) else {
+            continue;
+        };
+        let forward = format!("{feature} = [\"interlock/{feature}\"]");
+        assert!(manifest.contains(&forward), "crates/interlock-cli/Cargo.toml lacks `{forward}`");
+        assert!(default.contains(&format!("\"{feature}\"")), "`{feature}` is not in the CLI's default features");
+    }
+}

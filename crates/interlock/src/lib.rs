@@ -94,7 +94,9 @@ pub use url::LockUrl;
 ///
 /// [`Error::InvalidUrl`] for a malformed URL or an unknown option; [`Error::Unsupported`] for a
 /// backend not built into this binary; [`Error::Io`] for an unusable lock directory; backend
-/// connection errors ([`Error::Unavailable`], [`Error::Auth`]). Messages never show a password.
+/// connection errors ([`Error::Unavailable`], [`Error::Auth`]), also when the backend does not
+/// connect within the URL's `connect_timeout` (every backend takes it; default
+/// [`DEFAULT_CONNECT_TIMEOUT`]). Messages never show a password.
 ///
 /// # Examples
 ///
@@ -107,9 +109,23 @@ pub use url::LockUrl;
 /// ```
 pub async fn connect(url: &str) -> Result<Provider> {
     let parsed = LockUrl::parse(url)?;
-    let (raw, lease) = backends::connect_raw(&parsed)?;
+    let limit = parsed.options().take_duration(url::CONNECT_TIMEOUT)?.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let (raw, lease) = match tokio::time::timeout(limit, backends::connect_raw(&parsed)).await {
+        Ok(connected) => connected?,
+        Err(_) => {
+            return Err(Error::Unavailable {
+                backend: backends::for_scheme(parsed.scheme()).map_or("interlock", |b| b.name),
+                message: format!("{parsed}: no connection within {limit:?} ({} option)", url::CONNECT_TIMEOUT),
+                source: None,
+            });
+        }
+    };
     Ok(Provider::from_raw(raw, lease, parsed.redacted().to_owned()))
 }
+
+/// How long [`connect`] waits for a backend to connect (and authenticate, and set up what it
+/// needs) when the URL's `connect_timeout` option does not say.
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]

@@ -181,21 +181,34 @@ impl UrlOptions<'_> {
         }
     }
 
-    /// Fails if any option was not taken.
+    /// Fails if any option was not taken (options every backend takes, [`COMMON_OPTIONS`],
+    /// are taken by the core and accepted here).
     ///
     /// # Errors
     ///
     /// [`Error::InvalidUrl`] naming the unknown keys and the ones this backend knows.
     pub fn finish(self, known: &[&str]) -> Result<()> {
-        let unknown: Vec<&str> =
-            self.url.query.iter().zip(&self.taken).filter(|(_, t)| !**t).map(|((k, _), _)| k.as_str()).collect();
+        let unknown: Vec<&str> = self
+            .url
+            .query
+            .iter()
+            .zip(&self.taken)
+            .filter(|((k, _), t)| !**t && !COMMON_OPTIONS.contains(&k.as_str()))
+            .map(|((k, _), _)| k.as_str())
+            .collect();
         if unknown.is_empty() {
             return Ok(());
         }
-        let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+        let known = known.iter().chain(COMMON_OPTIONS).copied().collect::<Vec<_>>().join(", ");
         Err(self.url.invalid(format!("unknown option `{}` (this backend knows: {known})", unknown.join("`, `"))))
     }
 }
+
+/// The option every URL may carry: how long `connect` waits for the backend (a duration).
+pub const CONNECT_TIMEOUT: &str = "connect_timeout";
+
+/// Options every backend accepts, taken by the core rather than the backend.
+pub const COMMON_OPTIONS: &[&str] = &[CONNECT_TIMEOUT];
 
 fn non_empty(s: String) -> Option<String> {
     if s.is_empty() { None } else { Some(s) }
@@ -436,7 +449,10 @@ mod tests {
         let mut o = u.options();
         assert_eq!(o.take_duration("lease").unwrap(), Some(Duration::from_secs(1)));
         let e = o.finish(&["lease"]).unwrap_err().to_string();
-        assert!(e.contains("leese"), "{e}");
+        assert!(e.contains("leese") && e.contains("knows: lease, connect_timeout"), "{e}");
+        // Every backend accepts the common options (the core takes them).
+        let u = LockUrl::parse("memory://?connect_timeout=2s").unwrap();
+        assert!(u.options().finish(&[]).is_ok());
     }
 
     #[test]

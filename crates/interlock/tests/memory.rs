@@ -147,3 +147,15 @@ async fn lost_never_fires_after_a_normal_release() {
     g.release().await.unwrap();
     assert!(tokio::time::timeout(Duration::from_millis(500), lost).await.is_err(), "lost() fired after release");
 }
+
+#[tokio::test]
+async fn every_url_takes_a_connect_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in
+        ["memory://?connect_timeout=2s".to_owned(), format!("file://{}?connect_timeout=500ms", dir.path().display())]
+    {
+        interlock::connect(&url).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+    let e = interlock::connect("memory://?connect_timeout=soon").await.unwrap_err();
+    assert!(matches!(e, interlock::Error::InvalidUrl { .. }) && e.to_string().contains("connect_timeout"), "{e}");
+}

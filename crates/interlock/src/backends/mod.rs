@@ -1,52 +1,248 @@
-//! The backends, chosen by URL scheme. Each is a folder with the same files (`mod.rs` docs and
-//! public items, `config.rs` URL and options, `raw.rs` the raw trait impls); adding one is a new
-//! folder and one arm in `connect_raw`.
+//! The backends, chosen by URL scheme, and the registry that knows them.
+//!
+//! Each backend is a folder with the same files (`mod.rs` its docs, public items and its
+//! [`Backend`] entry, `config.rs` URL and options, `raw.rs` the raw trait impls) and ONE line in
+//! [`BACKENDS`]. The registry drives [`crate::connect`], the error for an unknown or not-built
+//! scheme, the URL list of `interlock --help`, and the tests that every backend has a docs page
+//! and a conformance harness. A backend that is planned but not written yet has an entry with
+//! [`Availability::Planned`], so its URLs are recognised and refused with a clear reason.
 
 pub mod file;
 pub mod memory;
 
+use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::provider::DEFAULT_LEASE;
-use crate::raw::{LeaseConfig, RawProvider};
+use crate::raw::{BoxFuture, Capabilities, LeaseConfig, RawProvider};
 use crate::url::LockUrl;
 
-/// Backends that are planned but not built into this binary: scheme → (backend, description,
-/// cargo feature).
-const NOT_BUILT: &[(&str, &str, &str, &str)] = &[
-    ("redis", "redis", "Redis", "redis"),
-    ("rediss", "redis", "Redis over TLS", "redis"),
-    ("redlock", "redlock", "Redlock", "redis"),
-    ("zk", "zookeeper", "ZooKeeper", "zookeeper"),
-    ("zookeeper", "zookeeper", "ZooKeeper", "zookeeper"),
-    ("etcd", "etcd", "etcd", "etcd"),
-    ("mysql", "mysql", "MySQL/MariaDB", "mysql"),
-    ("mariadb", "mysql", "MySQL/MariaDB", "mysql"),
-    ("postgres", "postgres", "PostgreSQL", "postgres"),
-    ("postgresql", "postgres", "PostgreSQL", "postgres"),
+/// Whether a backend can be used by this build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Availability {
+    /// Built into this binary.
+    Built,
+    /// Written, but its cargo feature is off in this build.
+    FeatureOff,
+    /// Planned, not written yet.
+    Planned,
+}
+
+/// What a backend's constructor returns: the raw provider and its default lease settings.
+pub(crate) type Connected = (Arc<dyn RawProvider>, LeaseConfig);
+
+/// A backend's async constructor: opens its connections, authenticates, creates what it needs,
+/// and reports [`Error::Unavailable`] / [`Error::Auth`] right there.
+pub(crate) type Connect = for<'a> fn(&'a LockUrl) -> BoxFuture<'a, Result<Connected>>;
+
+/// One backend, as the registry knows it.
+#[non_exhaustive]
+pub struct Backend {
+    /// Short name, used in errors, logs and `Error::Unsupported` (`file`, `redis`, ...).
+    pub name: &'static str,
+    /// Human name (`Redis`, `MySQL / MariaDB`).
+    pub title: &'static str,
+    /// The URL schemes it answers to; the first is the one the docs use.
+    pub schemes: &'static [&'static str],
+    /// The URL form, for help texts (`redis://[:pass@]host:6379/0`).
+    pub url_form: &'static str,
+    /// What holds a lock, in a few words.
+    pub holds: &'static str,
+    /// The cargo feature that builds it (`None`: always built).
+    pub feature: Option<&'static str>,
+    /// Its page, relative to the repository root (`docs/backends/file.md`).
+    pub docs: &'static str,
+    /// The lease a lock gets by default where locks expire (`None`: they do not).
+    pub default_lease: Option<Duration>,
+    /// What it can do at best (a given URL may do less: `memory://` without a lease never loses
+    /// a lock).
+    pub capabilities: Capabilities,
+    /// Whether this build has it.
+    pub availability: Availability,
+    pub(crate) connect: Option<Connect>,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("name", &self.name)
+            .field("schemes", &self.schemes)
+            .field("feature", &self.feature)
+            .field("availability", &self.availability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    /// The lease settings for this backend when a URL sets none: its default lease, renewed
+    /// every third of it (backends without leases get the core's default, unused).
+    pub(crate) fn default_lease_config(&self) -> LeaseConfig {
+        let lease = self.default_lease.unwrap_or(DEFAULT_LEASE);
+        LeaseConfig { lease, renew_every: lease / 3 }
+    }
+
+    /// An entry for a backend that is planned but not written yet.
+    const fn planned(
+        name: &'static str,
+        feature: &'static str,
+        title: &'static str,
+        schemes: &'static [&'static str],
+        url_form: &'static str,
+        holds: &'static str,
+        lease: Option<Duration>,
+    ) -> Backend {
+        Backend {
+            name,
+            title,
+            schemes,
+            url_form,
+            holds,
+            feature: Some(feature),
+            docs: "",
+            default_lease: lease,
+            capabilities: Capabilities { cross_process: true, can_lose: true, fencing: true },
+            availability: Availability::Planned,
+            connect: None,
+        }
+    }
+}
+
+const TEN_SECONDS: Option<Duration> = Some(Duration::from_secs(10));
+
+/// Every backend interlock knows, built or not: one line each.
+pub static BACKENDS: &[Backend] = &[
+    file::BACKEND,
+    memory::BACKEND,
+    Backend::planned(
+        "redis",
+        "redis",
+        "Redis",
+        &["redis", "rediss"],
+        "redis://[:pass@]host:6379/0",
+        "SET key token NX PX lease",
+        TEN_SECONDS,
+    ),
+    Backend::planned(
+        "redlock",
+        "redis",
+        "Redlock",
+        &["redlock"],
+        "redlock://h1:6379,h2:6379,h3:6379",
+        "the same key on a majority of masters",
+        TEN_SECONDS,
+    ),
+    Backend::planned(
+        "zookeeper",
+        "zookeeper",
+        "ZooKeeper",
+        &["zk", "zookeeper"],
+        "zk://h1:2181,h2:2181/locks",
+        "ephemeral sequential znode",
+        TEN_SECONDS,
+    ),
+    Backend::planned(
+        "etcd",
+        "etcd",
+        "etcd",
+        &["etcd"],
+        "etcd://h1:2379,h2:2379",
+        "key with a lease, ordered by create revision",
+        TEN_SECONDS,
+    ),
+    Backend::planned(
+        "mysql",
+        "mysql",
+        "MySQL / MariaDB",
+        &["mysql", "mariadb"],
+        "mysql://user:pass@host:3306/db",
+        "GET_LOCK(name) on a dedicated session",
+        None,
+    ),
+    Backend::planned(
+        "postgres",
+        "postgres",
+        "PostgreSQL",
+        &["postgres", "postgresql"],
+        "postgres://user@host:5432/db",
+        "pg_advisory_lock(key) on a dedicated session",
+        None,
+    ),
 ];
 
+/// Every backend interlock knows (see [`BACKENDS`]).
+///
+/// # Examples
+///
+/// ```
+/// use interlock::backends::{backends, Availability};
+/// let file = backends().iter().find(|b| b.name == "file").unwrap();
+/// assert_eq!(file.availability, Availability::Built);
+/// assert!(backends().iter().any(|b| b.schemes.contains(&"redis")));
+/// ```
+pub fn backends() -> &'static [Backend] {
+    BACKENDS
+}
+
+/// The backend that answers to `scheme` (case-insensitive).
+pub fn for_scheme(scheme: &str) -> Option<&'static Backend> {
+    BACKENDS.iter().find(|b| b.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)))
+}
+
 /// Builds the raw backend for `url`, and its default lease settings.
-pub(crate) fn connect_raw(url: &LockUrl) -> Result<(Arc<dyn RawProvider>, LeaseConfig)> {
-    let no_lease = LeaseConfig { lease: DEFAULT_LEASE, renew_every: DEFAULT_LEASE / 3 };
-    match url.scheme() {
-        "file" => Ok((Arc::new(file::FileProvider::new(file::FileConfig::from_url(url)?)), no_lease)),
-        "memory" => {
-            let config = memory::MemoryConfig::from_url(url)?;
-            let lease = config.lease;
-            Ok((Arc::new(memory::MemoryProvider::new(config)), lease))
-        }
-        other => match NOT_BUILT.iter().find(|(scheme, ..)| *scheme == other) {
-            Some((_, backend, what, feature)) => Err(Error::Unsupported {
-                backend,
+pub(crate) async fn connect_raw(url: &LockUrl) -> Result<Connected> {
+    let scheme = url.scheme();
+    let Some(backend) = for_scheme(scheme) else {
+        let known: Vec<&str> = BACKENDS.iter().flat_map(|b| b.schemes.iter().copied()).collect();
+        return Err(url.invalid(format!("unknown scheme `{scheme}` (known: {})", known.join(", "))));
+    };
+    match (backend.connect, backend.availability) {
+        (Some(connect), _) => connect(url).await,
+        (None, availability) => {
+            let feature = backend.feature.unwrap_or(backend.name);
+            let why = match availability {
+                Availability::Planned => format!("which needs cargo feature `{feature}`, not implemented yet"),
+                _ => format!("built without its cargo feature `{feature}`"),
+            };
+            Err(Error::Unsupported {
+                backend: backend.name,
                 operation: format!(
-                    "`{other}://` URLs are not supported by this build: the {what} backend needs cargo feature `{feature}`, which is not implemented yet"
+                    "`{scheme}://` URLs are not supported by this build: the {} backend, {why}",
+                    backend.title
                 ),
-            }),
-            None => Err(url.invalid(format!(
-                "unknown scheme `{other}` (known: file, memory, redis, rediss, redlock, zk, etcd, mysql, postgres)"
-            ))),
-        },
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn schemes_and_names_are_unique_and_lowercase() {
+        let mut schemes = HashSet::new();
+        let mut names = HashSet::new();
+        for b in BACKENDS {
+            assert!(names.insert(b.name), "{} twice", b.name);
+            assert!(!b.schemes.is_empty(), "{} has no scheme", b.name);
+            for s in b.schemes {
+                assert!(schemes.insert(*s), "scheme {s} twice");
+                assert_eq!(*s, s.to_ascii_lowercase());
+            }
+            assert_eq!(b.connect.is_some(), b.availability == Availability::Built, "{}", b.name);
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_and_planned_schemes_are_refused_by_the_table() {
+        let e = connect_raw(&LockUrl::parse("gopher://x").unwrap()).await.err().unwrap().to_string();
+        assert!(e.contains("unknown scheme `gopher`") && e.contains("zookeeper") && e.contains("postgresql"), "{e}");
+        let e = connect_raw(&LockUrl::parse("mariadb://u@h/db").unwrap()).await.err().unwrap();
+        assert!(matches!(e, Error::Unsupported { backend: "mysql", .. }), "{e}");
+        assert!(e.to_string().contains("cargo feature `mysql`"), "{e}");
     }
 }

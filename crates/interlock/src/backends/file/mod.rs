@@ -34,9 +34,38 @@ mod raw;
 mod status;
 mod watch;
 
-pub(crate) use config::FileConfig;
+use config::FileConfig;
 pub use config::{default_dir_path, prepare_dir};
-pub(crate) use raw::FileProvider;
+use raw::FileProvider;
+
+use std::sync::Arc;
+
+use super::{Availability, Backend, Connected};
+use crate::error::Result;
+use crate::raw::{BoxFuture, Capabilities};
+use crate::url::LockUrl;
+
+/// The file backend's registry entry.
+pub(crate) const BACKEND: Backend = Backend {
+    name: raw::BACKEND,
+    title: "file",
+    schemes: &["file"],
+    url_form: "file:///DIR, file:// (the default directory)",
+    holds: "flock(2) on DIR/NAME",
+    feature: None,
+    docs: "docs/backends/file.md",
+    default_lease: None,
+    capabilities: Capabilities { cross_process: true, can_lose: false, fencing: true },
+    availability: Availability::Built,
+    connect: Some(connect),
+};
+
+fn connect(url: &LockUrl) -> BoxFuture<'_, Result<Connected>> {
+    Box::pin(async move {
+        let provider = FileProvider::new(FileConfig::from_url(url)?);
+        Ok((Arc::new(provider) as _, BACKEND.default_lease_config()))
+    })
+}
 
 /// How many lock attempts (non-blocking `flock` calls) this process has made on the file backend.
 /// A diagnostic for benchmarks: attempts per release show how many waiters each release woke.

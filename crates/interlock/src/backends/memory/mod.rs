@@ -26,11 +26,37 @@ mod raw;
 
 use std::sync::Arc;
 
-pub(crate) use config::MemoryConfig;
-pub(crate) use raw::MemoryProvider;
+use config::MemoryConfig;
+use raw::MemoryProvider;
 
+use super::{Availability, Backend, Connected};
 use crate::error::Result;
 use crate::name::LockName;
+use crate::raw::{BoxFuture, Capabilities};
+use crate::url::LockUrl;
+
+/// The memory backend's registry entry. Its locks expire only when the URL gives a lease.
+pub(crate) const BACKEND: Backend = Backend {
+    name: "memory",
+    title: "memory (in-process reference)",
+    schemes: &["memory"],
+    url_form: "memory://[SPACE][?lease=DUR&renew=DUR]",
+    holds: "in-process state",
+    feature: None,
+    docs: "docs/backends/memory.md",
+    default_lease: None,
+    capabilities: Capabilities { cross_process: false, can_lose: true, fencing: true },
+    availability: Availability::Built,
+    connect: Some(connect),
+};
+
+fn connect(url: &LockUrl) -> BoxFuture<'_, Result<Connected>> {
+    Box::pin(async move {
+        let config = MemoryConfig::from_url(url)?;
+        let lease = config.lease;
+        Ok((Arc::new(MemoryProvider::new(config)) as _, lease))
+    })
+}
 
 /// Fault hooks and inspection for one `memory://` space, for tests of lease expiry and lost locks.
 #[derive(Debug, Clone)]
