@@ -4,7 +4,7 @@
 //!
 //! - [`Spec`] says how to run one kind of server (program, arguments, readiness probe, stop
 //!   signal, user); [`Server`] is one running instance, [`Group`] several that know each other's
-//!   ports. A backend adds a module here with its `Spec` and helpers, as `redis` will.
+//!   ports. A backend adds a module here with its `Spec` and helpers, as [`redis`] does.
 //! - Ports: [`PortLease`] (a `flock`ed lock file per port, shared by every test process on the
 //!   machine, plus a bind probe; a start whose port was taken anyway is retried elsewhere).
 //! - Lifetime: every server gets SIGKILL as its parent-death signal from a spawner thread that
@@ -14,6 +14,8 @@
 //! See `docs/testing.md`, "Servers".
 
 mod ports;
+pub mod redis;
+pub mod resp;
 mod server;
 mod spawn;
 
