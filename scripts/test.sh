@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v flock >/dev/null 2>&1 || missing+=(util-linux)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# Servers for the network backends' tests: the tests start private instances of their own on
+# leased loopback ports (crates/interlock-testkit/src/servers/), never the system service.
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if ((${#missing[@]})); then
   echo "scripts/test.sh: installing ${missing[*]}" >&2
   apt-get update -qq

@@ -1,5 +1,9 @@
 //! Helper processes for cross-process cases: `interlock hold` (a holder another process can kill)
 //! and `interlock worker` (threads incrementing a counter file under a lock).
+//!
+//! The lock URL reaches them in `$INTERLOCK_URL`, never in argv: `ps` and `/proc/PID/cmdline`
+//! show every process's arguments to every user, and a URL may carry a password. Both
+//! subcommands read `$INTERLOCK_URL` when `-u` is not given.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -18,14 +22,16 @@ pub struct Hold {
 }
 
 impl Hold {
-    /// Starts `interlock hold -u URL [extra...] NAME` and waits (up to 30 s) for its token line.
+    /// Starts `interlock hold [extra...] NAME` with `INTERLOCK_URL=url` and waits (up to 30 s) for
+    /// its token line.
     ///
     /// # Panics
     ///
     /// When the process cannot start or does not print `token=...`.
     pub async fn start(bin: &Path, url: &str, name: &str, extra: &[&str]) -> Hold {
         let mut child = Command::new(bin)
-            .args(["hold", "-u", url])
+            .arg("hold")
+            .env("INTERLOCK_URL", url)
             .args(extra)
             .arg(name)
             .stdin(Stdio::piped())
@@ -48,6 +54,30 @@ impl Hold {
     /// The holder's process id.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
+    }
+
+    /// Fault hook: stops it with SIGSTOP (it keeps its connections, renews nothing, notices
+    /// nothing) until [`Hold::resume`].
+    ///
+    /// # Panics
+    ///
+    /// When the signal cannot be sent.
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// Fault hook: continues it after [`Hold::pause`] (SIGCONT).
+    ///
+    /// # Panics
+    ///
+    /// When the signal cannot be sent.
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let pid = i32::try_from(self.pid()).ok().and_then(rustix::process::Pid::from_raw).expect("pid");
+        rustix::process::kill_process(pid, sig).expect("signal the holder");
     }
 
     /// Closes its stdin so it releases, and waits for it to exit; returns its exit code.
@@ -93,7 +123,8 @@ pub async fn run_workers(bin: &Path, url: &str, name: &str, counter: &Path, w: W
     let mut children = Vec::new();
     for _ in 0..processes {
         let mut cmd = Command::new(bin);
-        cmd.args(["worker", "-u", url, name, "--counter"])
+        cmd.args(["worker", name, "--counter"])
+            .env("INTERLOCK_URL", url)
             .arg(counter)
             .args(["--threads", &threads.to_string(), "--iterations", &iterations.to_string(), "--wait-stdin"])
             .stdin(Stdio::piped())
