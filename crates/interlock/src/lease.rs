@@ -69,7 +69,10 @@ pub(crate) fn spawn(
 async fn renew_until_lost(raw: &dyn RawHeld, cfg: LeaseConfig, validity: &Validity) -> Option<String> {
     // Retry a failed renewal a few times per renewal period, never past the validity.
     let retry_every = (cfg.renew_every / 4).max(Duration::from_millis(10));
-    let mut next = Instant::now() + cfg.renew_every;
+    // The config was validated, so these sums cannot overflow on a real clock; if one did, renew
+    // at the validity instead of panicking.
+    let after = |at: Instant, d: Duration, fallback: Option<Instant>| at.checked_add(d).or(fallback);
+    let mut next = after(Instant::now(), cfg.renew_every, validity.get())?;
     loop {
         let until = validity.get()?;
         // Wake at the next renewal, or at expiry if that comes first.
@@ -83,14 +86,14 @@ async fn renew_until_lost(raw: &dyn RawHeld, cfg: LeaseConfig, validity: &Validi
             Err(_) => return Some(format!("lease of {:?} ran out while a renewal was in flight", cfg.lease)),
             Ok(Ok(Renewal::Until(t))) => {
                 validity.extend(t);
-                next = sent + cfg.renew_every;
+                next = after(sent, cfg.renew_every, Some(t))?;
             }
             Ok(Ok(Renewal::Lost)) => {
                 return Some("the backend no longer holds the lock for us (expired, deleted or taken over)".into());
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "lease renewal failed; retrying until the lease runs out");
-                next = Instant::now() + retry_every;
+                next = after(Instant::now(), retry_every, Some(until))?;
             }
         }
     }

@@ -227,22 +227,8 @@ impl Provider {
             (None, Some(l)) => l / 3,
             (None, None) => base.renew_every,
         };
-        check_lease(lease, renew_every)?;
-        Ok(LeaseConfig { lease, renew_every })
+        LeaseConfig::new(lease, renew_every)
     }
-}
-
-/// Checks that a lease is usable: at least 10 ms, renewed more often than it expires.
-pub(crate) fn check_lease(lease: Duration, renew_every: Duration) -> Result<()> {
-    if lease < Duration::from_millis(10) {
-        return Err(Error::InvalidArgument(format!("lease {lease:?} is too short (at least 10ms)")));
-    }
-    if renew_every.is_zero() || renew_every >= lease {
-        return Err(Error::InvalidArgument(format!(
-            "renewal interval {renew_every:?} must be above zero and shorter than the lease {lease:?}"
-        )));
-    }
-    Ok(())
 }
 
 macro_rules! acquire_methods {

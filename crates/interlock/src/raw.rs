@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::name::LockName;
 
 /// A boxed, sendable future, as the raw traits return (they must stay object-safe).
@@ -74,12 +74,108 @@ pub enum Wait {
 }
 
 /// Lease settings for one acquisition (ignored by backends without leases).
+///
+/// The fields are public so that a backend can read them; the core checks every configuration it
+/// uses with [`LeaseConfig::validate`] (through [`LeaseConfig::new`]) before an acquisition, so a
+/// backend never sees one outside the bounds below.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseConfig {
     /// How long the backend keeps the lock without a renewal.
     pub lease: Duration,
     /// How often the core renews it.
     pub renew_every: Duration,
+}
+
+impl LeaseConfig {
+    /// The shortest lease accepted: 10 ms.
+    pub const MIN_LEASE: Duration = Duration::from_millis(10);
+    /// The longest lease accepted: one day. Longer leases are refused rather than clamped: a
+    /// lock that outlives its holder by more than a day is a bug, not a setting.
+    pub const MAX_LEASE: Duration = Duration::from_secs(24 * 60 * 60);
+    /// The shortest renewal interval accepted: 1 ms (the longest is just under the lease).
+    pub const MIN_RENEW_EVERY: Duration = Duration::from_millis(1);
+
+    /// A checked lease configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidArgument`] unless `MIN_LEASE <= lease <= MAX_LEASE` and
+    /// `MIN_RENEW_EVERY <= renew_every < lease`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use interlock::raw::LeaseConfig;
+    /// assert!(LeaseConfig::new(Duration::from_secs(30), Duration::from_secs(10)).is_ok());
+    /// assert!(LeaseConfig::new(Duration::MAX, Duration::from_secs(10)).unwrap_err().is_usage());
+    /// assert!(LeaseConfig::new(Duration::from_secs(1), Duration::from_secs(1)).is_err());
+    /// ```
+    pub fn new(lease: Duration, renew_every: Duration) -> Result<Self> {
+        let config = LeaseConfig { lease, renew_every };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A checked lease renewed every third of it (the default renewal).
+    ///
+    /// # Errors
+    ///
+    /// As [`LeaseConfig::new`].
+    pub fn with_lease(lease: Duration) -> Result<Self> {
+        LeaseConfig::new(lease, lease / 3)
+    }
+
+    /// Checks the bounds of [`LeaseConfig::new`]: the one place where lease settings (from a URL,
+    /// from [`crate::AcquireOptions`], from a backend's defaults) are checked.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidArgument`], with a one-line message naming the bound.
+    pub fn validate(&self) -> Result<()> {
+        let LeaseConfig { lease, renew_every } = *self;
+        if lease < Self::MIN_LEASE {
+            return Err(Error::InvalidArgument(format!("lease {lease:?} is too short (at least 10ms)")));
+        }
+        if lease > Self::MAX_LEASE {
+            return Err(Error::InvalidArgument(format!("lease {} is too long (at most 1 day)", describe_long(lease))));
+        }
+        if renew_every < Self::MIN_RENEW_EVERY || renew_every >= lease {
+            return Err(Error::InvalidArgument(format!(
+                "renewal interval {} must be at least 1ms and shorter than the lease {lease:?}",
+                describe_long(renew_every)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Until when a lock acquired (or renewed) by a request sent at `sent` is valid:
+    /// `sent + lease`, checked.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidArgument`] when the instant cannot be represented (never for a
+    /// validated configuration on a real clock).
+    pub fn valid_from(&self, sent: Instant) -> Result<Instant> {
+        instant_after(sent, self.lease)
+    }
+}
+
+/// `at + d`, or [`crate::Error::InvalidArgument`] when the sum cannot be represented. Use it (not
+/// `+`, which panics on overflow) wherever a duration that came from a user meets an `Instant`.
+///
+/// # Errors
+///
+/// [`crate::Error::InvalidArgument`] on overflow.
+pub fn instant_after(at: Instant, d: Duration) -> Result<Instant> {
+    at.checked_add(d)
+        .ok_or_else(|| Error::InvalidArgument(format!("duration {} is too far in the future", describe_long(d))))
+}
+
+/// `Duration`'s `Debug` for durations up to a day; whole seconds beyond (`Duration::MAX` would
+/// otherwise print 29 digits of seconds and nanoseconds).
+fn describe_long(d: Duration) -> String {
+    if d <= LeaseConfig::MAX_LEASE { format!("{d:?}") } else { format!("{}s", d.as_secs()) }
 }
 
 /// Everything a backend needs to know about one acquisition.

@@ -73,6 +73,39 @@ async fn bad_leases_are_refused() {
     assert!(interlock::connect("memory://?lease=soon").await.is_err());
 }
 
+/// A lease too long to add to an `Instant` is a one-line `InvalidArgument`, not a panic
+/// ("overflow when adding duration to instant"), on every backend; so is any lease over a day.
+#[tokio::test]
+async fn huge_leases_are_invalid_arguments_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        format!("memory://{}?lease=1s", space()),
+        format!("memory://{}", space()),
+        format!("file://{}", dir.path().display()),
+    ] {
+        let p = interlock::connect(&url).await.unwrap();
+        let m = p.mutex("x").unwrap();
+        let day = Duration::from_secs(24 * 3600);
+        for opts in [
+            AcquireOptions::forever().lease(Duration::MAX),
+            AcquireOptions::try_once().lease(Duration::MAX).renew_every(Duration::from_secs(1)),
+            AcquireOptions::forever().lease(day + Duration::from_secs(1)),
+            AcquireOptions::forever().renew_every(Duration::MAX),
+            AcquireOptions::forever().lease(Duration::from_secs(1)).renew_every(Duration::from_micros(10)),
+        ] {
+            match m.lock_with(opts).await {
+                Err(Error::InvalidArgument(msg)) => assert!(!msg.contains('\n') && msg.len() < 200, "{msg}"),
+                other => panic!("{url} {opts:?}: {other:?}"),
+            }
+        }
+        // The bounds themselves are accepted.
+        let g = m.lock_with(AcquireOptions::forever().lease(day)).await.unwrap().unwrap();
+        g.release().await.unwrap();
+    }
+    let e = interlock::connect("memory://?lease=25h").await.unwrap_err();
+    assert!(e.is_usage() && e.to_string().contains("at most 1 day"), "{e}");
+}
+
 /// Ten waiters in one process send one waiter to the backend, and get the lock in FIFO order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_waiters_queue_fifo_and_send_one_to_the_backend() {

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::raw::{
     BoxFuture, Capabilities, HeldMode, LockKind, LockStatus, LostSignal, RawHeld, RawProvider, Renewal, Request, Wait,
+    instant_after,
 };
 
 const BACKEND: &str = "memory";
@@ -176,7 +177,10 @@ impl MemoryProvider {
                     other => other,
                 })?;
                 if admitted {
-                    let expires = self.config.expiring.then(|| now + req.lease.lease);
+                    let expires = match self.config.expiring {
+                        true => Some(req.lease.valid_from(now)?),
+                        false => None,
+                    };
                     if req.kind != LockKind::Read {
                         entry.fence += 1;
                     }
@@ -320,8 +324,9 @@ impl RawHeld for MemoryHeld {
             e.purge_expired(now);
             match e.holders.iter_mut().find(|h| h.id == self.id) {
                 Some(h) => {
-                    h.expires = Some(now + lease);
-                    Ok(Renewal::Until(now + lease))
+                    let until = instant_after(now, lease)?;
+                    h.expires = Some(until);
+                    Ok(Renewal::Until(until))
                 }
                 None => Ok(Renewal::Lost),
             }
