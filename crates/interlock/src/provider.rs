@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::guard::Guard;
+use crate::lease::MonitorCount;
 use crate::local::{LocalQueues, Outcome};
 use crate::name::LockName;
-use crate::raw::{Capabilities, LeaseConfig, LockKind, LockStatus, LostSignal, RawProvider, Request, Wait};
+use crate::raw::{Capabilities, LeaseConfig, LockKind, LockStatus, RawProvider, Request, Wait};
 
 /// The default lease of backends whose locks expire.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
@@ -96,6 +97,7 @@ pub struct Provider {
 struct Inner {
     raw: Arc<dyn RawProvider>,
     local: LocalQueues,
+    monitors: Arc<MonitorCount>,
     lease: LeaseConfig,
     url: String,
 }
@@ -113,7 +115,7 @@ impl fmt::Debug for Provider {
 impl Provider {
     /// Wraps a raw backend. `url` must already be redacted.
     pub fn from_raw(raw: Arc<dyn RawProvider>, lease: LeaseConfig, url: String) -> Self {
-        Provider { inner: Arc::new(Inner { raw, local: LocalQueues::default(), lease, url }) }
+        Provider { inner: Arc::new(Inner { raw, local: LocalQueues::default(), monitors: Arc::default(), lease, url }) }
     }
 
     /// The backend's short name (`file`, `memory`, ...).
@@ -185,6 +187,14 @@ impl Provider {
         self.inner.local.len()
     }
 
+    /// Number of live monitor tasks (lease renewal, loss events) of this provider's guards: one
+    /// per held guard that has a lease or a loss event, zero once they are released, dropped or
+    /// lost (a diagnostic, used by tests to show that monitors do not leak).
+    #[doc(hidden)]
+    pub fn monitor_count(&self) -> usize {
+        self.inner.monitors.get()
+    }
+
     /// The one acquisition path every public method goes through.
     async fn acquire(&self, name: &LockName, kind: LockKind, opts: AcquireOptions) -> Result<Option<Guard>> {
         let lease = self.lease_config(opts)?;
@@ -202,8 +212,7 @@ impl Provider {
             Outcome::Entered(p) => p,
             Outcome::Busy => return timeout(),
         };
-        let lost = LostSignal::new();
-        let request = Request { name: name.clone(), kind, lease, lost: lost.clone() };
+        let request = Request { name: name.clone(), kind, lease };
         let wait = if try_only { Wait::Try } else { Wait::Until(deadline) };
         let attempt = self.inner.raw.acquire(request, wait);
         let held = match deadline {
@@ -214,7 +223,9 @@ impl Provider {
             None => attempt.await?,
         };
         match held {
-            Some(raw) => Ok(Some(Guard::new(name.clone(), kind, self.backend(), raw, lease, lost, local))),
+            Some(raw) => {
+                Ok(Some(Guard::new(name.clone(), kind, self.backend(), raw, lease, local, &self.inner.monitors)))
+            }
             None => timeout(),
         }
     }
