@@ -199,7 +199,9 @@ impl Provider {
     async fn acquire(&self, name: &LockName, kind: LockKind, opts: AcquireOptions) -> Result<Option<Guard>> {
         let lease = self.lease_config(opts)?;
         let (try_only, deadline) = match opts.wait {
-            WaitFor::Try => (true, None),
+            // A zero timeout is one attempt, with its round trip (a deadline that has already
+            // passed would leave a network backend no time to answer).
+            WaitFor::Try | WaitFor::Timeout(Duration::ZERO) => (true, None),
             WaitFor::Forever => (false, None),
             // A deadline too far to represent is "forever".
             WaitFor::Timeout(d) => (false, Instant::now().checked_add(d)),
