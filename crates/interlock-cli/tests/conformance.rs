@@ -4,6 +4,10 @@
 
 interlock_testkit::conformance_suite!(memory, interlock_testkit::MemoryHarness::new());
 interlock_testkit::conformance_suite!(file, interlock_testkit::FileHarness::new(env!("CARGO_BIN_EXE_interlock")));
+interlock_testkit::conformance_suite!(
+    memory_latency,
+    interlock_testkit::MemoryHarness::with_latency(std::time::Duration::from_millis(2))
+);
 
 /// Every backend this build has is complete: a docs page, and a line above that runs the suite
 /// on it. (Adding a backend: see docs/testing.md, "Adding a backend".)

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use interlock::Provider;
+use interlock::memory::Step;
 
 /// A backend under test. The suite only uses these methods, so a new backend needs a harness and
 /// one line of `conformance_suite!`.
@@ -42,6 +43,18 @@ impl MemoryHarness {
     /// A harness with its own memory space.
     pub fn new() -> Self {
         MemoryHarness { space: crate::unique("conformance") }
+    }
+
+    /// A harness whose backend takes `latency` for every step (request, answer, release, renewal,
+    /// undo), as a network backend does: each step becomes an await point that the suite's
+    /// cancellations can hit.
+    pub fn with_latency(latency: Duration) -> Self {
+        let h = MemoryHarness::new();
+        let space = interlock::memory::MemorySpace::named(&h.space);
+        for step in [Step::Acquire, Step::Grant, Step::Undo, Step::Release, Step::Renew] {
+            space.set_delay(step, Some(latency));
+        }
+        h
     }
 }
 

@@ -33,11 +33,45 @@ use crate::raw::{LockKind, LockStatus};
 
 struct Runtime(Option<tokio::runtime::Runtime>);
 
+/// How long a blocking provider's runtime, once its last handle is gone, keeps running the tasks
+/// left on it (the release of a guard dropped just before) before it shuts down.
+const DRAIN: Duration = Duration::from_secs(5);
+
 impl Drop for Runtime {
     fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
+        let Some(rt) = self.0.take() else { return };
+        if rt.metrics().num_alive_tasks() == 0 {
             // Never blocks, so dropping the last handle inside another runtime cannot panic.
             rt.shutdown_background();
+            return;
+        }
+        // Tasks are left: a dropped guard's release on its way (a round trip on a network
+        // backend). Let them finish, for at most DRAIN, on a thread of their own: this drop must
+        // not block (it may run inside another runtime).
+        let slot = Arc::new(std::sync::Mutex::new(Some(rt)));
+        let for_thread = slot.clone();
+        let spawned = std::thread::Builder::new().name("interlock-blocking-drain".into()).spawn(move || {
+            let rt = for_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(rt) = rt {
+                rt.block_on(async {
+                    let metrics = tokio::runtime::Handle::current().metrics();
+                    let drained = async {
+                        while metrics.num_alive_tasks() > 0 {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    };
+                    if tokio::time::timeout(DRAIN, drained).await.is_err() {
+                        tracing::debug!("tasks still running {DRAIN:?} after the blocking provider was dropped");
+                    }
+                });
+                rt.shutdown_background();
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "cannot start a thread to drain interlock's runtime; shutting it down");
+            if let Some(rt) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                rt.shutdown_background();
+            }
         }
     }
 }

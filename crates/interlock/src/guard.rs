@@ -8,10 +8,10 @@ use std::time::Instant;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::lease::{self, Validity};
+use crate::lease::{self, MonitorCount, Validity, Watch};
 use crate::local::LocalPermit;
 use crate::name::LockName;
-use crate::raw::{LeaseConfig, LockKind, LostSignal, RawHeld};
+use crate::raw::{LeaseConfig, LockKind, LostSignal, RawHeld, spawn_cleanup};
 
 /// A held lock. Released by [`Guard::release`] (which reports errors and lost locks) or,
 /// best-effort, when dropped.
@@ -19,7 +19,10 @@ use crate::raw::{LeaseConfig, LockKind, LostSignal, RawHeld};
 /// Dropping a guard releases at once on backends that can release synchronously (`file`,
 /// `memory`); on network backends the release is sent in the background and may complete shortly
 /// after the drop. Prefer `release().await` where the outcome matters: it is the only way to learn
-/// that the lock was lost before the critical section ended.
+/// that the lock was lost before the critical section ended. Cancelling `release().await` midway
+/// does not skip the release: the guard is then released the way a dropped guard is. Either way,
+/// the next waiter of this provider for the lock gets its turn only once the backend release has
+/// finished.
 ///
 /// Locks are not re-entrant: taking the same lock again while holding a guard waits for (or, with
 /// `try_*`, is refused by) this guard like any other holder.
@@ -37,9 +40,32 @@ pub struct Guard {
 struct Held {
     raw: Arc<dyn RawHeld>,
     monitor: Option<JoinHandle<()>>,
-    // Dropped after the backend lock is released, so the next local waiter goes to the backend
-    // only once this holder is gone there.
-    local: Option<LocalPermit>,
+    // Dropped only after the backend lock is released, so the next local waiter goes to the
+    // backend once this holder is gone there.
+    local: LocalPermit,
+}
+
+impl Held {
+    /// Stops the monitor: no renewal or loss event is watched from now on.
+    fn stop_monitor(&mut self) {
+        if let Some(m) = self.monitor.take() {
+            m.abort();
+        }
+    }
+
+    /// The release path of a dropped guard (and of a cancelled `release()`): the backend release
+    /// runs to completion in the background, on a runtime that outlives the caller, and the local
+    /// queue place travels with it, to be handed on only once the release has finished. A backend
+    /// that releases synchronously is done before this returns.
+    fn release_in_background(mut self) {
+        self.stop_monitor();
+        spawn_cleanup(async move {
+            if let Err(e) = self.raw.release().await {
+                tracing::debug!(error = %e, "release of a dropped guard failed");
+            }
+            drop(self.local);
+        });
+    }
 }
 
 impl Guard {
@@ -49,19 +75,21 @@ impl Guard {
         backend: &'static str,
         raw: Arc<dyn RawHeld>,
         lease: LeaseConfig,
-        lost: LostSignal,
         local: LocalPermit,
+        monitors: &Arc<MonitorCount>,
     ) -> Guard {
         let token = raw.fencing_token();
-        let (validity, monitor) = match raw.valid_until() {
-            None => (None, None),
-            Some(until) => {
-                let validity = Validity::new(until);
-                let monitor = lease::spawn(raw.clone(), lease, lost.clone(), validity.clone());
-                (Some(validity), Some(monitor))
-            }
+        let lost = LostSignal::new();
+        let validity = raw.valid_until().map(Validity::new);
+        let watch = Watch {
+            raw: raw.clone(),
+            cfg: lease,
+            lost: lost.clone(),
+            validity: validity.clone(),
+            event: raw.watch_lost(),
         };
-        Guard { name, kind, backend, token, lost, validity, held: Some(Held { raw, monitor, local: Some(local) }) }
+        let monitor = lease::spawn(watch, monitors);
+        Guard { name, kind, backend, token, lost, validity, held: Some(Held { raw, monitor, local }) }
     }
 
     /// The lock name.
@@ -93,9 +121,11 @@ impl Guard {
         self.token
     }
 
-    /// True once the lock is known to be lost: the backend said so, or the lease ran out by the
-    /// local monotonic clock without a successful renewal. Never true on `file` and `memory`
-    /// without a lease, where a lock cannot be lost while the process lives.
+    /// True once the lock is known to be lost: the backend said so (a renewal found the lock gone,
+    /// or a loss event: session expired, connection closed), or the lease ran out by the local
+    /// monotonic clock without a successful renewal. Never true on `file`, where a lock cannot
+    /// be lost while the process lives, nor on `memory` without a lease, except through its fault
+    /// hooks.
     pub fn is_lost(&self) -> bool {
         if self.lost.is_set() {
             return true;
@@ -188,18 +218,20 @@ impl Guard {
     /// have been exclusive); a backend error when the release itself failed (the lock then expires
     /// on its own where the backend has leases, or goes with the connection).
     pub async fn release(mut self) -> Result<()> {
-        let Some(mut held) = self.held.take() else {
+        let Some(held) = self.held.as_mut() else {
             return Ok(());
         };
-        if let Some(m) = held.monitor.take() {
-            m.abort();
-        }
+        held.stop_monitor();
+        let raw = held.raw.clone();
         let was_lost = self.is_lost();
         if let Some(v) = &self.validity {
             v.release();
         }
-        let result = held.raw.release().await;
-        drop(held.local.take());
+        // If this future is dropped while the backend releases, `self` still holds `held`, and
+        // `Drop` sends the release again the way a dropped guard does (releases are idempotent).
+        let result = raw.release().await;
+        // Released (or failed to): only now may the next local waiter go to the backend.
+        drop(self.held.take());
         if let Ok(false) = result {
             self.lost.set("the backend no longer held the lock at release");
         }
@@ -215,15 +247,11 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(mut held) = self.held.take() {
-            if let Some(m) = held.monitor.take() {
-                m.abort();
-            }
+        if let Some(held) = self.held.take() {
             if let Some(v) = &self.validity {
                 v.release();
             }
-            held.raw.clone().release_on_drop();
-            drop(held.local.take());
+            held.release_in_background();
         }
     }
 }

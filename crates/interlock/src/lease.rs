@@ -1,17 +1,20 @@
-//! The lease monitor: renews an expiring lock in the background and raises the lost signal when
-//! it can no longer prove the lock is held. Written once for every backend with leases.
+//! The monitor: one task per guard that renews an expiring lock in the background, awaits the
+//! backend's loss events ([`RawHeld::watch_lost`]), and raises the lost signal when it can no
+//! longer prove the lock is held. Written once for every backend; it stops when the guard is
+//! released or dropped, so backends need no tasks of their own to watch a held lock.
 //!
 //! The monitor trusts only the local monotonic clock: a lock is valid until the instant the
 //! backend reported for the last successful renewal (counted from when that renewal was *sent*),
 //! and is declared lost as soon as that instant passes without a newer one, even if the backend
 //! cannot be reached to say so.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use crate::raw::{LeaseConfig, LostSignal, RawHeld, Renewal};
+use crate::raw::{BoxFuture, LeaseConfig, LostSignal, RawHeld, Renewal};
 
 /// The instant until which a lock is known to be valid, shared by the guard and its monitor;
 /// `None` once the guard released it (a released lock never "expires").
@@ -46,30 +49,85 @@ impl Validity {
     }
 }
 
-/// Starts renewing `raw` every `cfg.renew_every`; stops when the lock is lost (and says so on
-/// `lost`) or when the returned task is aborted (release or drop of the guard).
-pub(crate) fn spawn(
-    raw: Arc<dyn RawHeld>,
-    cfg: LeaseConfig,
-    lost: LostSignal,
-    validity: Arc<Validity>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
+/// Counts the live monitor tasks of one provider (a diagnostic for leak tests).
+#[derive(Debug, Default)]
+pub(crate) struct MonitorCount(AtomicUsize);
+
+impl MonitorCount {
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Decrements the count when the monitor task's future is dropped (finished or aborted).
+struct Live(Arc<MonitorCount>);
+
+impl Live {
+    fn new(count: Arc<MonitorCount>) -> Live {
+        count.0.fetch_add(1, Ordering::SeqCst);
+        Live(count)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What the monitor of one guard watches.
+pub(crate) struct Watch {
+    pub(crate) raw: Arc<dyn RawHeld>,
+    pub(crate) cfg: LeaseConfig,
+    pub(crate) lost: LostSignal,
+    /// For expiring locks: renew them, and declare them lost when this runs out.
+    pub(crate) validity: Option<Arc<Validity>>,
+    /// The backend's loss event, if it has one.
+    pub(crate) event: Option<BoxFuture<'static, String>>,
+}
+
+/// Starts the monitor of one guard, when there is anything to watch: renews the lease every
+/// `cfg.renew_every` and awaits the backend's loss event; stops when the lock is lost (and says so
+/// on `lost`) or when the returned task is aborted (release or drop of the guard).
+pub(crate) fn spawn(watch: Watch, count: &Arc<MonitorCount>) -> Option<JoinHandle<()>> {
+    let Watch { raw, cfg, lost, validity, event } = watch;
+    if validity.is_none() && event.is_none() {
+        return None;
+    }
+    let live = Live::new(count.clone());
+    Some(tokio::spawn(async move {
+        let _live = live;
+        let renewals = async {
+            match &validity {
+                Some(v) => renew_until_lost(&*raw, cfg, v).await,
+                None => std::future::pending().await,
+            }
+        };
+        let event = async {
+            match event {
+                Some(e) => Some(e.await),
+                None => std::future::pending().await,
+            }
+        };
         let reason = tokio::select! {
-            reason = renew_until_lost(&*raw, cfg, &validity) => reason,
+            reason = renewals => reason,
+            reason = event => reason,
             () = lost.wait() => return,
         };
         if let Some(reason) = reason {
             lost.set(reason);
         }
-    })
+    }))
 }
 
 /// Renews until the lock is lost (returns why) or released (returns `None`).
 async fn renew_until_lost(raw: &dyn RawHeld, cfg: LeaseConfig, validity: &Validity) -> Option<String> {
     // Retry a failed renewal a few times per renewal period, never past the validity.
     let retry_every = (cfg.renew_every / 4).max(Duration::from_millis(10));
-    let mut next = Instant::now() + cfg.renew_every;
+    // The config was validated, so these sums cannot overflow on a real clock; if one did, renew
+    // at the validity instead of panicking.
+    let after = |at: Instant, d: Duration, fallback: Option<Instant>| at.checked_add(d).or(fallback);
+    let mut next = after(Instant::now(), cfg.renew_every, validity.get())?;
     loop {
         let until = validity.get()?;
         // Wake at the next renewal, or at expiry if that comes first.
@@ -83,14 +141,14 @@ async fn renew_until_lost(raw: &dyn RawHeld, cfg: LeaseConfig, validity: &Validi
             Err(_) => return Some(format!("lease of {:?} ran out while a renewal was in flight", cfg.lease)),
             Ok(Ok(Renewal::Until(t))) => {
                 validity.extend(t);
-                next = sent + cfg.renew_every;
+                next = after(sent, cfg.renew_every, Some(t))?;
             }
             Ok(Ok(Renewal::Lost)) => {
                 return Some("the backend no longer holds the lock for us (expired, deleted or taken over)".into());
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "lease renewal failed; retrying until the lease runs out");
-                next = Instant::now() + retry_every;
+                next = after(Instant::now(), retry_every, Some(until))?;
             }
         }
     }

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::guard::Guard;
+use crate::lease::MonitorCount;
 use crate::local::{LocalQueues, Outcome};
 use crate::name::LockName;
-use crate::raw::{Capabilities, LeaseConfig, LockKind, LockStatus, LostSignal, RawProvider, Request, Wait};
+use crate::raw::{Capabilities, LeaseConfig, LockKind, LockStatus, RawProvider, Request, Wait};
 
 /// The default lease of backends whose locks expire.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
@@ -96,6 +97,7 @@ pub struct Provider {
 struct Inner {
     raw: Arc<dyn RawProvider>,
     local: LocalQueues,
+    monitors: Arc<MonitorCount>,
     lease: LeaseConfig,
     url: String,
 }
@@ -113,7 +115,7 @@ impl fmt::Debug for Provider {
 impl Provider {
     /// Wraps a raw backend. `url` must already be redacted.
     pub fn from_raw(raw: Arc<dyn RawProvider>, lease: LeaseConfig, url: String) -> Self {
-        Provider { inner: Arc::new(Inner { raw, local: LocalQueues::default(), lease, url }) }
+        Provider { inner: Arc::new(Inner { raw, local: LocalQueues::default(), monitors: Arc::default(), lease, url }) }
     }
 
     /// The backend's short name (`file`, `memory`, ...).
@@ -185,11 +187,21 @@ impl Provider {
         self.inner.local.len()
     }
 
+    /// Number of live monitor tasks (lease renewal, loss events) of this provider's guards: one
+    /// per held guard that has a lease or a loss event, zero once they are released, dropped or
+    /// lost (a diagnostic, used by tests to show that monitors do not leak).
+    #[doc(hidden)]
+    pub fn monitor_count(&self) -> usize {
+        self.inner.monitors.get()
+    }
+
     /// The one acquisition path every public method goes through.
     async fn acquire(&self, name: &LockName, kind: LockKind, opts: AcquireOptions) -> Result<Option<Guard>> {
         let lease = self.lease_config(opts)?;
         let (try_only, deadline) = match opts.wait {
-            WaitFor::Try => (true, None),
+            // A zero timeout is one attempt, with its round trip (a deadline that has already
+            // passed would leave a network backend no time to answer).
+            WaitFor::Try | WaitFor::Timeout(Duration::ZERO) => (true, None),
             WaitFor::Forever => (false, None),
             // A deadline too far to represent is "forever".
             WaitFor::Timeout(d) => (false, Instant::now().checked_add(d)),
@@ -202,8 +214,7 @@ impl Provider {
             Outcome::Entered(p) => p,
             Outcome::Busy => return timeout(),
         };
-        let lost = LostSignal::new();
-        let request = Request { name: name.clone(), kind, lease, lost: lost.clone() };
+        let request = Request { name: name.clone(), kind, lease };
         let wait = if try_only { Wait::Try } else { Wait::Until(deadline) };
         let attempt = self.inner.raw.acquire(request, wait);
         let held = match deadline {
@@ -214,7 +225,9 @@ impl Provider {
             None => attempt.await?,
         };
         match held {
-            Some(raw) => Ok(Some(Guard::new(name.clone(), kind, self.backend(), raw, lease, lost, local))),
+            Some(raw) => {
+                Ok(Some(Guard::new(name.clone(), kind, self.backend(), raw, lease, local, &self.inner.monitors)))
+            }
             None => timeout(),
         }
     }
@@ -227,22 +240,8 @@ impl Provider {
             (None, Some(l)) => l / 3,
             (None, None) => base.renew_every,
         };
-        check_lease(lease, renew_every)?;
-        Ok(LeaseConfig { lease, renew_every })
+        LeaseConfig::new(lease, renew_every)
     }
-}
-
-/// Checks that a lease is usable: at least 10 ms, renewed more often than it expires.
-pub(crate) fn check_lease(lease: Duration, renew_every: Duration) -> Result<()> {
-    if lease < Duration::from_millis(10) {
-        return Err(Error::InvalidArgument(format!("lease {lease:?} is too short (at least 10ms)")));
-    }
-    if renew_every.is_zero() || renew_every >= lease {
-        return Err(Error::InvalidArgument(format!(
-            "renewal interval {renew_every:?} must be above zero and shorter than the lease {lease:?}"
-        )));
-    }
-    Ok(())
 }
 
 macro_rules! acquire_methods {

@@ -3,15 +3,29 @@
 //! A backend implements ONE acquisition method ([`RawProvider::acquire`]: "try once, or wait until
 //! a deadline") and a held-lock type ([`RawHeld`]). Everything else in the contract is written once
 //! in the core on top of these: the public try / timeout / wait-forever forms, in-process queueing
-//! of waiters, deadlines, the lease monitor, the lost signal, release on drop and the blocking facade.
+//! of waiters, deadlines, the lease monitor, the lost signal, release on drop, cancel-safe release
+//! and the blocking facade.
 //!
 //! Rules for implementors:
 //! - `acquire` must be cancel-safe: dropping its future at any await point leaves nothing behind
-//!   (no lock held, no queue node, no waiter key).
+//!   (no lock held, no queue node, no waiter key). What needs a round trip to undo (delete our
+//!   queue node, revoke our lease, close a session that may hold a grant) goes in a [`Cleanup`],
+//!   armed as soon as the thing exists and disarmed when `acquire` returns the lock: the core drops
+//!   the future at the caller's deadline or cancellation, and the cleanup then finishes on a
+//!   runtime that outlives the caller ([`spawn_cleanup`]). Spawn no other tasks for it.
 //! - `acquire` waits on the backend's own signal, not by sleeping in a loop; a bounded re-check is
 //!   allowed where a peer tool can release without signalling, and must be documented.
 //! - Every acquisition is an independent holder, even within one process.
-//! - [`RawHeld::release`] is idempotent and only ever releases this holder's own lock.
+//! - [`RawHeld::release`] is idempotent and only ever releases this holder's own lock. Its future
+//!   may be dropped at any await point (a caller cancelling `Guard::release()`); the core then
+//!   calls `release` again, as for a dropped guard, and runs it to completion in the background.
+//!   Release synchronously when you can (before the returned future first waits): a dropped guard
+//!   is then released before `drop` returns.
+//! - [`RawHeld::renew`] may be dropped at any await point (the guard was released, or the lease
+//!   ran out while it was in flight).
+//! - A loss that the backend learns by an event (session expired, connection closed, watched key
+//!   deleted) is reported through the future of [`RawHeld::watch_lost`], which the core's one
+//!   monitor per guard awaits: backends spawn no task of their own to watch a held lock.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -21,8 +35,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::name::LockName;
+
+mod cleanup;
+
+pub use cleanup::{Cleanup, spawn_cleanup};
 
 /// A boxed, sendable future, as the raw traits return (they must stay object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -74,6 +92,10 @@ pub enum Wait {
 }
 
 /// Lease settings for one acquisition (ignored by backends without leases).
+///
+/// The fields are public so that a backend can read them; the core checks every configuration it
+/// uses with [`LeaseConfig::validate`] (through [`LeaseConfig::new`]) before an acquisition, so a
+/// backend never sees one outside the bounds below.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseConfig {
     /// How long the backend keeps the lock without a renewal.
@@ -82,17 +104,108 @@ pub struct LeaseConfig {
     pub renew_every: Duration,
 }
 
-/// Everything a backend needs to know about one acquisition.
+impl LeaseConfig {
+    /// The shortest lease accepted: 10 ms.
+    pub const MIN_LEASE: Duration = Duration::from_millis(10);
+    /// The longest lease accepted: one day. Longer leases are refused rather than clamped: a
+    /// lock that outlives its holder by more than a day is a bug, not a setting.
+    pub const MAX_LEASE: Duration = Duration::from_secs(24 * 60 * 60);
+    /// The shortest renewal interval accepted: 1 ms (the longest is just under the lease).
+    pub const MIN_RENEW_EVERY: Duration = Duration::from_millis(1);
+
+    /// A checked lease configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidArgument`] unless `MIN_LEASE <= lease <= MAX_LEASE` and
+    /// `MIN_RENEW_EVERY <= renew_every < lease`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use interlock::raw::LeaseConfig;
+    /// assert!(LeaseConfig::new(Duration::from_secs(30), Duration::from_secs(10)).is_ok());
+    /// assert!(LeaseConfig::new(Duration::MAX, Duration::from_secs(10)).unwrap_err().is_usage());
+    /// assert!(LeaseConfig::new(Duration::from_secs(1), Duration::from_secs(1)).is_err());
+    /// ```
+    pub fn new(lease: Duration, renew_every: Duration) -> Result<Self> {
+        let config = LeaseConfig { lease, renew_every };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A checked lease renewed every third of it (the default renewal).
+    ///
+    /// # Errors
+    ///
+    /// As [`LeaseConfig::new`].
+    pub fn with_lease(lease: Duration) -> Result<Self> {
+        LeaseConfig::new(lease, lease / 3)
+    }
+
+    /// Checks the bounds of [`LeaseConfig::new`]: the one place where lease settings (from a URL,
+    /// from [`crate::AcquireOptions`], from a backend's defaults) are checked.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidArgument`], with a one-line message naming the bound.
+    pub fn validate(&self) -> Result<()> {
+        let LeaseConfig { lease, renew_every } = *self;
+        if lease < Self::MIN_LEASE {
+            return Err(Error::InvalidArgument(format!("lease {lease:?} is too short (at least 10ms)")));
+        }
+        if lease > Self::MAX_LEASE {
+            return Err(Error::InvalidArgument(format!("lease {} is too long (at most 1 day)", describe_long(lease))));
+        }
+        if renew_every < Self::MIN_RENEW_EVERY || renew_every >= lease {
+            return Err(Error::InvalidArgument(format!(
+                "renewal interval {} must be at least 1ms and shorter than the lease {lease:?}",
+                describe_long(renew_every)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Until when a lock acquired (or renewed) by a request sent at `sent` is valid:
+    /// `sent + lease`, checked.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidArgument`] when the instant cannot be represented (never for a
+    /// validated configuration on a real clock).
+    pub fn valid_from(&self, sent: Instant) -> Result<Instant> {
+        instant_after(sent, self.lease)
+    }
+}
+
+/// `at + d`, or [`crate::Error::InvalidArgument`] when the sum cannot be represented. Use it (not
+/// `+`, which panics on overflow) wherever a duration that came from a user meets an `Instant`.
+///
+/// # Errors
+///
+/// [`crate::Error::InvalidArgument`] on overflow.
+pub fn instant_after(at: Instant, d: Duration) -> Result<Instant> {
+    at.checked_add(d)
+        .ok_or_else(|| Error::InvalidArgument(format!("duration {} is too far in the future", describe_long(d))))
+}
+
+/// `Duration`'s `Debug` for durations up to a day; whole seconds beyond (`Duration::MAX` would
+/// otherwise print 29 digits of seconds and nanoseconds).
+fn describe_long(d: Duration) -> String {
+    if d <= LeaseConfig::MAX_LEASE { format!("{d:?}") } else { format!("{}s", d.as_secs()) }
+}
+
+/// Everything a backend needs to know about one acquisition. Made by the core.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Request {
     /// The lock name.
     pub name: LockName,
     /// The primitive.
     pub kind: LockKind,
-    /// Lease settings, for backends whose locks expire.
+    /// Lease settings, for backends whose locks expire (already validated).
     pub lease: LeaseConfig,
-    /// Lets the backend report that the lock was lost (session expired, key deleted, ...).
-    pub lost: LostSignal,
 }
 
 /// What the lease monitor learns from one renewal.
@@ -127,31 +240,32 @@ pub trait RawHeld: Send + Sync + Debug + 'static {
     /// when the backend no longer held the lock for us (expired, deleted, taken over): the core
     /// then reports [`crate::Error::LockLost`], since the critical section may not have been
     /// exclusive.
+    ///
+    /// The core calls it for `Guard::release()` and for a dropped guard (then through
+    /// [`spawn_cleanup`]: work done before the future first waits happens inside `drop`). The
+    /// guard's in-process queue place is handed to the next local waiter only when this future has
+    /// completed (or failed). If the caller drops `Guard::release()` mid-way, the core calls
+    /// `release` again the way a dropped guard does.
     fn release(&self) -> BoxFuture<'_, Result<bool>>;
+
+    /// A future that completes, with a one-line reason, when the backend learns by an event that
+    /// the lock is gone: a ZooKeeper session expired, the SQL connection holding it closed, a
+    /// watched key was deleted or overwritten. `None` (the default) for backends that learn of a
+    /// loss only through [`RawHeld::renew`] or not at all.
+    ///
+    /// Called once, right after the acquisition. The core's monitor (one task per guard, which
+    /// also renews the lease) awaits it and drops it when the guard is released or dropped, so the
+    /// future must own what it needs (`'static`) and must not complete for any other reason than a
+    /// loss (a watch that ends without news should stay pending).
+    fn watch_lost(&self) -> Option<BoxFuture<'static, String>> {
+        None
+    }
 
     /// Duplicates of the file descriptors whose open file descriptions hold this lock, for a
     /// child process to inherit (as `flock(1)` hands its lock to the command it runs). Empty for
     /// backends whose locks do not live in file descriptors (the default).
     fn duplicate_fds(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
         Ok(Vec::new())
-    }
-
-    /// Best-effort release when a guard is dropped without [`RawHeld::release`]. Backends that can
-    /// release synchronously (closing a file) do so here; the default spawns `release` on the
-    /// current tokio runtime when there is one.
-    fn release_on_drop(self: Arc<Self>) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    if let Err(e) = self.release().await {
-                        tracing::debug!(error = %e, "release on drop failed");
-                    }
-                });
-            }
-            Err(_) => tracing::warn!(
-                "a guard was dropped outside a tokio runtime; its lock is released when the backend times it out"
-            ),
-        }
     }
 }
 
@@ -223,7 +337,8 @@ pub enum HeldMode {
     Shared(usize),
 }
 
-/// The "lock lost" signal of one guard: set once, never cleared.
+/// A "lock lost" signal: set once, never cleared. The core keeps one per guard; a backend may
+/// use one per holder to build its [`RawHeld::watch_lost`] future (see [`LostSignal::reason_when_set`]).
 #[derive(Clone, Debug)]
 pub struct LostSignal {
     tx: Arc<watch::Sender<Option<String>>>,
@@ -263,6 +378,16 @@ impl LostSignal {
     /// True once the lock was lost.
     pub fn is_set(&self) -> bool {
         self.tx.borrow().is_some()
+    }
+
+    /// A future that completes with the reason when the signal is set.
+    pub fn reason_when_set(&self) -> impl Future<Output = String> + Send + 'static {
+        let wait = self.wait();
+        let this = self.clone();
+        async move {
+            wait.await;
+            this.reason().unwrap_or_default()
+        }
     }
 
     /// A future that completes when the signal is set.

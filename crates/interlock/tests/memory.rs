@@ -1,11 +1,12 @@
-//! memory:// specifics: the lease monitor against injected faults, local queueing, the blocking
-//! facade's refusal inside a runtime. (The shared contract is in the conformance suite.)
+//! memory:// specifics: the lease monitor against injected faults, cancellation at every await
+//! point (the memory backend's delay hooks), the loss event, local queueing, the blocking facade.
+//! (The shared contract is in the conformance suite.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use interlock::memory::MemorySpace;
+use interlock::memory::{MemorySpace, Step};
 use interlock::{AcquireOptions, Error};
 
 fn space() -> String {
@@ -71,6 +72,39 @@ async fn bad_leases_are_refused() {
         assert!(matches!(m.lock_with(opts).await, Err(Error::InvalidArgument(_))), "{opts:?}");
     }
     assert!(interlock::connect("memory://?lease=soon").await.is_err());
+}
+
+/// A lease too long to add to an `Instant` is a one-line `InvalidArgument`, not a panic
+/// ("overflow when adding duration to instant"), on every backend; so is any lease over a day.
+#[tokio::test]
+async fn huge_leases_are_invalid_arguments_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        format!("memory://{}?lease=1s", space()),
+        format!("memory://{}", space()),
+        format!("file://{}", dir.path().display()),
+    ] {
+        let p = interlock::connect(&url).await.unwrap();
+        let m = p.mutex("x").unwrap();
+        let day = Duration::from_secs(24 * 3600);
+        for opts in [
+            AcquireOptions::forever().lease(Duration::MAX),
+            AcquireOptions::try_once().lease(Duration::MAX).renew_every(Duration::from_secs(1)),
+            AcquireOptions::forever().lease(day + Duration::from_secs(1)),
+            AcquireOptions::forever().renew_every(Duration::MAX),
+            AcquireOptions::forever().lease(Duration::from_secs(1)).renew_every(Duration::from_micros(10)),
+        ] {
+            match m.lock_with(opts).await {
+                Err(Error::InvalidArgument(msg)) => assert!(!msg.contains('\n') && msg.len() < 200, "{msg}"),
+                other => panic!("{url} {opts:?}: {other:?}"),
+            }
+        }
+        // The bounds themselves are accepted.
+        let g = m.lock_with(AcquireOptions::forever().lease(day)).await.unwrap().unwrap();
+        g.release().await.unwrap();
+    }
+    let e = interlock::connect("memory://?lease=25h").await.unwrap_err();
+    assert!(e.is_usage() && e.to_string().contains("at most 1 day"), "{e}");
 }
 
 /// Ten waiters in one process send one waiter to the backend, and get the lock in FIFO order.
@@ -158,4 +192,260 @@ async fn every_url_takes_a_connect_timeout() {
     }
     let e = interlock::connect("memory://?connect_timeout=soon").await.unwrap_err();
     assert!(matches!(e, interlock::Error::InvalidUrl { .. }) && e.to_string().contains("connect_timeout"), "{e}");
+}
+
+/// A delay long enough to be a pause: tests resume it with `set_delay(step, None)`.
+const PAUSE: Duration = Duration::from_secs(3600);
+
+/// Waits (at most `EVENTUALLY`) until `cond` holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + EVENTUALLY;
+    while !cond() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The same, for a thread without a runtime.
+fn eventually_blocking(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + EVENTUALLY;
+    while !cond() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Nothing is left of a name: no backend holder or waiter, no operation inside a step, no local
+/// queue entry, no monitor task.
+async fn assert_nothing_left(sp: &MemorySpace, name: &str, providers: &[&interlock::Provider]) {
+    let steps = [Step::Acquire, Step::Grant, Step::Undo, Step::Release, Step::Renew];
+    eventually("no holder, waiter or step left", || {
+        sp.counts(name).unwrap() == (0, 0) && steps.iter().all(|s| sp.in_step(*s) == 0)
+    })
+    .await;
+    for p in providers {
+        eventually("no local queue entry or monitor left", || p.local_queue_len() == 0 && p.monitor_count() == 0).await;
+    }
+    let g = interlock::connect(providers[0].url()).await.unwrap().mutex(name).unwrap().try_lock().await.unwrap();
+    g.expect("the lock is free").release().await.unwrap();
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Point {
+    /// Waiting in the provider's local queue behind a guard of the same provider.
+    LocalQueue,
+    /// The request on its way to the backend.
+    Request,
+    /// Registered as a waiter on the backend, behind another provider's guard.
+    BackendWait,
+    /// Granted by the backend, the answer on its way.
+    Grant,
+}
+
+/// An acquisition cancelled at each of its await points leaves nothing behind: no holder (a grant
+/// whose answer never arrived is undone, in the background, after the caller is gone), no backend
+/// waiter, no local queue place, no monitor; the lock is free afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_cancelled_at_every_await_point_leaves_nothing_behind() {
+    for point in [Point::LocalQueue, Point::Request, Point::BackendWait, Point::Grant] {
+        let s = space();
+        let url = format!("memory://{s}?lease=2s");
+        let sp = MemorySpace::named(&s);
+        let (p, other) = (interlock::connect(&url).await.unwrap(), interlock::connect(&url).await.unwrap());
+        let holder = match point {
+            Point::LocalQueue => Some(p.mutex("n").unwrap().lock().await.unwrap()),
+            Point::BackendWait => Some(other.mutex("n").unwrap().lock().await.unwrap()),
+            Point::Request => {
+                sp.set_delay(Step::Acquire, Some(PAUSE));
+                None
+            }
+            Point::Grant => {
+                sp.set_delay(Step::Grant, Some(PAUSE));
+                sp.set_delay(Step::Undo, Some(PAUSE));
+                None
+            }
+        };
+        let m = p.mutex("n").unwrap();
+        let task = tokio::spawn(async move { m.lock().await });
+        match point {
+            Point::LocalQueue => tokio::time::sleep(Duration::from_millis(50)).await,
+            Point::Request => eventually("request paused", || sp.in_step(Step::Acquire) == 1).await,
+            Point::BackendWait => eventually("waiting on the backend", || sp.counts("n").unwrap() == (1, 1)).await,
+            Point::Grant => eventually("grant paused", || sp.in_step(Step::Grant) == 1).await,
+        }
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled(), "{point:?}");
+        if let Point::Grant = point {
+            // The grant is undone after the caller is gone: the undo is still running (paused).
+            eventually("undo running", || sp.in_step(Step::Undo) == 1).await;
+            assert_eq!(sp.counts("n").unwrap(), (1, 0), "the grant is there until the undo runs");
+            sp.set_delay(Step::Undo, None);
+        }
+        for step in [Step::Acquire, Step::Grant] {
+            sp.set_delay(step, None);
+        }
+        if let Some(g) = holder {
+            g.release().await.unwrap();
+        }
+        assert_nothing_left(&sp, "n", &[&p, &other]).await;
+    }
+}
+
+/// A `release()` cancelled while the backend release is on its way still releases (the guard
+/// falls back to the drop path), and the next local waiter gets in only after the backend release
+/// finished: it never goes to the backend while the old holder is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_release_still_releases_and_hands_on_the_local_place_after_it() {
+    let s = space();
+    let sp = MemorySpace::named(&s);
+    let p = interlock::connect(&format!("memory://{s}")).await.unwrap();
+    let g = p.mutex("n").unwrap().lock().await.unwrap();
+    let m = p.mutex("n").unwrap();
+    let local_waiter = tokio::spawn(async move { m.lock_timeout(EVENTUALLY).await });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    sp.set_delay(Step::Release, Some(PAUSE));
+    let release = tokio::spawn(g.release());
+    eventually("release on its way", || sp.in_step(Step::Release) == 1).await;
+    release.abort();
+    assert!(release.await.unwrap_err().is_cancelled());
+    // The drop path sent the release again; it is on its way too.
+    eventually("release re-sent", || sp.in_step(Step::Release) == 1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(sp.counts("n").unwrap(), (1, 0), "the local waiter went to the backend before the release finished");
+    assert!(!local_waiter.is_finished());
+    sp.set_delay(Step::Release, None);
+    let g = local_waiter.await.unwrap().expect("the local waiter gets the lock once it is released");
+    assert_eq!(sp.counts("n").unwrap(), (1, 0));
+    g.release().await.unwrap();
+    assert_nothing_left(&sp, "n", &[&p]).await;
+}
+
+/// A guard dropped while releases are slow hands its local place on only after the backend
+/// release finished (the place travels with the background release), and `release()` does the
+/// same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_place_is_handed_on_only_after_the_backend_release() {
+    let s = space();
+    let sp = MemorySpace::named(&s);
+    let p = interlock::connect(&format!("memory://{s}")).await.unwrap();
+    for by_drop in [true, false] {
+        let g = p.mutex("n").unwrap().lock().await.unwrap();
+        let m = p.mutex("n").unwrap();
+        let local_waiter = tokio::spawn(async move { m.lock_timeout(EVENTUALLY).await });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        sp.set_delay(Step::Release, Some(PAUSE));
+        let release = tokio::spawn(async move {
+            if by_drop {
+                drop(g);
+                Ok(())
+            } else {
+                g.release().await
+            }
+        });
+        eventually("release on its way", || sp.in_step(Step::Release) == 1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(sp.counts("n").unwrap(), (1, 0), "by_drop={by_drop}: a local waiter reached the backend early");
+        assert!(!local_waiter.is_finished());
+        sp.set_delay(Step::Release, None);
+        release.await.unwrap().unwrap();
+        local_waiter.await.unwrap().unwrap().release().await.unwrap();
+    }
+    assert_nothing_left(&sp, "n", &[&p]).await;
+}
+
+/// A renewal on its way when the guard is released is dropped with the monitor; a renewal that
+/// does not come back before the lease runs out loses the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_in_flight_at_release_and_at_expiry() {
+    let s = space();
+    let sp = MemorySpace::named(&s);
+    sp.set_delay(Step::Renew, Some(PAUSE));
+    let p = interlock::connect(&format!("memory://{s}?lease=5s&renew=50ms")).await.unwrap();
+    let g = p.mutex("n").unwrap().lock().await.unwrap();
+    eventually("renewal on its way", || sp.in_step(Step::Renew) == 1).await;
+    assert_eq!(p.monitor_count(), 1);
+    g.release().await.unwrap();
+    eventually("the renewal went with the monitor", || sp.in_step(Step::Renew) == 0).await;
+
+    let short = AcquireOptions::forever().lease(Duration::from_millis(300)).renew_every(Duration::from_millis(50));
+    let g = p.mutex("n").unwrap().lock_with(short).await.unwrap().unwrap();
+    tokio::time::timeout(EVENTUALLY, g.lost()).await.expect("lost when the lease ran out during the renewal");
+    eventually("the monitor ends at the loss", || p.monitor_count() == 0).await;
+    let e = g.release().await.unwrap_err();
+    assert!(e.is_lock_lost() && e.to_string().contains("in flight"), "{e}");
+    sp.set_delay(Step::Renew, None);
+    assert_nothing_left(&sp, "n", &[&p]).await;
+}
+
+/// Revoke without a lease: the loss event reaches the guard at once (no renewal involved).
+#[tokio::test]
+async fn revoke_without_a_lease_is_signalled() {
+    let s = space();
+    let p = interlock::connect(&format!("memory://{s}")).await.unwrap();
+    let g = p.mutex("job").unwrap().lock().await.unwrap();
+    assert_eq!(p.monitor_count(), 1, "the loss event is watched by one monitor");
+    let lost = g.lost();
+    assert!(!g.is_lost());
+    assert_eq!(MemorySpace::named(&s).revoke("job").unwrap(), 1);
+    tokio::time::timeout(EVENTUALLY, lost).await.expect("lost() completes after a revoke");
+    assert!(g.is_lost());
+    eventually("the monitor ends at the loss", || p.monitor_count() == 0).await;
+    let e = g.release().await.unwrap_err();
+    assert!(e.is_lock_lost() && e.to_string().contains("revoked"), "{e}");
+}
+
+/// Monitor tasks end with their guards: released, dropped, or lost; with and without a lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_do_not_outlive_their_guards() {
+    for lease in ["", "?lease=2s"] {
+        let s = space();
+        let p = interlock::connect(&format!("memory://{s}{lease}")).await.unwrap();
+        let r = p.rwlock("n").unwrap();
+        let mut readers = Vec::new();
+        for _ in 0..20 {
+            readers.push(r.read().await.unwrap());
+        }
+        assert_eq!(p.monitor_count(), 20);
+        for (i, g) in readers.into_iter().enumerate() {
+            if i % 2 == 0 { g.release().await.unwrap() } else { drop(g) }
+        }
+        eventually("monitors gone after release and drop", || p.monitor_count() == 0).await;
+        let _g = r.write().await.unwrap();
+        assert_eq!(p.monitor_count(), 1);
+        MemorySpace::named(&s).revoke("n").unwrap();
+        eventually("monitor gone after a loss", || p.monitor_count() == 0).await;
+    }
+}
+
+/// A blocking guard dropped together with the last handle of its provider, while its release is
+/// on its way, is still released: the provider's runtime finishes its tasks before it shuts down.
+#[test]
+fn blocking_guard_dropped_with_the_last_handle_is_still_released() {
+    let s = space();
+    let sp = MemorySpace::named(&s);
+    let p = interlock::blocking::connect(&format!("memory://{s}")).unwrap();
+    let g = p.mutex("n").unwrap().lock().unwrap();
+    drop(p);
+    sp.set_delay(Step::Release, Some(Duration::from_millis(200)));
+    drop(g);
+    assert_eq!(sp.counts("n").unwrap(), (1, 0), "the release takes 200ms");
+    eventually_blocking("released after the runtime's last handle went", || sp.counts("n").unwrap() == (0, 0));
+    sp.set_delay(Step::Release, None);
+}
+
+/// A guard dropped on a thread without a runtime is released on interlock's background runtime.
+#[test]
+fn guard_dropped_outside_a_runtime_is_released() {
+    let s = space();
+    let sp = MemorySpace::named(&s);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let g = rt.block_on(async {
+        let p = interlock::connect(&format!("memory://{s}")).await.unwrap();
+        p.mutex("n").unwrap().lock().await.unwrap()
+    });
+    sp.set_delay(Step::Release, Some(Duration::from_millis(100)));
+    std::thread::spawn(move || drop(g)).join().unwrap();
+    eventually_blocking("released by the background runtime", || sp.counts("n").unwrap() == (0, 0));
+    sp.set_delay(Step::Release, None);
+    drop(rt);
 }

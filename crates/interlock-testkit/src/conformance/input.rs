@@ -50,6 +50,7 @@ pub async fn status_reports_holders<H: Harness>(h: &H) {
     let rw = p.rwlock(&name).unwrap();
     let (a, b) = (rw.read().await.unwrap(), rw.read().await.unwrap());
     assert_eq!(p.status(&name).await.unwrap().held, Some(HeldMode::Shared(2)));
-    drop((a, b));
+    a.release().await.unwrap();
+    b.release().await.unwrap();
     assert_eq!(p.status(&name).await.unwrap().held, None);
 }

@@ -4,6 +4,7 @@
 //! expands them into one named test per case per backend. Cases that need a capability the
 //! backend lacks (cross-process, losing a lock) return early with a note.
 
+mod cancel;
 mod exclusion;
 mod faults;
 mod fencing;
@@ -11,6 +12,7 @@ mod input;
 mod shared;
 mod waiting;
 
+pub use cancel::*;
 pub use exclusion::*;
 pub use faults::*;
 pub use fencing::*;
@@ -56,6 +58,9 @@ macro_rules! conformance_suite {
                 timed_out_wait_leaves_nothing_behind,
                 drop_releases,
                 release_then_reacquire,
+                acquire_cancelled_at_any_point_leaves_nothing_behind,
+                cancelled_release_still_releases,
+                monitor_ends_with_its_guard,
                 fencing_tokens_strictly_increase,
                 fencing_tokens_shared_holders,
                 fencing_tokens_across_processes,

@@ -149,10 +149,10 @@ pub async fn drop_releases<H: Harness>(h: &H) {
     drop(p2.mutex(&name).unwrap().lock_timeout(EVENTUALLY).await.expect("released by drop"));
     let r = p1.rwlock(unique("droprw")).unwrap();
     drop(r.read().await.unwrap());
-    drop(r.try_write().await.unwrap().expect("read guard released by drop"));
+    drop(r.write_timeout(EVENTUALLY).await.expect("read guard released by drop"));
     let s = p1.semaphore(unique("dropsem"), 1).unwrap();
     drop(s.acquire().await.unwrap());
-    drop(s.try_acquire().await.unwrap().expect("permit released by drop"));
+    drop(s.acquire_timeout(EVENTUALLY).await.expect("permit released by drop"));
 }
 
 /// `release` succeeds once, and the lock can be taken again at once.

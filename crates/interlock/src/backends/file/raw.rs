@@ -215,10 +215,6 @@ impl RawHeld for FileHeld {
         Box::pin(async { Ok(true) })
     }
 
-    fn release_on_drop(self: Arc<Self>) {
-        self.release_now();
-    }
-
     fn duplicate_fds(&self) -> io::Result<Vec<OwnedFd>> {
         let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let Some((file, meta)) = files.as_ref() else { return Ok(Vec::new()) };

@@ -1,7 +1,7 @@
 //! `memory://[SPACE][?lease=DUR&renew=DUR]`
 
 use crate::error::Result;
-use crate::provider::{DEFAULT_LEASE, check_lease};
+use crate::provider::DEFAULT_LEASE;
 use crate::raw::LeaseConfig;
 use crate::url::LockUrl;
 
@@ -33,8 +33,16 @@ impl MemoryConfig {
         let expiring = lease.is_some();
         let lease = lease.unwrap_or(DEFAULT_LEASE);
         let renew_every = renew.unwrap_or(lease / 3);
-        check_lease(lease, renew_every).map_err(|e| url.invalid(e.to_string()))?;
-        Ok(MemoryConfig { space, expiring, lease: LeaseConfig { lease, renew_every } })
+        let lease = LeaseConfig::new(lease, renew_every).map_err(|e| url.invalid(lease_reason(e)))?;
+        Ok(MemoryConfig { space, expiring, lease })
+    }
+}
+
+/// The message of a lease error without its "invalid argument: " prefix, for an `InvalidUrl`.
+fn lease_reason(e: crate::Error) -> String {
+    match e {
+        crate::Error::InvalidArgument(msg) => msg,
+        other => other.to_string(),
     }
 }
 
@@ -60,5 +68,8 @@ mod tests {
         assert!(cfg("memory://x/y").is_err());
         assert!(cfg("memory://?lease=1s&renew=2s").is_err());
         assert!(cfg("memory://?ttl=1s").is_err());
+        let e = cfg("memory://?lease=25h").unwrap_err().to_string();
+        assert!(e.contains("too long (at most 1 day)"), "{e}");
+        assert!(cfg("memory://?lease=24h").is_ok());
     }
 }

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | primitives | mutex, rwlock, semaphore (mutex and rwlock of one name are one lock) |
 //! | fencing | a per-name counter kept for the life of the process |
-//! | lost locks | only with `?lease=DUR`: then locks expire unless renewed, like a server's, and the fault hooks in [`MemorySpace`] can take them away |
+//! | lost locks | only through the fault hooks in [`MemorySpace`] (`revoke` is pushed to the guard at once, with or without a lease), or with `?lease=DUR`, when locks expire unless renewed, like a server's |
 //! | options | `lease=DUR` (enables expiry), `renew=DUR` (default lease/3) |
 //!
 //! # Examples
@@ -25,6 +25,7 @@ mod config;
 mod raw;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use config::MemoryConfig;
 use raw::MemoryProvider;
@@ -58,7 +59,27 @@ fn connect(url: &LockUrl) -> BoxFuture<'_, Result<Connected>> {
     })
 }
 
-/// Fault hooks and inspection for one `memory://` space, for tests of lease expiry and lost locks.
+/// A step of the memory backend that [`MemorySpace::set_delay`] can make slow, to give tests an
+/// await point to cancel at, as a network round trip would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Step {
+    /// An acquisition's request on its way, before it reaches the lock table.
+    Acquire,
+    /// An acquisition's answer on its way, after the lock was granted. Cancelling here leaves a
+    /// granted holder behind that the backend undoes in the background ([`crate::raw::Cleanup`]).
+    Grant,
+    /// The undo of a grant whose acquisition was cancelled, before it removes the holder.
+    Undo,
+    /// A release on its way, before it removes the holder. While this step is delayed,
+    /// releases are asynchronous, as on a network backend.
+    Release,
+    /// A lease renewal on its way, before it extends the lease.
+    Renew,
+}
+
+/// Fault hooks and inspection for one `memory://` space, for tests of lease expiry, lost locks
+/// and cancellation.
 #[derive(Debug, Clone)]
 pub struct MemorySpace(Arc<raw::Space>);
 
@@ -79,7 +100,9 @@ impl MemorySpace {
     }
 
     /// Tells every holder of `name` that its lock is gone (as a ZooKeeper session expiry would)
-    /// and forgets them.
+    /// and forgets them. The guards see it at once, with or without a lease (`lost()` completes,
+    /// `release()` is `LockLost`), through the backend's loss event
+    /// ([`crate::raw::RawHeld::watch_lost`]).
     ///
     /// # Errors
     ///
@@ -92,6 +115,19 @@ impl MemorySpace {
     /// called again with `false`.
     pub fn set_renewals_failing(&self, fail: bool) {
         self.0.set_renewals_failing(fail);
+    }
+
+    /// Makes `step` take `delay` in this space (`None`: no time, the default). Operations already
+    /// inside the step re-read the delay at once, so a long delay is a pause that `None` resumes.
+    /// Affects every provider of the space, and every name.
+    pub fn set_delay(&self, step: Step, delay: Option<Duration>) {
+        self.0.set_delay(step, delay);
+    }
+
+    /// How many operations are inside `step` right now, while it is delayed (tests wait for 1
+    /// before cancelling there, and for 0 to see that nothing is stuck).
+    pub fn in_step(&self, step: Step) -> usize {
+        self.0.in_step(step)
     }
 
     /// `(holders, waiters)` of the mutex / read-write lock `name`.

@@ -2,16 +2,19 @@
 //! every provider of the process.
 
 use std::collections::HashMap;
+use std::pin::pin;
 use std::sync::{Arc, LazyLock, Mutex as StdMutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::Step;
 use super::config::MemoryConfig;
 use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::raw::{
-    BoxFuture, Capabilities, HeldMode, LockKind, LockStatus, LostSignal, RawHeld, RawProvider, Renewal, Request, Wait,
+    BoxFuture, Capabilities, Cleanup, HeldMode, LockKind, LockStatus, LostSignal, RawHeld, RawProvider, Renewal,
+    Request, Wait, instant_after,
 };
 
 const BACKEND: &str = "memory";
@@ -22,6 +25,8 @@ static SPACES: LazyLock<StdMutex<HashMap<String, Arc<Space>>>> = LazyLock::new(D
 #[derive(Debug, Default)]
 pub(crate) struct Space {
     state: StdMutex<State>,
+    /// Wakes operations paused in a step when the delays change.
+    delays_changed: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -29,6 +34,10 @@ struct State {
     locks: HashMap<Key, Entry>,
     next_id: u64,
     renewals_fail: bool,
+    /// Fault hook: how long each step takes (absent: no time at all).
+    delays: HashMap<Step, Duration>,
+    /// How many operations are inside each delayed step right now.
+    in_step: HashMap<Step, usize>,
 }
 
 /// Mutexes and read-write locks of one name are one lock; a semaphore of that name is another.
@@ -143,6 +152,74 @@ impl Space {
         let st = self.state();
         st.locks.get(key).map_or((0, 0), |e| (e.holders.len(), e.waiters))
     }
+
+    /// Fault hook: makes `step` take `delay` (`None`: no time). Operations already paused in the
+    /// step re-read it at once.
+    pub(crate) fn set_delay(&self, step: Step, delay: Option<Duration>) {
+        {
+            let mut st = self.state();
+            match delay {
+                Some(d) => st.delays.insert(step, d),
+                None => st.delays.remove(&step),
+            };
+        }
+        self.delays_changed.notify_waiters();
+    }
+
+    pub(crate) fn in_step(&self, step: Step) -> usize {
+        self.state().in_step.get(&step).copied().unwrap_or(0)
+    }
+
+    fn is_delayed(&self, step: Step) -> bool {
+        self.state().delays.contains_key(&step)
+    }
+
+    /// Takes as long as the delay of `step` says (measured from the call; a delay changed
+    /// meanwhile applies at once). An await point of the backend that a test can cancel at.
+    async fn pause(&self, step: Step) {
+        let started = Instant::now();
+        if !self.is_delayed(step) {
+            return;
+        }
+        let _mark = StepMark::enter(self, step);
+        loop {
+            let mut changed = pin!(self.delays_changed.notified());
+            changed.as_mut().enable();
+            let Some(delay) = self.state().delays.get(&step).copied() else { return };
+            match started.checked_add(delay) {
+                Some(until) if Instant::now() >= until => return,
+                Some(until) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until.into()) => return,
+                        () = changed => {}
+                    }
+                }
+                // Too long to represent: paused until the delay changes.
+                None => changed.await,
+            }
+        }
+    }
+}
+
+/// Counts an operation inside a delayed step, until it leaves it (or is dropped there).
+struct StepMark<'a> {
+    space: &'a Space,
+    step: Step,
+}
+
+impl<'a> StepMark<'a> {
+    fn enter(space: &'a Space, step: Step) -> Self {
+        *space.state().in_step.entry(step).or_default() += 1;
+        StepMark { space, step }
+    }
+}
+
+impl Drop for StepMark<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.space.state().in_step.get_mut(&self.step) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 /// The `memory://` backend.
@@ -158,12 +235,12 @@ impl MemoryProvider {
     }
 
     async fn acquire_inner(&self, req: Request, wait: Wait) -> Result<Option<Arc<dyn RawHeld>>> {
+        // The request on its way to the "server".
+        self.space.pause(Step::Acquire).await;
         let key = Key::new(&req.name, req.kind);
         let mut waiting: Option<WaiterMark> = None;
         loop {
-            let notified;
-            let wake_at;
-            {
+            let granted = {
                 let mut st = self.space.state();
                 let now = Instant::now();
                 let id = st.next_id;
@@ -176,31 +253,43 @@ impl MemoryProvider {
                     other => other,
                 })?;
                 if admitted {
-                    let expires = self.config.expiring.then(|| now + req.lease.lease);
+                    let expires = match self.config.expiring {
+                        true => Some(req.lease.valid_from(now)?),
+                        false => None,
+                    };
                     if req.kind != LockKind::Read {
                         entry.fence += 1;
                     }
                     let token = entry.fence;
-                    entry.holders.push(Holder { id, kind: req.kind, expires, lost: req.lost.clone() });
+                    let lost = LostSignal::new();
+                    entry.holders.push(Holder { id, kind: req.kind, expires, lost: lost.clone() });
                     st.next_id += 1;
-                    return Ok(Some(Arc::new(MemoryHeld {
+                    Ok(MemoryHeld {
                         space: self.space.clone(),
-                        key,
+                        key: key.clone(),
                         id,
                         token,
                         valid_until: expires,
-                    })));
+                        lost,
+                    })
+                } else {
+                    if wait == Wait::Try {
+                        return Ok(None);
+                    }
+                    if waiting.is_none() {
+                        entry.waiters += 1;
+                        waiting = Some(WaiterMark { space: self.space.clone(), key: key.clone() });
+                    }
+                    Err((entry.changed.clone().notified_owned(), entry.next_expiry()))
                 }
-                if wait == Wait::Try {
-                    return Ok(None);
+            };
+            let (notified, wake_at) = match granted {
+                Err(wait) => wait,
+                Ok(held) => {
+                    drop(waiting);
+                    return Ok(Some(self.answer(held).await));
                 }
-                if waiting.is_none() {
-                    entry.waiters += 1;
-                    waiting = Some(WaiterMark { space: self.space.clone(), key: key.clone() });
-                }
-                notified = entry.changed.clone().notified_owned();
-                wake_at = entry.next_expiry();
-            }
+            };
             // `notified` was created under the state lock, so a release after that point wakes it.
             match wake_at {
                 Some(t) => {
@@ -212,6 +301,26 @@ impl MemoryProvider {
                 None => notified.await,
             }
         }
+    }
+}
+
+impl MemoryProvider {
+    /// The answer to a granted acquisition, on its way back (a delay a test can cancel in).
+    async fn answer(&self, held: MemoryHeld) -> Arc<dyn RawHeld> {
+        let held = Arc::new(held);
+        // Granted on the "server"; if the caller gives up before the answer arrives, the grant
+        // must be undone after the caller is gone: the pattern every backend follows for what it
+        // created during an acquisition.
+        let undo = Cleanup::new({
+            let held = held.clone();
+            async move {
+                held.space.pause(Step::Undo).await;
+                held.release_now();
+            }
+        });
+        self.space.pause(Step::Grant).await;
+        undo.disarm();
+        held
     }
 }
 
@@ -279,6 +388,8 @@ struct MemoryHeld {
     id: u64,
     token: u64,
     valid_until: Option<Instant>,
+    /// Set by the `revoke` fault hook; watched by the core through `watch_lost`.
+    lost: LostSignal,
 }
 
 impl MemoryHeld {
@@ -307,6 +418,8 @@ impl RawHeld for MemoryHeld {
 
     fn renew(&self, lease: Duration) -> BoxFuture<'_, Result<Renewal>> {
         Box::pin(async move {
+            let sent = Instant::now();
+            self.space.pause(Step::Renew).await;
             let mut st = self.space.state();
             if st.renewals_fail {
                 return Err(Error::Unavailable {
@@ -320,8 +433,9 @@ impl RawHeld for MemoryHeld {
             e.purge_expired(now);
             match e.holders.iter_mut().find(|h| h.id == self.id) {
                 Some(h) => {
-                    h.expires = Some(now + lease);
-                    Ok(Renewal::Until(now + lease))
+                    h.expires = Some(instant_after(now, lease)?);
+                    // Valid from when the renewal was sent, as a network client must count.
+                    Ok(Renewal::Until(instant_after(sent, lease)?))
                 }
                 None => Ok(Renewal::Lost),
             }
@@ -329,11 +443,20 @@ impl RawHeld for MemoryHeld {
     }
 
     fn release(&self) -> BoxFuture<'_, Result<bool>> {
+        if self.space.is_delayed(Step::Release) {
+            // A release that takes time, as over a network.
+            return Box::pin(async move {
+                self.space.pause(Step::Release).await;
+                Ok(self.release_now())
+            });
+        }
+        // Synchronous: done before the future is first polled, so a dropped guard is released
+        // inside `drop`.
         let released = self.release_now();
         Box::pin(async move { Ok(released) })
     }
 
-    fn release_on_drop(self: Arc<Self>) {
-        self.release_now();
+    fn watch_lost(&self) -> Option<BoxFuture<'static, String>> {
+        Some(Box::pin(self.lost.reason_when_set()))
     }
 }

@@ -1,0 +1,201 @@
+//! Work that must finish after the future that started it is gone: the one helper for undo work
+//! (a cancelled acquisition's queue node, key, lease or session) and for the release of a dropped
+//! guard.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::OnceLock;
+use std::task::{Context, Waker};
+
+use tokio::runtime::{Handle, Runtime};
+
+use super::BoxFuture;
+
+/// Runs `work` to completion even though the caller does not wait for it.
+///
+/// The work starts at once, on the calling thread, and runs until it first has to wait; the rest
+/// runs as a task on a runtime that outlives the caller's future:
+///
+/// - the current tokio runtime, when there is one (the runtime that owns the backend's
+///   connections, in practice);
+/// - otherwise a small background runtime of interlock's own (one thread, `interlock-cleanup`,
+///   started on first use and kept for the life of the process): a guard dropped on a plain
+///   thread, a cleanup started from the blocking facade's caller.
+///
+/// Work that never has to wait (releasing a file lock, editing in-process state) therefore
+/// completes before `spawn_cleanup` returns.
+///
+/// When a runtime shuts down, tokio drops its unfinished tasks at their next await point, and
+/// cleanups are no exception: what they did not do is then left to the backend's own safety net
+/// (a lease that expires, a session or connection that closes when the process exits or when the
+/// dropped task drops it). The blocking facade lets its own runtime's tasks finish first (for a
+/// few seconds) when its last handle is dropped.
+///
+/// Backends use it through [`Cleanup`], which runs the work only when an acquisition is
+/// abandoned.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (tx, rx) = tokio::sync::oneshot::channel();
+/// interlock::raw::spawn_cleanup(async move {
+///     tokio::task::yield_now().await; // runs on the runtime after the caller moved on
+///     let _ = tx.send("undone");
+/// });
+/// assert_eq!(rx.await.unwrap(), "undone");
+/// # }
+/// ```
+pub fn spawn_cleanup<F>(work: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let Some(handle) = Handle::try_current().ok().or_else(background) else {
+        tracing::warn!(
+            "no tokio runtime and interlock's background runtime cannot start: cleanup work (a release, an undo) \
+             is dropped; the backend's lease or session expiry will clean up"
+        );
+        return;
+    };
+    let mut work: BoxFuture<'static, ()> = Box::pin(work);
+    {
+        // The first poll runs here, in the runtime's context so that timers and I/O can register.
+        let _enter = handle.enter();
+        if work.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_ready() {
+            return;
+        }
+    }
+    // Polled once with a no-op waker: the task polls it again at once with its own waker.
+    drop(handle.spawn(work));
+}
+
+/// interlock's own runtime, for cleanups started where no runtime is current.
+fn background() -> Option<Handle> {
+    static BACKGROUND: OnceLock<Option<Runtime>> = OnceLock::new();
+    BACKGROUND
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("interlock-cleanup")
+                .enable_all()
+                .build()
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot start interlock's background runtime"))
+                .ok()
+        })
+        .as_ref()
+        .map(|rt| rt.handle().clone())
+}
+
+/// Undo work that runs if, and only if, the future holding it is dropped before it calls
+/// [`Cleanup::disarm`].
+///
+/// A backend's `acquire` future can be dropped at any await point (the caller's deadline, a lost
+/// `select!`, an aborted task). Whatever it created on the backend by then (a queue node, a key, a
+/// lease, a session that may hold a grant) must go. Arm a `Cleanup` as soon as such a thing
+/// exists, and disarm it when `acquire` returns the lock; if the future is dropped in between, the
+/// work runs through [`spawn_cleanup`], on a runtime that outlives the caller. On the `Ok(None)`
+/// path (the deadline, a failed try) just drop it: the undo is then started the same way.
+///
+/// The undo must be idempotent and must check ownership itself (delete the node only if it is
+/// ours): it may run after the backend already gave the thing away.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use interlock::raw::Cleanup;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let node_exists = Arc::new(AtomicBool::new(false));
+/// let acquire = {
+///     let node_exists = node_exists.clone();
+///     async move {
+///         node_exists.store(true, Ordering::SeqCst); // e.g. create our queue node
+///         let undo = {
+///             let node_exists = node_exists.clone();
+///             Cleanup::new(async move { node_exists.store(false, Ordering::SeqCst) })
+///         };
+///         std::future::pending::<()>().await; // wait for our turn ...
+///         undo.disarm(); // ... never reached here: the caller gives up first
+///     }
+/// };
+/// // The caller's deadline drops the acquisition mid-wait.
+/// let _ = tokio::time::timeout(std::time::Duration::from_millis(10), acquire).await;
+/// assert!(!node_exists.load(Ordering::SeqCst));
+/// # }
+/// ```
+#[must_use = "a Cleanup runs its work when dropped; keep it until the acquisition succeeds"]
+pub struct Cleanup {
+    work: Option<BoxFuture<'static, ()>>,
+}
+
+impl Cleanup {
+    /// Arms `work`.
+    pub fn new<F>(work: F) -> Cleanup
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        Cleanup { work: Some(Box::pin(work)) }
+    }
+
+    /// The acquisition finished and keeps what it created: the work never runs.
+    pub fn disarm(mut self) {
+        self.work = None;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(work) = self.work.take() {
+            spawn_cleanup(work);
+        }
+    }
+}
+
+impl fmt::Debug for Cleanup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cleanup").field("armed", &self.work.is_some()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[test]
+    fn work_that_never_waits_completes_inline_even_without_a_runtime() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        spawn_cleanup(async move {
+            n2.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn work_that_waits_finishes_on_the_background_runtime() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        spawn_cleanup(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tx.send(std::thread::current().name().map(str::to_owned));
+        });
+        let name = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(name.as_deref(), Some("interlock-cleanup"));
+    }
+
+    #[tokio::test]
+    async fn disarmed_cleanup_never_runs() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        Cleanup::new(async move {
+            n2.fetch_add(1, Ordering::SeqCst);
+        })
+        .disarm();
+        tokio::task::yield_now().await;
+        assert_eq!(n.load(Ordering::SeqCst), 0);
+    }
+}
