@@ -19,6 +19,12 @@ fn start(url: &str, name: &str, script: &str) -> Proc {
     Proc::spawn(c)
 }
 
+/// Shell code that waits until the file `gate` exists: a process that stays in its critical
+/// section until the test lets it go, however slow the machine.
+fn wait_for(gate: &Path) -> String {
+    format!("while [ ! -e {} ]; do sleep 0.02; done", gate.display())
+}
+
 /// The lines of `path` (empty if missing).
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
@@ -74,12 +80,14 @@ fn a_background_child_keeps_the_lock_after_the_command_exits() {
     let d = LockDir::new();
     let url = d.url();
     let log = d.tmp.path().join("log");
-    let script = format!("(sleep 1; echo child >> {log}) & echo parent-exits", log = log.display());
+    let gate = d.tmp.path().join("gate");
+    let script = format!("({}; echo child >> {log}) & echo parent-exits", wait_for(&gate), log = log.display());
     let mut p = start(&url, "x", &script);
     assert_eq!(p.line(), "parent-exits");
     // The command itself has exited; its child has not: the lock stays held.
     assert_eq!(try_lock(&url, "x"), Some(1));
-    assert!(lines(&log).is_empty(), "the child was still sleeping");
+    assert!(lines(&log).is_empty(), "the child was still waiting");
+    std::fs::write(&gate, "").unwrap();
     assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
     assert_eq!(lines(&log), ["child"], "interlock exits only after the last descendant");
     assert_eq!(try_lock(&url, "x"), Some(0));
@@ -91,13 +99,16 @@ fn a_daemon_that_detaches_still_runs_inside_the_lock() {
     let d = LockDir::new();
     let url = d.url();
     let log = d.tmp.path().join("log");
+    let gate = d.tmp.path().join("gate");
     let script = format!(
-        "(setsid sh -c 'sleep 1; echo daemon >> {log}' < /dev/null > /dev/null 2>&1 &); echo detached",
+        "(setsid sh -c '{}; echo daemon >> {log}' < /dev/null > /dev/null 2>&1 &); echo detached",
+        wait_for(&gate),
         log = log.display()
     );
     let mut p = start(&url, "x", &script);
     assert_eq!(p.line(), "detached");
     assert_eq!(try_lock(&url, "x"), Some(1));
+    std::fs::write(&gate, "").unwrap();
     assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
     assert_eq!(lines(&log), ["daemon"]);
     assert_eq!(try_lock(&url, "x"), Some(0));
@@ -109,11 +120,13 @@ fn sigterm_reaches_every_process_of_the_command_once_and_the_lock_waits_for_all(
     let url = d.url();
     let log = d.tmp.path().join("log");
     // The parent exits at once on SIGTERM; its child takes its time to finish.
+    let gate = d.tmp.path().join("gate");
     let script = format!(
         "trap 'echo parent-term >> {log}; exit 0' TERM; \
-         (trap 'echo child-term >> {log}; sleep 0.6; echo child-end >> {log}; exit 0' TERM; \
+         (trap 'echo child-term >> {log}; {wait}; echo child-end >> {log}; exit 0' TERM; \
           while :; do sleep 0.05; done) & \
          echo ready; wait",
+        wait = wait_for(&gate),
         log = log.display()
     );
     let mut p = start(&url, "x", &script);
@@ -123,6 +136,7 @@ fn sigterm_reaches_every_process_of_the_command_once_and_the_lock_waits_for_all(
     eventually("both got SIGTERM", || lines(&log).len() >= 2);
     // The child is still in its critical section: nobody else may have the lock.
     assert_eq!(try_lock(&url, "x"), Some(1));
+    std::fs::write(&gate, "").unwrap();
     assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
     let mut got = lines(&log);
     got.sort();
@@ -154,7 +168,8 @@ fn on_the_file_backend_the_command_keeps_the_lock_when_interlock_is_killed() {
     let d = LockDir::new();
     let url = d.url();
     let log = d.tmp.path().join("log");
-    let script = format!("echo ready; sleep 1; echo done >> {log}", log = log.display());
+    let gate = d.tmp.path().join("gate");
+    let script = format!("echo ready; {}; echo done >> {log}", wait_for(&gate), log = log.display());
     let mut p = start(&url, "x", &script);
     assert_eq!(p.line(), "ready");
     // Not `kill9`, which also waits for the end of the output, which the command holds open.
@@ -162,6 +177,7 @@ fn on_the_file_backend_the_command_keeps_the_lock_when_interlock_is_killed() {
     p.child.wait().unwrap();
     // As with flock(1): the command inherited the lock's descriptor.
     assert_eq!(try_lock(&url, "x"), Some(1));
+    std::fs::write(&gate, "").unwrap();
     eventually("the command finished", || !lines(&log).is_empty());
     eventually("the lock is free once the command is gone", || try_lock(&url, "x") == Some(0));
 }
@@ -241,7 +257,7 @@ fn timeout_delivers_sigterm_to_the_command_once() {
     let d = LockDir::new();
     let log = d.tmp.path().join("log");
     let mut c = Command::new("timeout");
-    c.args(["0.5", BIN, "run", "-u", &d.url(), "x", "--", "python3", "-c", &counter("TERM", &log), "1.5"]);
+    c.args(["1.5", BIN, "run", "-u", &d.url(), "x", "--", "python3", "-c", &counter("TERM", &log), "3"]);
     let out = cli_support::output(c);
     assert_eq!(out.code(), Some(124), "{out:?}");
     assert_eq!(lines(&log), ["TERM", "end"], "SIGTERM must arrive exactly once");
@@ -268,7 +284,8 @@ fn a_signal_ignored_at_start_stays_ignored_for_interlock_and_the_command() {
 #[test]
 fn sigtstp_stops_the_command_and_interlock_and_sigcont_resumes_both() {
     let d = LockDir::new();
-    let mut p = start(&d.url(), "x", "echo $$; sleep 0.6; echo finished");
+    // The command waits for a line on stdin, not for a time that a loaded machine might outlast.
+    let mut p = start(&d.url(), "x", "echo $$; read line; echo finished $line");
     let child: u32 = p.line().parse().unwrap();
     p.signal(Signal::TSTP);
     let deadline = Instant::now() + cli_support::LONG;
@@ -277,11 +294,12 @@ fn sigtstp_stops_the_command_and_interlock_and_sigcont_resumes_both() {
         assert!(Instant::now() < deadline, "command and interlock not both stopped: {states:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(800));
-    assert!(p.running());
+    p.send("go\n");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(p.running() && state(child) == 'T', "a stopped command must not run on");
     p.signal(Signal::CONT);
+    assert_eq!(p.line(), "finished go");
     assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
-    assert_eq!(p.line(), "finished");
 }
 
 /// Runs `argv` as the session leader of a new terminal (a pty), in its foreground; once `ready`
@@ -346,7 +364,8 @@ fn ctrl_z_in_a_terminal_stops_the_job_and_fg_resumes_it() {
     }
     let d = LockDir::new();
     let log = d.tmp.path().join("log");
-    let script = format!("echo ready; sleep 0.5; echo end >> {log}", log = log.display());
+    // Long enough that the Ctrl-Z, typed right after `ready`, comes before the end.
+    let script = format!("echo ready; sleep 2; echo end >> {log}", log = log.display());
     let said = in_a_terminal(&d, &["sh", "-c", &script], "\x1a");
     assert_eq!(said.lines().collect::<Vec<_>>(), ["stopped", "status 0"], "{said}");
     assert_eq!(lines(&log), ["end"]);
