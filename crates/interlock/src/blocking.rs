@@ -175,6 +175,15 @@ impl Provider {
     pub fn status(&self, name: impl AsRef<str>) -> Result<LockStatus> {
         self.rt.block_on(self.inner.status(name))?
     }
+
+    /// Closes the provider; see [`crate::Provider::close`].
+    ///
+    /// # Errors
+    ///
+    /// As the async form.
+    pub fn close(&self) -> Result<()> {
+        self.rt.block_on(self.inner.close())?
+    }
 }
 
 macro_rules! blocking_methods {

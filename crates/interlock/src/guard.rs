@@ -8,9 +8,10 @@ use std::time::Instant;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::lease::{self, MonitorCount, Validity, Watch};
+use crate::lease::{self, Validity, Watch};
 use crate::local::LocalPermit;
 use crate::name::LockName;
+use crate::provider::Provider;
 use crate::raw::{LeaseConfig, LockKind, LostSignal, RawHeld, spawn_cleanup};
 
 /// A held lock. Released by [`Guard::release`] (which reports errors and lost locks) or,
@@ -43,6 +44,9 @@ struct Held {
     // Dropped only after the backend lock is released, so the next local waiter goes to the
     // backend once this holder is gone there.
     local: LocalPermit,
+    // The provider that made the lock, kept until the lock is released: the last handle of a
+    // provider closes its connections, which must not happen under a held lock.
+    _provider: Provider,
 }
 
 impl Held {
@@ -76,7 +80,7 @@ impl Guard {
         raw: Arc<dyn RawHeld>,
         lease: LeaseConfig,
         local: LocalPermit,
-        monitors: &Arc<MonitorCount>,
+        provider: &Provider,
     ) -> Guard {
         let token = raw.fencing_token();
         let lost = LostSignal::new();
@@ -88,8 +92,9 @@ impl Guard {
             validity: validity.clone(),
             event: raw.watch_lost(),
         };
-        let monitor = lease::spawn(watch, monitors);
-        Guard { name, kind, backend, token, lost, validity, held: Some(Held { raw, monitor, local }) }
+        let monitor = lease::spawn(watch, provider.monitors());
+        let held = Held { raw, monitor, local, _provider: provider.clone() };
+        Guard { name, kind, backend, token, lost, validity, held: Some(held) }
     }
 
     /// The lock name.

@@ -30,11 +30,18 @@ enum Gate {
     Semaphore { sem: Arc<Semaphore>, permits: u32 },
 }
 
-/// Holds a place in the local gate; dropping it lets the next local waiter in.
+/// Holds a place in the local gate; dropping it lets the next local waiter in. An acquisition
+/// that bypasses the gate holds an empty one ([`LocalPermit::none`]).
 #[derive(Debug)]
 pub(crate) struct LocalPermit {
-    _held: Held,
-    _gate: Arc<Gate>,
+    _held: Option<(Held, Arc<Gate>)>,
+}
+
+impl LocalPermit {
+    /// No place in any gate: for acquisitions that go straight to the backend.
+    pub(crate) fn none() -> LocalPermit {
+        LocalPermit { _held: None }
+    }
 }
 
 #[derive(Debug)]
@@ -147,7 +154,7 @@ impl LocalQueues {
                 },
             }
         };
-        Ok(Outcome::Entered(LocalPermit { _held: held, _gate: gate }))
+        Ok(Outcome::Entered(LocalPermit { _held: Some((held, gate)) }))
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::guard::Guard;
 use crate::lease::MonitorCount;
-use crate::local::{LocalQueues, Outcome};
+use crate::local::{LocalPermit, LocalQueues, Outcome};
 use crate::name::LockName;
 use crate::raw::{Capabilities, LeaseConfig, LockKind, LockStatus, RawProvider, Request, Wait};
 
@@ -42,6 +42,7 @@ pub struct AcquireOptions {
     wait: WaitFor,
     lease: Option<Duration>,
     renew_every: Option<Duration>,
+    local_queue: bool,
 }
 
 impl Default for AcquireOptions {
@@ -53,7 +54,7 @@ impl Default for AcquireOptions {
 impl AcquireOptions {
     /// One attempt.
     pub fn try_once() -> Self {
-        AcquireOptions { wait: WaitFor::Try, lease: None, renew_every: None }
+        AcquireOptions { wait: WaitFor::Try, lease: None, renew_every: None, local_queue: true }
     }
 
     /// Wait at most `timeout` (`Duration::ZERO` behaves like one attempt, but reports
@@ -84,6 +85,17 @@ impl AcquireOptions {
     pub fn wait(&self) -> WaitFor {
         self.wait
     }
+
+    /// Skips the in-process queue: the acquisition goes straight to the backend, even when
+    /// another acquisition of the same provider holds or waits for the name. For tests that must
+    /// make two acquisitions of one provider meet at the backend (the conformance suite proves
+    /// with it that a backend never lets two of them share a session's lock); applications have
+    /// no use for it.
+    #[doc(hidden)]
+    pub fn without_local_queue(mut self) -> Self {
+        self.local_queue = false;
+        self
+    }
 }
 
 /// Makes locks on one backend. Cheap to clone; clones share the in-process queues.
@@ -96,10 +108,25 @@ pub struct Provider {
 
 struct Inner {
     raw: Arc<dyn RawProvider>,
+    /// Set by [`Provider::close`]: later acquisitions fail.
+    closed: std::sync::atomic::AtomicBool,
     local: LocalQueues,
     monitors: Arc<MonitorCount>,
     lease: LeaseConfig,
     url: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !*self.closed.get_mut() {
+            let raw = self.raw.clone();
+            crate::raw::spawn_cleanup(async move {
+                if let Err(e) = raw.close().await {
+                    tracing::debug!(error = %e, "closing a dropped provider failed");
+                }
+            });
+        }
+    }
 }
 
 impl fmt::Debug for Provider {
@@ -115,7 +142,16 @@ impl fmt::Debug for Provider {
 impl Provider {
     /// Wraps a raw backend. `url` must already be redacted.
     pub fn from_raw(raw: Arc<dyn RawProvider>, lease: LeaseConfig, url: String) -> Self {
-        Provider { inner: Arc::new(Inner { raw, local: LocalQueues::default(), monitors: Arc::default(), lease, url }) }
+        Provider {
+            inner: Arc::new(Inner {
+                raw,
+                closed: std::sync::atomic::AtomicBool::new(false),
+                local: LocalQueues::default(),
+                monitors: Arc::default(),
+                lease,
+                url,
+            }),
+        }
     }
 
     /// The backend's short name (`file`, `memory`, ...).
@@ -180,6 +216,42 @@ impl Provider {
         self.inner.raw.status(&name).await
     }
 
+    /// The counter of this provider's monitor tasks.
+    pub(crate) fn monitors(&self) -> &Arc<MonitorCount> {
+        &self.inner.monitors
+    }
+
+    /// Closes the provider: stops the backend's background work and closes its connections.
+    /// Acquisitions through it (and its clones) fail from then on with [`Error::Unavailable`];
+    /// locks still held through it may be lost on backends that hold them on a connection or a
+    /// session (their guards say so, and `release()` reports it). Dropping the last handle of a
+    /// provider closes it too, best-effort, in the background. Closing twice is harmless.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error while closing (the provider is closed anyway).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> interlock::Result<()> {
+    /// let locks = interlock::connect("memory://").await?;
+    /// locks.close().await?;
+    /// assert!(locks.mutex("x")?.try_lock().await.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.inner.raw.close().await
+    }
+
+    /// True once [`Provider::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Number of names that have local waiters or holders in this provider (a diagnostic, used by
     /// tests to show that cancelled acquisitions leave nothing queued).
     #[doc(hidden)]
@@ -210,9 +282,20 @@ impl Provider {
             WaitFor::Timeout(waited) => Err(Error::Timeout { name: name.display(), waited }),
             _ => Ok(None),
         };
-        let local = match self.inner.local.enter(name, kind, try_only, deadline).await? {
-            Outcome::Entered(p) => p,
-            Outcome::Busy => return timeout(),
+        if self.is_closed() {
+            return Err(Error::Unavailable {
+                backend: self.backend(),
+                message: format!("{}: this provider was closed", self.inner.url),
+                source: None,
+            });
+        }
+        let local = if opts.local_queue {
+            match self.inner.local.enter(name, kind, try_only, deadline).await? {
+                Outcome::Entered(p) => p,
+                Outcome::Busy => return timeout(),
+            }
+        } else {
+            LocalPermit::none()
         };
         let request = Request { name: name.clone(), kind, lease };
         let wait = if try_only { Wait::Try } else { Wait::Until(deadline) };
@@ -225,9 +308,7 @@ impl Provider {
             None => attempt.await?,
         };
         match held {
-            Some(raw) => {
-                Ok(Some(Guard::new(name.clone(), kind, self.backend(), raw, lease, local, &self.inner.monitors)))
-            }
+            Some(raw) => Ok(Some(Guard::new(name.clone(), kind, self.backend(), raw, lease, local, self))),
             None => timeout(),
         }
     }

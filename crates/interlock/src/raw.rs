@@ -283,6 +283,15 @@ pub trait RawProvider: Send + Sync + Debug + 'static {
 
     /// Who holds `name`, as far as the backend can tell.
     fn status<'a>(&'a self, name: &'a LockName) -> BoxFuture<'a, Result<LockStatus>>;
+
+    /// Stops the backend's background work (pub/sub connections, sessions, keep-alives) and
+    /// closes its connections. Called once, by [`crate::Provider::close`] or, best-effort in the
+    /// background, when the last handle of the provider is dropped. Locks still held through
+    /// this provider may then be lost (their guards say so). The default does nothing: for
+    /// backends without background work.
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// What a backend supports.

@@ -9,6 +9,7 @@ mod exclusion;
 mod faults;
 mod fencing;
 mod input;
+mod local;
 mod shared;
 mod waiting;
 
@@ -17,6 +18,7 @@ pub use exclusion::*;
 pub use faults::*;
 pub use fencing::*;
 pub use input::*;
+pub use local::*;
 pub use shared::*;
 pub use waiting::*;
 
@@ -45,6 +47,7 @@ macro_rules! conformance_suite {
                 unlocked_tasks_lose_updates,
                 unlocked_processes_lose_updates,
                 not_reentrant,
+                one_provider_excludes_itself_at_the_backend,
                 rwlock_readers_share_writers_alone,
                 rwlock_mixed_load_never_overlaps_a_writer,
                 semaphore_never_exceeds_permits,
