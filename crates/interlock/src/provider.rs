@@ -282,6 +282,14 @@ impl Provider {
             WaitFor::Timeout(waited) => Err(Error::Timeout { name: name.display(), waited }),
             _ => Ok(None),
         };
+        let capabilities = self.capabilities();
+        if !capabilities.supports(kind) {
+            let what = if matches!(kind, LockKind::Read) { "read-write locks" } else { "semaphores" };
+            return Err(Error::Unsupported {
+                backend: self.backend(),
+                operation: format!("{what} are not supported by this backend (lock {})", name.display()),
+            });
+        }
         if self.is_closed() {
             return Err(Error::Unavailable {
                 backend: self.backend(),

@@ -304,12 +304,39 @@ pub struct Capabilities {
     pub can_lose: bool,
     /// Fencing tokens are always present.
     pub fencing: bool,
+    /// Read-write locks are supported (their read side, shared holders).
+    pub rwlock: bool,
+    /// Semaphores are supported.
+    pub semaphore: bool,
 }
 
 impl Capabilities {
-    /// Builds a capability set (the struct is `#[non_exhaustive]`).
-    pub fn new(cross_process: bool, can_lose: bool, fencing: bool) -> Self {
-        Capabilities { cross_process, can_lose, fencing }
+    /// Builds a capability set (the struct is `#[non_exhaustive]`), with every primitive
+    /// supported.
+    pub const fn new(cross_process: bool, can_lose: bool, fencing: bool) -> Self {
+        Capabilities { cross_process, can_lose, fencing, rwlock: true, semaphore: true }
+    }
+
+    /// The same, without read-write locks: the core refuses them with
+    /// [`crate::Error::Unsupported`] before asking the backend.
+    pub const fn without_rwlock(mut self) -> Self {
+        self.rwlock = false;
+        self
+    }
+
+    /// The same, without semaphores (refused as for [`Capabilities::without_rwlock`]).
+    pub const fn without_semaphore(mut self) -> Self {
+        self.semaphore = false;
+        self
+    }
+
+    /// Whether the backend supports `kind`.
+    pub fn supports(&self, kind: LockKind) -> bool {
+        match kind {
+            LockKind::Mutex | LockKind::Write => true,
+            LockKind::Read => self.rwlock,
+            LockKind::Semaphore { .. } => self.semaphore,
+        }
     }
 }
 

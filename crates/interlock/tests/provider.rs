@@ -117,3 +117,36 @@ fn the_blocking_facade_closes_too() {
     p.close().unwrap();
     assert!(p.mutex("x").unwrap().try_lock().is_err());
 }
+
+/// A backend without read-write locks or semaphores never sees a request for one: the core
+/// refuses it with `Unsupported`, naming the backend.
+#[tokio::test]
+async fn primitives_a_backend_lacks_are_refused_by_the_core() {
+    #[derive(Debug, Default)]
+    struct MutexOnly(Counting);
+    impl RawProvider for MutexOnly {
+        fn backend(&self) -> &'static str {
+            "mutex-only"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::new(false, false, true).without_rwlock().without_semaphore()
+        }
+        fn acquire(&self, r: Request, w: Wait) -> BoxFuture<'_, interlock::Result<Option<Arc<dyn RawHeld>>>> {
+            assert!(!matches!(r.kind, interlock::LockKind::Read | interlock::LockKind::Semaphore { .. }), "{r:?}");
+            self.0.acquire(r, w)
+        }
+        fn status<'a>(&'a self, name: &'a LockName) -> BoxFuture<'a, interlock::Result<LockStatus>> {
+            self.0.status(name)
+        }
+    }
+    let lease = LeaseConfig::new(Duration::from_secs(10), Duration::from_secs(3)).unwrap();
+    let p = Provider::from_raw(Arc::new(MutexOnly::default()), lease, "mutex-only://".into());
+    for e in [
+        p.rwlock("x").unwrap().try_read().await.unwrap_err(),
+        p.semaphore("x", 2).unwrap().try_acquire().await.unwrap_err(),
+    ] {
+        assert!(matches!(e, Error::Unsupported { backend: "mutex-only", .. }), "{e}");
+    }
+    p.mutex("x").unwrap().try_lock().await.unwrap().unwrap().release().await.unwrap();
+    p.rwlock("x").unwrap().try_write().await.unwrap().unwrap().release().await.unwrap();
+}

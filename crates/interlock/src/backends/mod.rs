@@ -103,7 +103,7 @@ impl Backend {
             feature: Some(feature),
             docs: "",
             default_lease: lease,
-            capabilities: Capabilities { cross_process: true, can_lose: true, fencing: true },
+            capabilities: Capabilities::new(true, true, true),
             availability: Availability::Planned,
             connect: None,
         }

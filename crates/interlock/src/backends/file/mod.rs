@@ -55,7 +55,7 @@ pub(crate) const BACKEND: Backend = Backend {
     feature: None,
     docs: "docs/backends/file.md",
     default_lease: None,
-    capabilities: Capabilities { cross_process: true, can_lose: false, fencing: true },
+    capabilities: Capabilities::new(true, false, true),
     availability: Availability::Built,
     connect: Some(connect),
 };

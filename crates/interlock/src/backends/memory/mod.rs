@@ -46,7 +46,7 @@ pub(crate) const BACKEND: Backend = Backend {
     feature: None,
     docs: "docs/backends/memory.md",
     default_lease: None,
-    capabilities: Capabilities { cross_process: false, can_lose: true, fencing: true },
+    capabilities: Capabilities::new(false, true, true),
     availability: Availability::Built,
     connect: Some(connect),
 };
