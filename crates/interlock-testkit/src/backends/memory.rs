@@ -1,0 +1,61 @@
+//! The `memory://` harness: a fresh space per harness, and the memory backend's fault hooks
+//! ([`interlock::memory::MemorySpace`]) standing in for a server's.
+
+use std::path::Path;
+use std::time::Duration;
+
+use interlock::memory::{MemorySpace, Step};
+
+use crate::harness::Harness;
+
+/// `memory://` with a fresh space per harness, and a lease so that the lease monitor runs in
+/// every case.
+#[derive(Debug)]
+pub struct MemoryHarness {
+    space: String,
+}
+
+impl MemoryHarness {
+    /// A harness with its own memory space.
+    pub fn new() -> Self {
+        MemoryHarness { space: crate::unique("conformance") }
+    }
+
+    /// A harness whose backend takes `latency` for every step (request, answer, release, renewal,
+    /// undo), as a network backend does: each step becomes an await point that the suite's
+    /// cancellations can hit.
+    pub fn with_latency(latency: Duration) -> Self {
+        let h = MemoryHarness::new();
+        let space = h.space();
+        for step in [Step::Acquire, Step::Grant, Step::Undo, Step::Release, Step::Renew] {
+            space.set_delay(step, Some(latency));
+        }
+        h
+    }
+
+    /// The memory space of this harness, for its fault hooks.
+    pub fn space(&self) -> MemorySpace {
+        MemorySpace::named(&self.space)
+    }
+}
+
+impl Default for MemoryHarness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Harness for MemoryHarness {
+    fn url(&self) -> String {
+        format!("memory://{}?lease=2s", self.space)
+    }
+
+    fn bin(&self) -> Option<&Path> {
+        None
+    }
+
+    async fn expire(&self, name: &str) -> bool {
+        self.space().expire(name).expect("name");
+        true
+    }
+}
