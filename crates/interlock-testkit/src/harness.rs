@@ -26,6 +26,39 @@ pub trait Harness: Send + Sync + 'static {
     /// expiry, session kill). Returns false when the backend cannot lose locks.
     fn expire(&self, name: &str) -> impl Future<Output = bool> + Send;
 
+    /// Fault hook: restart the server behind [`Harness::url`] without the locks it held, as a
+    /// server restarted without persistence forgets every lock and session (Redis without an
+    /// append-only file, a database restart that ends every session). Returns when the server
+    /// accepts connections again; false when the harness cannot restart its backend (no server,
+    /// or one shared with other cases: restart only a server no other case uses). The providers
+    /// made before the restart must work after it.
+    fn restart_server(&self) -> impl Future<Output = bool> + Send;
+
+    /// Whether fencing tokens keep increasing across [`Harness::restart_server`] (DESIGN section
+    /// 2 asks it of every backend: the counter must survive the restart). A harness returns false
+    /// only for a server configured so that its counters are lost with a restart, and the
+    /// backend's docs then say so; the restart case then checks everything but the tokens.
+    fn tokens_survive_restart(&self) -> bool {
+        true
+    }
+
+    /// Fault hook: kill, server-side, the connection or session that holds `name` for each of its
+    /// current holders (`KILL` on MySQL, `pg_terminate_backend`, a ZooKeeper session expiry), as
+    /// an administrator or a network failure would. Returns false when the harness cannot, or
+    /// when the backend's locks do not live in a connection (a Redis key outlives the client
+    /// connection that set it: killing that connection must not lose the lock at all).
+    fn kill_connections(&self, name: &str) -> impl Future<Output = bool> + Send;
+
+    /// Fault hook for holders in this process: make the current holders of `name` stop renewing,
+    /// as SIGSTOP of their process would, until [`Harness::resume_holders`]. The paused-holder case
+    /// uses a real `interlock hold` process stopped with SIGSTOP when the backend crosses
+    /// processes ([`Harness::bin`]) and this hook otherwise. Returns false when the harness cannot.
+    fn pause_holders(&self, name: &str) -> impl Future<Output = bool> + Send;
+
+    /// Fault hook: let the holders of `name` paused by [`Harness::pause_holders`] go on (SIGCONT).
+    /// Returns false when the harness cannot.
+    fn resume_holders(&self, name: &str) -> impl Future<Output = bool> + Send;
+
     /// The lease to request in lost-lock cases, short enough that tests are quick.
     fn short_lease(&self) -> Duration {
         Duration::from_millis(600)

@@ -38,4 +38,25 @@ impl Harness for FileHarness {
     async fn expire(&self, _name: &str) -> bool {
         false
     }
+
+    /// No server: the kernel holds the locks, and nothing short of the holder's death (or an
+    /// unlock by it) takes them away.
+    async fn restart_server(&self) -> bool {
+        false
+    }
+
+    /// No connections: a `flock` lives in its holder's open file description.
+    async fn kill_connections(&self, _name: &str) -> bool {
+        false
+    }
+
+    /// Not needed: the paused-holder case stops an `interlock hold` process, which on `file`
+    /// keeps its lock however long it is stopped (the case is not applicable: no leases).
+    async fn pause_holders(&self, _name: &str) -> bool {
+        false
+    }
+
+    async fn resume_holders(&self, _name: &str) -> bool {
+        false
+    }
 }

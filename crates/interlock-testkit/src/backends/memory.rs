@@ -58,4 +58,30 @@ impl Harness for MemoryHarness {
         self.space().expire(name).expect("name");
         true
     }
+
+    /// The space forgets every holder and tells each (its session ended with the server); the
+    /// fencing counters are kept, so tokens go on increasing.
+    async fn restart_server(&self) -> bool {
+        self.space().restart();
+        true
+    }
+
+    /// Memory guards behave like one session per lock: `revoke` pushes the loss to the holders
+    /// of `name` and wakes the waiters, as a server does when it kills a session.
+    async fn kill_connections(&self, name: &str) -> bool {
+        self.space().revoke(name).expect("name");
+        true
+    }
+
+    /// The holders' renewals wait, as a stopped process renews nothing (memory locks cannot be
+    /// held by another process, so there is no `interlock hold` to stop).
+    async fn pause_holders(&self, name: &str) -> bool {
+        self.space().pause_holders(name).expect("name");
+        true
+    }
+
+    async fn resume_holders(&self, name: &str) -> bool {
+        self.space().resume_holders(name).expect("name");
+        true
+    }
 }

@@ -2,13 +2,15 @@
 //!
 //! Each case is an `async fn case<H: Harness>(h: &H)`; [`conformance_suite!`](crate::conformance_suite)
 //! expands them into one named test per case per backend. Cases that need a capability the
-//! backend lacks (cross-process, losing a lock) return early with a note.
+//! backend lacks (cross-process, losing a lock) or a fault hook its harness lacks (restart the
+//! server, kill a connection, pause a holder) return early with a note.
 
 mod cancel;
 mod exclusion;
 mod faults;
 mod fencing;
 mod input;
+mod outages;
 mod shared;
 mod waiting;
 
@@ -17,6 +19,7 @@ pub use exclusion::*;
 pub use faults::*;
 pub use fencing::*;
 pub use input::*;
+pub use outages::*;
 pub use shared::*;
 pub use waiting::*;
 
@@ -68,6 +71,9 @@ macro_rules! conformance_suite {
                 lost_lock_is_signalled,
                 renewal_keeps_lock_past_its_lease,
                 stale_release_never_frees_another_holder,
+                paused_holder_reports_lost_on_resume,
+                server_restart_signals_lost_to_every_holder,
+                killed_connection_signals_lost_and_wakes_the_next_waiter,
                 bad_names_are_refused,
                 status_reports_holders
             );
