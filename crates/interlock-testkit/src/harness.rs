@@ -49,6 +49,15 @@ pub trait Harness: Send + Sync + 'static {
     /// connection that set it: killing that connection must not lose the lock at all).
     fn kill_connections(&self, name: &str) -> impl Future<Output = bool> + Send;
 
+    /// Whether a holder that stops (SIGSTOP) loses its lock once its lease runs out: true where a
+    /// lock lives in a lease or a session that its holder must keep alive (Redis, etcd,
+    /// ZooKeeper, memory with a lease); false where it lives as long as a connection, which the
+    /// kernel keeps open for a stopped process (MySQL `GET_LOCK`, PostgreSQL advisory locks). The
+    /// paused-holder case is not applicable when false.
+    fn stopped_holder_loses_lock(&self) -> bool {
+        true
+    }
+
     /// Fault hook for holders in this process: make the current holders of `name` stop renewing,
     /// as SIGSTOP of their process would, until [`Harness::resume_holders`]. The paused-holder case
     /// uses a real `interlock hold` process stopped with SIGSTOP when the backend crosses

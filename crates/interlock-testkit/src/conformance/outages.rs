@@ -49,6 +49,12 @@ pub async fn paused_holder_reports_lost_on_resume<H: Harness>(h: &H) {
             "this backend cannot lose a lock while its holder lives: a stopped holder keeps it",
         );
     }
+    if !h.stopped_holder_loses_lock() {
+        return not_applicable(
+            CASE,
+            "a lock of this backend lives as long as its connection, which a stopped holder keeps",
+        );
+    }
     let name = unique("paused");
     let lease = h.short_lease();
     if let (Some(bin), true) = (h.bin(), p.capabilities().cross_process) {
