@@ -1,11 +1,11 @@
-//! What the conformance suite needs from a backend: a URL, and hooks for fault cases.
+//! What the conformance suite needs from a backend: a URL, and hooks for fault cases. The
+//! harnesses themselves live with their backends, in [`crate::backends`].
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use interlock::Provider;
-use interlock::memory::Step;
 
 /// A backend under test. The suite only uses these methods, so a new backend needs a harness and
 /// one line of `conformance_suite!`.
@@ -26,89 +26,50 @@ pub trait Harness: Send + Sync + 'static {
     /// expiry, session kill). Returns false when the backend cannot lose locks.
     fn expire(&self, name: &str) -> impl Future<Output = bool> + Send;
 
+    /// Fault hook: restart the server behind [`Harness::url`] without the locks it held, as a
+    /// server restarted without persistence forgets every lock and session (Redis without an
+    /// append-only file, a database restart that ends every session). Returns when the server
+    /// accepts connections again; false when the harness cannot restart its backend (no server,
+    /// or one shared with other cases: restart only a server no other case uses). The providers
+    /// made before the restart must work after it.
+    fn restart_server(&self) -> impl Future<Output = bool> + Send;
+
+    /// Whether fencing tokens keep increasing across [`Harness::restart_server`] (DESIGN section
+    /// 2 asks it of every backend: the counter must survive the restart). A harness returns false
+    /// only for a server configured so that its counters are lost with a restart, and the
+    /// backend's docs then say so; the restart case then checks everything but the tokens.
+    fn tokens_survive_restart(&self) -> bool {
+        true
+    }
+
+    /// Fault hook: kill, server-side, the connection or session that holds `name` for each of its
+    /// current holders (`KILL` on MySQL, `pg_terminate_backend`, a ZooKeeper session expiry), as
+    /// an administrator or a network failure would. Returns false when the harness cannot, or
+    /// when the backend's locks do not live in a connection (a Redis key outlives the client
+    /// connection that set it: killing that connection must not lose the lock at all).
+    fn kill_connections(&self, name: &str) -> impl Future<Output = bool> + Send;
+
+    /// Whether a holder that stops (SIGSTOP) loses its lock once its lease runs out: true where a
+    /// lock lives in a lease or a session that its holder must keep alive (Redis, etcd,
+    /// ZooKeeper, memory with a lease); false where it lives as long as a connection, which the
+    /// kernel keeps open for a stopped process (MySQL `GET_LOCK`, PostgreSQL advisory locks). The
+    /// paused-holder case is not applicable when false.
+    fn stopped_holder_loses_lock(&self) -> bool {
+        true
+    }
+
+    /// Fault hook for holders in this process: make the current holders of `name` stop renewing,
+    /// as SIGSTOP of their process would, until [`Harness::resume_holders`]. The paused-holder case
+    /// uses a real `interlock hold` process stopped with SIGSTOP when the backend crosses
+    /// processes ([`Harness::bin`]) and this hook otherwise. Returns false when the harness cannot.
+    fn pause_holders(&self, name: &str) -> impl Future<Output = bool> + Send;
+
+    /// Fault hook: let the holders of `name` paused by [`Harness::pause_holders`] go on (SIGCONT).
+    /// Returns false when the harness cannot.
+    fn resume_holders(&self, name: &str) -> impl Future<Output = bool> + Send;
+
     /// The lease to request in lost-lock cases, short enough that tests are quick.
     fn short_lease(&self) -> Duration {
         Duration::from_millis(600)
-    }
-}
-
-/// `memory://` with a fresh space per harness, and a lease so that the lease monitor runs in
-/// every case.
-#[derive(Debug)]
-pub struct MemoryHarness {
-    space: String,
-}
-
-impl MemoryHarness {
-    /// A harness with its own memory space.
-    pub fn new() -> Self {
-        MemoryHarness { space: crate::unique("conformance") }
-    }
-
-    /// A harness whose backend takes `latency` for every step (request, answer, release, renewal,
-    /// undo), as a network backend does: each step becomes an await point that the suite's
-    /// cancellations can hit.
-    pub fn with_latency(latency: Duration) -> Self {
-        let h = MemoryHarness::new();
-        let space = interlock::memory::MemorySpace::named(&h.space);
-        for step in [Step::Acquire, Step::Grant, Step::Undo, Step::Release, Step::Renew] {
-            space.set_delay(step, Some(latency));
-        }
-        h
-    }
-}
-
-impl Default for MemoryHarness {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Harness for MemoryHarness {
-    fn url(&self) -> String {
-        format!("memory://{}?lease=2s", self.space)
-    }
-
-    fn bin(&self) -> Option<&Path> {
-        None
-    }
-
-    async fn expire(&self, name: &str) -> bool {
-        interlock::memory::MemorySpace::named(&self.space).expire(name).expect("name");
-        true
-    }
-}
-
-/// `file://` in a fresh temporary directory.
-#[derive(Debug)]
-pub struct FileHarness {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-}
-
-impl FileHarness {
-    /// A harness with its own lock directory, driving `bin` (the `interlock` binary) for
-    /// cross-process cases.
-    pub fn new(bin: impl Into<PathBuf>) -> Self {
-        FileHarness { dir: tempfile::tempdir().expect("tempdir"), bin: bin.into() }
-    }
-
-    /// The lock directory.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Harness for FileHarness {
-    fn url(&self) -> String {
-        format!("file://{}", self.dir.path().display())
-    }
-
-    fn bin(&self) -> Option<&Path> {
-        Some(&self.bin)
-    }
-
-    async fn expire(&self, _name: &str) -> bool {
-        false
     }
 }

@@ -1,6 +1,7 @@
-//! Test support for interlock: the conformance suite every backend runs, harnesses for the
-//! backends that need no server, helper processes (`interlock hold`, `interlock worker`), and the
-//! plumbing to run private server processes on loopback.
+//! Test support for interlock: the conformance suite every backend runs, one module per backend
+//! with its harness ([`backends`], mirroring the library's `backends/<name>/`), helper processes
+//! (`interlock hold`, `interlock worker`), and the plumbing to run private server processes on
+//! loopback ([`servers`]).
 //!
 //! A backend's test file instantiates the suite once per harness:
 //!
@@ -11,12 +12,15 @@
 //! which expands into one `#[tokio::test]` per case, named `file::<case>`, so a failure names both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod backends;
 pub mod conformance;
 pub mod harness;
 pub mod process;
 pub mod servers;
 
-pub use harness::{FileHarness, Harness, MemoryHarness};
+pub use backends::file::FileHarness;
+pub use backends::memory::MemoryHarness;
+pub use harness::Harness;
 
 /// True when missing tools or servers must fail the tests (`INTERLOCK_TEST_REQUIRE=1`, as in CI).
 pub fn required() -> bool {

@@ -88,6 +88,21 @@ impl Hold {
         status.code()
     }
 
+    /// Waits (up to `within`) for it to exit by itself, its stdin still open (so it has not been
+    /// asked to release): after a lost lock it exits 75. Returns its exit code (`None`: killed by
+    /// a signal).
+    ///
+    /// # Panics
+    ///
+    /// When it is still running after `within`.
+    pub async fn wait_exit(mut self, within: Duration) -> Option<i32> {
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("interlock hold did not exit within {within:?}"))
+            .ok()?;
+        status.code()
+    }
+
     /// SIGKILLs it (the kernel or the backend must release its lock) and reaps it.
     pub async fn kill9(mut self) {
         self.child.start_kill().expect("kill -9");

@@ -449,3 +449,67 @@ fn guard_dropped_outside_a_runtime_is_released() {
     sp.set_delay(Step::Release, None);
     drop(rt);
 }
+
+/// `restart` drops every holder of every name in the space and tells each at once (no lease
+/// involved), wakes the waiters, which then get in, and keeps the fencing counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_signals_every_holder_wakes_waiters_and_keeps_tokens() {
+    let s = space();
+    let sp = MemorySpace::named(&s);
+    let url = format!("memory://{s}");
+    let p = interlock::connect(&url).await.unwrap();
+    let m = p.mutex("a").unwrap().lock().await.unwrap();
+    let r1 = p.rwlock("b").unwrap().read().await.unwrap();
+    let r2 = p.rwlock("b").unwrap().read().await.unwrap();
+    let permit = p.semaphore("c", 2).unwrap().acquire().await.unwrap();
+    let other = interlock::connect(&url).await.unwrap();
+    let waiter = tokio::spawn({
+        let other = other.clone();
+        async move { other.mutex("a").unwrap().lock().await.unwrap() }
+    });
+    eventually("the waiter waits on the backend", || sp.counts("a").unwrap() == (1, 1)).await;
+    assert_eq!(sp.restart(), 4);
+    for g in [&m, &r1, &r2, &permit] {
+        tokio::time::timeout(EVENTUALLY, g.lost()).await.expect("lost() completes after a restart");
+    }
+    let next = tokio::time::timeout(EVENTUALLY, waiter).await.expect("the waiter gets in after the restart").unwrap();
+    assert!(next.fencing_token() > m.fencing_token(), "tokens go on from where they were");
+    let read_token = r1.fencing_token();
+    // A lost guard keeps its place in its provider's local queue until it is released.
+    for g in [m, r1, r2, permit] {
+        let e = g.release().await.unwrap_err();
+        assert!(e.is_lock_lost() && e.to_string().contains("restarted"), "{e}");
+    }
+    let w = p.rwlock("b").unwrap().write_timeout(EVENTUALLY).await.unwrap();
+    assert!(w.fencing_token() > read_token);
+    assert_eq!(sp.semaphore_counts("c").unwrap(), (0, 0));
+    let permits = [
+        p.semaphore("c", 2).unwrap().try_acquire().await.unwrap(),
+        other.semaphore("c", 2).unwrap().try_acquire().await.unwrap(),
+    ];
+    assert!(permits.iter().all(Option::is_some), "both permits are free again");
+    next.release().await.unwrap();
+    w.release().await.unwrap();
+}
+
+/// `pause_holders` stalls a holder's renewals as SIGSTOP of its process would: the backend drops
+/// it at its lease and admits the next holder, by which time the paused guard already counts its
+/// lock as lost by its local clock; after `resume_holders` its renewal finds the lock gone and
+/// its release is `LockLost`, without touching the next holder's lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_holder_loses_its_lock_to_the_next_one() {
+    let s = space();
+    let sp = MemorySpace::named(&s);
+    let url = format!("memory://{s}?lease=300ms");
+    let p = interlock::connect(&url).await.unwrap();
+    let g = p.mutex("job").unwrap().lock().await.unwrap();
+    assert_eq!(sp.pause_holders("job").unwrap(), 1);
+    let other = interlock::connect(&url).await.unwrap();
+    let next = other.mutex("job").unwrap().lock_timeout(EVENTUALLY).await.unwrap();
+    assert!(g.is_lost(), "the next holder got in while the paused one still counted its lock as held");
+    assert!(next.fencing_token() > g.fencing_token());
+    assert_eq!(sp.resume_holders("job").unwrap(), 1);
+    assert!(g.release().await.unwrap_err().is_lock_lost());
+    assert_eq!(sp.counts("job").unwrap(), (1, 0), "the next holder still holds it");
+    next.release().await.unwrap();
+}

@@ -2,7 +2,8 @@
 //!
 //! Each case is an `async fn case<H: Harness>(h: &H)`; [`conformance_suite!`](crate::conformance_suite)
 //! expands them into one named test per case per backend. Cases that need a capability the
-//! backend lacks (cross-process, losing a lock) return early with a note.
+//! backend lacks (cross-process, losing a lock) or a fault hook its harness lacks (restart the
+//! server, kill a connection, pause a holder) return early with a note.
 
 mod cancel;
 mod exclusion;
@@ -10,6 +11,7 @@ mod faults;
 mod fencing;
 mod input;
 mod local;
+mod outages;
 mod shared;
 mod waiting;
 
@@ -19,6 +21,7 @@ pub use faults::*;
 pub use fencing::*;
 pub use input::*;
 pub use local::*;
+pub use outages::*;
 pub use shared::*;
 pub use waiting::*;
 
@@ -71,6 +74,9 @@ macro_rules! conformance_suite {
                 lost_lock_is_signalled,
                 renewal_keeps_lock_past_its_lease,
                 stale_release_never_frees_another_holder,
+                paused_holder_reports_lost_on_resume,
+                server_restart_signals_lost_to_every_holder,
+                killed_connection_signals_lost_and_wakes_the_next_waiter,
                 bad_names_are_refused,
                 status_reports_holders
             );

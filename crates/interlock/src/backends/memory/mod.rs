@@ -8,7 +8,7 @@
 //! |---|---|
 //! | primitives | mutex, rwlock, semaphore (mutex and rwlock of one name are one lock) |
 //! | fencing | a per-name counter kept for the life of the process |
-//! | lost locks | only through the fault hooks in [`MemorySpace`] (`revoke` is pushed to the guard at once, with or without a lease), or with `?lease=DUR`, when locks expire unless renewed, like a server's |
+//! | lost locks | only through the fault hooks in [`MemorySpace`] (`revoke` and `restart` are pushed to the guard at once, with or without a lease), or with `?lease=DUR`, when locks expire unless renewed, like a server's |
 //! | options | `lease=DUR` (enables expiry), `renew=DUR` (default lease/3) |
 //!
 //! # Examples
@@ -109,6 +109,40 @@ impl MemorySpace {
     /// [`crate::Error::InvalidName`].
     pub fn revoke(&self, name: &str) -> Result<usize> {
         Ok(self.0.revoke(&LockName::new(name)?))
+    }
+
+    /// Restarts the "server" of this space, as a server restarted without its locks: every holder
+    /// of every name is told that its lock is gone (its session ended with the server; `lost()`
+    /// completes at once, with or without a lease, through [`crate::raw::RawHeld::watch_lost`])
+    /// and forgotten. Waiters are woken and try again, as clients that reconnect. The fencing
+    /// counters are kept: tokens keep increasing across a restart, as on a server that persists
+    /// them. Returns how many holders were dropped.
+    pub fn restart(&self) -> usize {
+        self.0.restart()
+    }
+
+    /// Makes the renewals of the current holders of `name` wait before they reach the lock table,
+    /// as a holder process stopped with SIGSTOP renews nothing: the lease runs out on the
+    /// "server", which drops the holder and admits the next one, while the guard notices only
+    /// by its local clock. Resume with [`MemorySpace::resume_holders`]. Only renewals wait
+    /// (releases and loss events do not). Returns how many holders were paused.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidName`].
+    pub fn pause_holders(&self, name: &str) -> Result<usize> {
+        Ok(self.0.pause_holders(&LockName::new(name)?))
+    }
+
+    /// Lets the holders of `name` paused by [`MemorySpace::pause_holders`] renew again (SIGCONT):
+    /// a waiting renewal goes on at once and, if the holder was dropped meanwhile, finds its lock
+    /// gone. Returns how many holders were paused.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidName`].
+    pub fn resume_holders(&self, name: &str) -> Result<usize> {
+        Ok(self.0.resume_holders(&LockName::new(name)?))
     }
 
     /// Makes every lease renewal in this space fail (as when the server is unreachable) until

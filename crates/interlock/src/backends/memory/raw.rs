@@ -25,7 +25,8 @@ static SPACES: LazyLock<StdMutex<HashMap<String, Arc<Space>>>> = LazyLock::new(D
 #[derive(Debug, Default)]
 pub(crate) struct Space {
     state: StdMutex<State>,
-    /// Wakes operations paused in a step when the delays change.
+    /// Wakes operations paused in a step when the delays change, and renewals of paused holders
+    /// when they resume.
     delays_changed: Notify,
 }
 
@@ -38,6 +39,9 @@ struct State {
     delays: HashMap<Step, Duration>,
     /// How many operations are inside each delayed step right now.
     in_step: HashMap<Step, usize>,
+    /// Fault hook: holders (by id, with their name) whose renewals wait, as those of a stopped
+    /// process would.
+    paused: HashMap<u64, LockName>,
 }
 
 /// Mutexes and read-write locks of one name are one lock; a semaphore of that name is another.
@@ -142,6 +146,64 @@ impl Space {
             }
         }
         self.expire(name)
+    }
+
+    /// Fault hook: a server restart that keeps nothing but the fencing counters. Every holder of
+    /// every name is told (its session ended with the server) and forgotten; waiters are woken
+    /// and try again, as clients that reconnect. Returns how many holders were dropped.
+    pub(crate) fn restart(&self) -> usize {
+        let mut st = self.state();
+        let mut n = 0;
+        for e in st.locks.values_mut() {
+            for h in &e.holders {
+                h.lost.set("the memory backend restarted (fault hook)");
+            }
+            n += e.holders.len();
+            e.holders.clear();
+            e.changed.notify_waiters();
+        }
+        st.paused.clear();
+        n
+    }
+
+    /// Fault hook: the renewals of the current holders of `name` wait (before they reach the
+    /// lock table) until [`Space::resume_holders`], as those of a stopped process would.
+    pub(crate) fn pause_holders(&self, name: &LockName) -> usize {
+        let mut st = self.state();
+        let mut ids = Vec::new();
+        for kind in [LockKind::Mutex, LockKind::Semaphore { permits: 1 }] {
+            if let Some(e) = st.locks.get(&Key::new(name, kind)) {
+                ids.extend(e.holders.iter().map(|h| h.id));
+            }
+        }
+        st.paused.extend(ids.iter().map(|&id| (id, name.clone())));
+        ids.len()
+    }
+
+    /// Fault hook: the holders of `name` paused by [`Space::pause_holders`] renew again, even
+    /// those the backend has dropped meanwhile (their renewal then finds the lock gone); renewals
+    /// waiting go on at once. Returns how many were paused.
+    pub(crate) fn resume_holders(&self, name: &LockName) -> usize {
+        let n = {
+            let mut st = self.state();
+            let before = st.paused.len();
+            st.paused.retain(|_, n| n != name);
+            before - st.paused.len()
+        };
+        self.delays_changed.notify_waiters();
+        n
+    }
+
+    /// Waits while holder `id` is paused ([`Space::pause_holders`]).
+    async fn while_paused(&self, id: u64) {
+        loop {
+            let mut resumed = pin!(self.delays_changed.notified());
+            resumed.as_mut().enable();
+            if !self.state().paused.contains_key(&id) {
+                return;
+            }
+            resumed.await;
+        }
     }
 
     pub(crate) fn set_renewals_failing(&self, fail: bool) {
@@ -420,6 +482,7 @@ impl RawHeld for MemoryHeld {
         Box::pin(async move {
             let sent = Instant::now();
             self.space.pause(Step::Renew).await;
+            self.space.while_paused(self.id).await;
             let mut st = self.space.state();
             if st.renewals_fail {
                 return Err(Error::Unavailable {
