@@ -39,6 +39,9 @@ pub async fn fencing_tokens_strictly_increase<H: Harness>(h: &H) {
 pub async fn fencing_tokens_shared_holders<H: Harness>(h: &H) {
     let name = unique("fenceread");
     let p = h.provider().await;
+    if !super::has(&p, "fencing_tokens_shared_holders", &[super::Needs::RwLock]) {
+        return;
+    }
     let rw = p.rwlock(&name).unwrap();
     let w = rw.write().await.unwrap();
     let tw = w.fencing_token().unwrap();

@@ -54,3 +54,21 @@ pub async fn status_reports_holders<H: Harness>(h: &H) {
     b.release().await.unwrap();
     assert_eq!(p.status(&name).await.unwrap().held, None);
 }
+
+/// A primitive the backend declares it lacks is refused with `Unsupported` (by the core, before
+/// the backend is asked); one it has is not.
+pub async fn primitives_a_backend_lacks_are_refused<H: Harness>(h: &H) {
+    let p = h.provider().await;
+    let caps = p.capabilities();
+    let name = unique("prims");
+    let read = p.rwlock(&name).unwrap().try_read().await;
+    let permit = p.semaphore(unique("prims-sem"), 2).unwrap().try_acquire().await;
+    for (have, got, what) in [(caps.rwlock, read.map(drop), "read lock"), (caps.semaphore, permit.map(drop), "permit")]
+    {
+        match (have, got) {
+            (true, Ok(())) => {}
+            (false, Err(interlock::Error::Unsupported { .. })) => {}
+            (have, got) => panic!("{what}: the backend declares support {have}, and got {got:?}"),
+        }
+    }
+}

@@ -34,6 +34,30 @@ pub(crate) fn not_applicable(case: &str, why: &str) {
     eprintln!("conformance: {case}: not applicable ({why})");
 }
 
+/// The primitives a case needs besides mutexes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Needs {
+    RwLock,
+    Semaphore,
+}
+
+/// True when the backend has what `case` needs; otherwise says so loudly and returns false, and
+/// the case skips (the core refuses those primitives: see `primitives_a_backend_lacks_are_refused`).
+pub(crate) fn has(p: &interlock::Provider, case: &str, needs: &[Needs]) -> bool {
+    let caps = p.capabilities();
+    for need in needs {
+        let (ok, what) = match need {
+            Needs::RwLock => (caps.rwlock, "read-write locks"),
+            Needs::Semaphore => (caps.semaphore, "semaphores"),
+        };
+        if !ok {
+            not_applicable(case, &format!("this backend declares no {what}"));
+            return false;
+        }
+    }
+    true
+}
+
 /// Expands into a module `$name` with one `#[tokio::test]` per conformance case, each running
 /// against a fresh `$harness`.
 #[macro_export]
@@ -78,6 +102,7 @@ macro_rules! conformance_suite {
                 server_restart_signals_lost_to_every_holder,
                 killed_connection_signals_lost_and_wakes_the_next_waiter,
                 bad_names_are_refused,
+                primitives_a_backend_lacks_are_refused,
                 status_reports_holders
             );
         }

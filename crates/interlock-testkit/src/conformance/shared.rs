@@ -10,9 +10,14 @@ use interlock::Error;
 use crate::harness::Harness;
 use crate::unique;
 
+use super::{Needs, has};
+
 /// Readers overlap; a writer is refused while readers hold, and readers while a writer holds.
 pub async fn rwlock_readers_share_writers_alone<H: Harness>(h: &H) {
     let (p1, p2) = (h.provider().await, h.provider().await);
+    if !has(&p1, "rwlock_readers_share_writers_alone", &[Needs::RwLock]) {
+        return;
+    }
     let name = unique("rw");
     let (a, b) = (p1.rwlock(&name).unwrap(), p2.rwlock(&name).unwrap());
     let r1 = a.read().await.unwrap();
@@ -36,6 +41,9 @@ pub async fn rwlock_readers_share_writers_alone<H: Harness>(h: &H) {
 pub async fn rwlock_mixed_load_never_overlaps_a_writer<H: Harness>(h: &H) {
     let name = unique("rwload");
     let (p1, p2) = (h.provider().await, h.provider().await);
+    if !has(&p1, "rwlock_mixed_load_never_overlaps_a_writer", &[Needs::RwLock]) {
+        return;
+    }
     // readers > 0: that many readers inside; -1: a writer inside.
     let state = Arc::new(AtomicI64::new(0));
     let max_readers = Arc::new(AtomicI64::new(0));
@@ -78,6 +86,9 @@ pub async fn rwlock_mixed_load_never_overlaps_a_writer<H: Harness>(h: &H) {
 pub async fn semaphore_never_exceeds_permits<H: Harness>(h: &H) {
     let name = unique("sem");
     let (p1, p2) = (h.provider().await, h.provider().await);
+    if !has(&p1, "semaphore_never_exceeds_permits", &[Needs::Semaphore]) {
+        return;
+    }
     let inside = Arc::new(AtomicI64::new(0));
     let max = Arc::new(AtomicI64::new(0));
     let mut tasks = Vec::new();
@@ -113,6 +124,9 @@ pub async fn semaphore_never_exceeds_permits<H: Harness>(h: &H) {
 pub async fn semaphore_permits_mismatch_is_an_error<H: Harness>(h: &H) {
     let name = unique("mismatch");
     let (p1, p2) = (h.provider().await, h.provider().await);
+    if !has(&p1, "semaphore_permits_mismatch_is_an_error", &[Needs::Semaphore]) {
+        return;
+    }
     let g = p1.semaphore(&name, 3).unwrap().acquire().await.unwrap();
     let local = p1.semaphore(&name, 4).unwrap().try_acquire().await;
     assert!(matches!(local, Err(Error::PermitsMismatch { existing: 3, requested: 4, .. })), "{local:?}");
