@@ -163,7 +163,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 ///
 /// 70 after the report when exclusion was violated; otherwise as listed in [`HELP`].
 pub async fn bench(args: BenchArgs) -> Outcome {
-    let url = acquire::resolve_url(args.url.as_deref());
+    let mut url = acquire::resolve_url(args.url.as_deref());
+    let starter = floor::floors_for_url(&url).and_then(|f| f.start_server);
+    // Kept until the end of the run: dropping it stops the server.
+    let server = match (args.start_server, starter) {
+        (true, Some(start)) => Some(start()?),
+        _ => None,
+    };
+    if let Some(s) = &server {
+        url.clone_from(&s.url);
+    }
     let target = Target::connect(&url).await?;
     let mut workloads = args.workloads.clone();
     if workloads.is_empty() {
@@ -185,7 +194,7 @@ pub async fn bench(args: BenchArgs) -> Outcome {
         notes: Vec::new(),
         violations: Vec::new(),
     };
-    if args.start_server {
+    if args.start_server && server.is_none() {
         report
             .notes
             .push(format!("--start-server: the {} backend needs no server; the URL is used as given", target.backend));

@@ -25,6 +25,7 @@ pub(super) const FLOORS: Floors = Floors {
     waiters: |t, w, kind| Box::pin(waiters(t, w, kind)),
     handoff: |t, holds, pace| Box::pin(handoff(t, holds, pace)),
     many_locks,
+    start_server: None,
 };
 
 /// The lock directory of a file target (every file target has one).

@@ -20,6 +20,7 @@ pub(super) const FLOORS: Floors = Floors {
     waiters: |_, w, _| Box::pin(task_waiters(w)),
     handoff: |_, holds, pace| Box::pin(async move { handoff(holds, pace) }),
     many_locks,
+    start_server: None,
 };
 
 /// A tokio primitive of the same kind, taken and released in a loop.

@@ -60,6 +60,25 @@ pub struct Floors {
     pub handoff: for<'a> fn(&'a Target, u64, Pace) -> Floor<'a, Option<HandoffFloor>>,
     /// The many-locks floor.
     pub many_locks: fn(&Target, u64) -> Result<Option<ManyFloor>, Failure>,
+    /// `--start-server`: starts a private server (free loopback port, temporary directory) and
+    /// returns its URL and a handle that stops it when dropped; `None` for backends that need no
+    /// server.
+    pub start_server: Option<fn() -> Result<StartedServer, Failure>>,
+}
+
+/// A private server started for one `interlock bench` run: its URL, and what stops it on drop.
+pub struct StartedServer {
+    /// The URL to bench.
+    pub url: String,
+    /// Stops the server when dropped.
+    pub _stop_on_drop: Box<dyn std::any::Any>,
+}
+
+/// The floors of the backend that `url`'s scheme names.
+pub fn floors_for_url(url: &str) -> Option<&'static Floors> {
+    let scheme = interlock::LockUrl::parse(url).ok()?.scheme().to_owned();
+    let backend = interlock::backends::for_scheme(&scheme)?;
+    FLOORS.iter().copied().find(|f| f.backend == backend.name)
 }
 
 /// Every backend's floors.
