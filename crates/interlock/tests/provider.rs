@@ -150,3 +150,16 @@ async fn primitives_a_backend_lacks_are_refused_by_the_core() {
     p.mutex("x").unwrap().try_lock().await.unwrap().unwrap().release().await.unwrap();
     p.rwlock("x").unwrap().try_write().await.unwrap().unwrap().release().await.unwrap();
 }
+
+/// `connect` gives up on a backend that does not connect within `connect_timeout`, with one
+/// `Unavailable` line that names the option; a slow one within the limit connects.
+#[tokio::test]
+async fn connect_gives_up_after_the_connect_timeout() {
+    let started = Instant::now();
+    let e = interlock::connect("memory://slow?connect_delay=30s&connect_timeout=200ms").await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(20), "it waited for the backend");
+    assert!(matches!(e, Error::Unavailable { backend: "memory", .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("connect_timeout") && !text.contains('\n'), "{text}");
+    interlock::connect("memory://slow?connect_delay=50ms&connect_timeout=20s").await.unwrap();
+}

@@ -1,4 +1,4 @@
-//! `memory://[SPACE][?lease=DUR&renew=DUR]`
+//! `memory://[SPACE][?lease=DUR&renew=DUR&connect_delay=DUR]`
 
 use crate::error::Result;
 use crate::provider::DEFAULT_LEASE;
@@ -13,9 +13,11 @@ pub(crate) struct MemoryConfig {
     /// Locks expire (and are renewed by the lease monitor) only when the URL sets `lease`.
     pub expiring: bool,
     pub lease: LeaseConfig,
+    /// How long connecting takes, to test `connect_timeout` (a server that answers slowly).
+    pub connect_delay: Option<std::time::Duration>,
 }
 
-pub(crate) const OPTIONS: &[&str] = &["lease", "renew"];
+pub(crate) const OPTIONS: &[&str] = &["lease", "renew", "connect_delay"];
 
 impl MemoryConfig {
     pub(crate) fn from_url(url: &LockUrl) -> Result<Self> {
@@ -29,12 +31,13 @@ impl MemoryConfig {
         let mut opts = url.options();
         let lease = opts.take_duration("lease")?;
         let renew = opts.take_duration("renew")?;
+        let connect_delay = opts.take_duration("connect_delay")?;
         opts.finish(OPTIONS)?;
         let expiring = lease.is_some();
         let lease = lease.unwrap_or(DEFAULT_LEASE);
         let renew_every = renew.unwrap_or(lease / 3);
         let lease = LeaseConfig::new(lease, renew_every).map_err(|e| url.invalid(lease_reason(e)))?;
-        Ok(MemoryConfig { space, expiring, lease })
+        Ok(MemoryConfig { space, expiring, lease, connect_delay })
     }
 }
 

@@ -54,6 +54,9 @@ pub(crate) const BACKEND: Backend = Backend {
 fn connect(url: &LockUrl) -> BoxFuture<'_, Result<Connected>> {
     Box::pin(async move {
         let config = MemoryConfig::from_url(url)?;
+        if let Some(delay) = config.connect_delay {
+            tokio::time::sleep(delay).await;
+        }
         let lease = config.lease;
         Ok((Arc::new(MemoryProvider::new(config)) as _, lease))
     })
