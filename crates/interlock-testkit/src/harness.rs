@@ -34,6 +34,15 @@ pub trait Harness: Send + Sync + 'static {
     /// made before the restart must work after it.
     fn restart_server(&self) -> impl Future<Output = bool> + Send;
 
+    /// Fault hook for backends made of several servers (Redlock masters, a ZooKeeper or etcd
+    /// ensemble): kill (SIGKILL) `k` of them, and return how many there are in all, or `None`
+    /// when the harness has a single server or none. The members stay dead for the rest of the
+    /// case (the harness restarts them for the next one).
+    fn kill_members(&self, k: usize) -> impl Future<Output = Option<usize>> + Send {
+        let _ = k;
+        async { None }
+    }
+
     /// Whether fencing tokens keep increasing across [`Harness::restart_server`] (DESIGN section
     /// 2 asks it of every backend: the counter must survive the restart). A harness returns false
     /// only for a server configured so that its counters are lost with a restart, and the

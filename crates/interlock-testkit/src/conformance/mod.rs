@@ -101,6 +101,7 @@ macro_rules! conformance_suite {
                 paused_holder_reports_lost_on_resume,
                 server_restart_signals_lost_to_every_holder,
                 killed_connection_signals_lost_and_wakes_the_next_waiter,
+                minority_of_members_killed_keeps_locks,
                 bad_names_are_refused,
                 primitives_a_backend_lacks_are_refused,
                 status_reports_holders

@@ -1,5 +1,5 @@
 //! Outages (DESIGN section 5, fault cases): a holder stopped past its lease, a server restart, a
-//! connection killed server-side. Each needs a fault hook of the harness
+//! connection killed server-side, a minority of an ensemble (or of Redlock's masters) killed. Each needs a fault hook of the harness
 //! ([`Harness::restart_server`], [`Harness::kill_connections`], [`Harness::pause_holders`] or a
 //! helper process to stop) and a backend that can lose a lock; without them it is not applicable.
 
@@ -202,4 +202,37 @@ pub async fn killed_connection_signals_lost_and_wakes_the_next_waiter<H: Harness
 /// Asserts that `name` is held, from a provider of its own.
 async fn assert_still_held<H: Harness>(h: &H, name: &str, what: &str) {
     assert!(h.provider().await.mutex(name).unwrap().try_lock().await.unwrap().is_none(), "{what}");
+}
+
+/// With a minority of its members killed (Redlock masters, a ZooKeeper or etcd ensemble), a
+/// backend keeps working: a lock held before stays held (renewed by the quorum left, never
+/// reported lost), exclusion holds, a new lock can be taken and released, and tokens keep
+/// increasing. Needs [`Harness::kill_members`]; not applicable to single-server backends.
+pub async fn minority_of_members_killed_keeps_locks<H: Harness>(h: &H) {
+    const CASE: &str = "minority_of_members_killed_keeps_locks";
+    let p = h.provider().await;
+    let name = unique("minority");
+    // Short enough that the lock must be renewed by the survivors during the case.
+    let lease = h.short_lease() * 2;
+    let held = p.mutex(&name).unwrap().lock_with(AcquireOptions::forever().lease(lease)).await.unwrap().unwrap();
+    let token = held.fencing_token();
+    let Some(members) = h.kill_members(1).await else {
+        held.release().await.unwrap();
+        return not_applicable(CASE, "the harness has a single server (no members to kill)");
+    };
+    let minority = (members - 1) / 2;
+    if minority > 1 {
+        assert!(h.kill_members(minority - 1).await.is_some());
+    }
+    tokio::time::sleep(lease * 3).await;
+    assert!(!held.is_lost(), "a lock held before {minority} of {members} members died was lost");
+    let other = h.provider().await;
+    assert!(other.mutex(&name).unwrap().try_lock().await.unwrap().is_none(), "exclusion with a minority down");
+    held.release().await.unwrap();
+    let next =
+        other.mutex(&name).unwrap().lock_timeout(EVENTUALLY).await.expect("a lock can be taken with a minority down");
+    if let (Some(a), Some(b)) = (token, next.fencing_token()) {
+        assert!(b > a, "tokens went back with a minority down: {a} then {b}");
+    }
+    next.release().await.unwrap();
 }
