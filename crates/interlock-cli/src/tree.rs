@@ -192,8 +192,14 @@ impl Tree {
                     continue;
                 }
                 fresh = true;
-                if let Some(Err(e)) = Pid::from_raw(p.pid).map(|pid| rustix::process::kill_process(pid, sig)) {
-                    tracing::debug!(pid = p.pid, error = %e, "cannot signal a process of the command");
+                match signal_scanned(*p, sig) {
+                    Ok(true) => {}
+                    // Its parent changed since the scan (re-parented to us, or a new process with
+                    // that pid): look at it again in the next scan.
+                    Ok(false) => {
+                        done.remove(&p.pid);
+                    }
+                    Err(e) => tracing::debug!(pid = p.pid, error = %e, "cannot signal a process of the command"),
                 }
             }
             if !fresh {
@@ -201,6 +207,36 @@ impl Tree {
             }
             members = descendants(self.me);
         }
+    }
+}
+
+/// Signals a process found by a `/proc` scan, and only that process: through a pidfd, taken
+/// after checking that the pid still has the parent the scan saw, so a process that exited and
+/// whose pid was reused by an unrelated one in between is never signalled. `Ok(false)` when the
+/// parent changed (the caller scans again), `Ok(true)` when signalled or gone.
+fn signal_scanned(p: ProcEntry, sig: Signal) -> io::Result<bool> {
+    let Some(pid) = Pid::from_raw(p.pid) else { return Ok(true) };
+    let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        // Gone already.
+        Err(rustix::io::Errno::SRCH) => return Ok(true),
+        // A kernel without pidfds (before 5.3): a plain kill, with the small window it has.
+        Err(rustix::io::Errno::NOSYS) => {
+            return rustix::process::kill_process(pid, sig).map(|()| true).map_err(Into::into);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // The pidfd refers to whatever process has the pid now: make sure it is the one we scanned
+    // (same parent). From here on the pidfd cannot be redirected to another process.
+    let now = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).ok().and_then(|t| parse_stat(&t));
+    match now {
+        None => return Ok(true),
+        Some(n) if n.ppid != p.ppid => return Ok(false),
+        Some(_) => {}
+    }
+    match rustix::process::pidfd_send_signal(&pidfd, sig) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(true),
+        Err(e) => Err(e.into()),
     }
 }
 
