@@ -181,6 +181,11 @@ impl<'a> Runner<'a> {
     fn handle(&mut self, caught: Caught) -> io::Result<Reaped> {
         match caught.signal {
             Signal::CHILD => self.reap(),
+            Signal::TSTP if tree::group_is_orphaned(self.my_group) => {
+                // The kernel would have discarded it (nobody could continue us): so do we.
+                tracing::debug!("SIGTSTP in an orphaned process group: ignored, as the kernel would");
+                Ok(Reaped::Running)
+            }
             Signal::TSTP => {
                 if self.forwards(caught) {
                     self.tree.signal(Signal::TSTP);

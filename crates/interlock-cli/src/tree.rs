@@ -348,6 +348,23 @@ struct ProcEntry {
     pid: i32,
     ppid: i32,
     pgid: i32,
+    sid: i32,
+}
+
+/// True when process group `pgid` is orphaned: no member has a parent in another group of the
+/// same session (POSIX). The kernel discards SIGTSTP, SIGTTIN and SIGTTOU sent to a process of an
+/// orphaned group (when they would stop it), since no shell would ever continue it.
+pub fn group_is_orphaned(pgid: Pid) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    let all: Vec<ProcEntry> = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|t| parse_stat(&t)))
+        .collect();
+    let pgid = pgid.as_raw_nonzero().get();
+    !all.iter().filter(|p| p.pgid == pgid).any(|member| {
+        all.iter().any(|parent| parent.pid == member.ppid && parent.pgid != pgid && parent.sid == member.sid)
+    })
 }
 
 /// Every descendant of `root` (not `root` itself), from `/proc/PID/stat`.
@@ -387,7 +404,8 @@ fn parse_stat(text: &str) -> Option<ProcEntry> {
     let _state = f.next()?;
     let ppid = f.next()?.parse().ok()?;
     let pgid = f.next()?.parse().ok()?;
-    Some(ProcEntry { pid, ppid, pgid })
+    let sid = f.next()?.parse().ok()?;
+    Some(ProcEntry { pid, ppid, pgid, sid })
 }
 
 #[cfg(test)]
@@ -397,7 +415,7 @@ mod tests {
     #[test]
     fn parses_stat_lines_with_odd_names() {
         let e = parse_stat("4242 (sh) S 4000 4242 4000 0 -1 4194560 ...").unwrap();
-        assert_eq!(e, ProcEntry { pid: 4242, ppid: 4000, pgid: 4242 });
+        assert_eq!(e, ProcEntry { pid: 4242, ppid: 4000, pgid: 4242, sid: 4000 });
         let e = parse_stat("7 (a) b (c) R 1 7 7 0").unwrap();
         assert_eq!((e.pid, e.ppid, e.pgid), (7, 1, 7));
         assert_eq!(parse_stat("garbage"), None);
@@ -405,7 +423,7 @@ mod tests {
 
     #[test]
     fn finds_the_whole_tree_below_a_root() {
-        let e = |pid, ppid| ProcEntry { pid, ppid, pgid: 0 };
+        let e = |pid, ppid| ProcEntry { pid, ppid, pgid: 0, sid: 0 };
         let all = [e(1, 0), e(10, 1), e(11, 10), e(12, 11), e(13, 10), e(20, 1)];
         let mut below: Vec<i32> = tree_below(&all, 10).iter().map(|p| p.pid).collect();
         below.sort();

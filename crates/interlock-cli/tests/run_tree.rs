@@ -541,3 +541,29 @@ fn a_sigchld_ignored_at_start_stays_ignored_for_the_command() {
     let mask = mask_after("signal.signal(signal.SIGCHLD, signal.SIG_IGN)", &d, "SigIgn");
     assert_ne!(mask & (1 << 16), 0, "SIGCHLD (17) must stay ignored: {mask:x}");
 }
+
+#[test]
+fn sigtstp_in_an_orphaned_process_group_is_ignored_as_the_kernel_would() {
+    // `setsid` makes interlock a session leader without a terminal: its group is orphaned, so no
+    // shell could continue it, and the kernel would discard a SIGTSTP to a process there.
+    if !cli_support::require_tool("setsid", &["--version"]) {
+        return;
+    }
+    let d = LockDir::new();
+    let mut c = Command::new("setsid");
+    c.env_remove("INTERLOCK_URL").env_remove("INTERLOCK_LOG");
+    c.args(["--wait", BIN, "run", "-u", &d.url(), "x", "--", "sh", "-c", "echo $PPID; read line; echo finished $line"]);
+    let mut p = Proc::spawn(c);
+    let interlock: u32 = p.line().parse().unwrap();
+    signal_pid(interlock, Signal::TSTP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ne!(state(interlock), 'T', "interlock stopped in an orphaned group: nobody would continue it");
+    p.send("go\n");
+    assert_eq!(p.line(), "finished go");
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+}
+
+fn signal_pid(pid: u32, sig: Signal) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
