@@ -357,20 +357,6 @@ fn ctrl_c_in_a_terminal_reaches_the_command_once() {
     assert_eq!(lines(&log), ["INT", "end"], "SIGINT from the terminal must arrive exactly once");
 }
 
-#[test]
-fn ctrl_z_in_a_terminal_stops_the_job_and_fg_resumes_it() {
-    if !cli_support::require_tool("python3", &["--version"]) {
-        return;
-    }
-    let d = LockDir::new();
-    let log = d.tmp.path().join("log");
-    // Long enough that the Ctrl-Z, typed right after `ready`, comes before the end.
-    let script = format!("echo ready; sleep 2; echo end >> {log}", log = log.display());
-    let said = in_a_terminal(&d, &["sh", "-c", &script], "\x1a");
-    assert_eq!(said.lines().collect::<Vec<_>>(), ["stopped", "status 0"], "{said}");
-    assert_eq!(lines(&log), ["end"]);
-}
-
 // ---------------------------------------------------------------- in-process backends
 
 #[test]
@@ -386,7 +372,7 @@ fn in_process_backends_are_refused_by_run_hold_and_status() {
 }
 
 #[test]
-fn a_background_job_that_reads_the_terminal_stops_and_fg_gives_it_the_terminal() {
+fn job_control_in_an_interactive_shell_ctrl_z_fg_and_a_background_job_that_reads_the_terminal() {
     if !cli_support::require_tool("python3", &["--version"]) || !cli_support::require_tool("bash", &["--version"]) {
         return;
     }
@@ -420,6 +406,12 @@ def stopped():
         time.sleep(0.2)
     sys.exit("the job never showed as stopped: %r" % (last[-3000:] + buf[-3000:]))
 say("PS1='$ '\n"); until("$ ")
+# A foreground job that does not use the terminal: Ctrl-Z reaches interlock's group, interlock
+# passes it on and stops; fg resumes both.
+say(f"{bin} run -u {url} y -- sh -c 'echo going; sleep 2; echo slept'\n"); until("going")
+time.sleep(0.2)
+say("\x1a"); until("Stopped"); until("$ ")
+say("fg\n"); until("slept"); until("$ ")
 say(f"{bin} run -u {url} x -- head -1 &\n"); until("$ ")
 stopped()
 say("fg\n"); until("head -1")
