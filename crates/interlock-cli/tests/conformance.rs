@@ -5,6 +5,13 @@
 interlock_testkit::conformance_suite!(memory, interlock_testkit::MemoryHarness::new());
 interlock_testkit::conformance_suite!(file, interlock_testkit::FileHarness::new(env!("CARGO_BIN_EXE_interlock")));
 interlock_testkit::conformance_suite!(
+    redis,
+    match interlock_testkit::RedisHarness::new(env!("CARGO_BIN_EXE_interlock")) {
+        Some(h) => h,
+        None => return, // redis-server is missing: skipped loudly (a failure with INTERLOCK_TEST_REQUIRE=1)
+    }
+);
+interlock_testkit::conformance_suite!(
     memory_latency,
     interlock_testkit::MemoryHarness::with_latency(std::time::Duration::from_millis(2))
 );
