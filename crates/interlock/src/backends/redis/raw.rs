@@ -261,7 +261,13 @@ pub(crate) fn map_err(config: &RedisConfig, what: &str, e: RedisError) -> Error 
     let text = e.to_string().replace(['\r', '\n'], " ");
     let code = e.code().unwrap_or("");
     let server = format!("{}:{}", config.host, config.port);
-    if e.kind() == ErrorKind::AuthenticationFailed || matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM") {
+    // The server's NOAUTH can come back wrapped (as the answer to the connection's SELECT).
+    let lower = text.to_ascii_lowercase();
+    if e.kind() == ErrorKind::AuthenticationFailed
+        || matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM")
+        || lower.contains("authentication required")
+        || lower.contains("invalid username-password")
+    {
         return Error::Auth {
             backend: BACKEND,
             message: format!("{server}: {what}: {text}"),
