@@ -250,3 +250,45 @@ async fn cancelled_and_timed_out_waiters_leave_only_the_fencing_counters() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waiters of five providers get the lock in the order they arrived, one per release: each
+/// release hands the lock to the head of the queue (pushed to its own list), and the others
+/// stay queued (`status().waiters` counts down by one per release).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_release_hands_the_lock_to_the_longest_waiting_waiter() {
+    let Some(h) = shared() else { return };
+    let name = unique("fifo");
+    let p = h.provider().await;
+    let mut g = p.mutex(&name).unwrap().lock().await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let q = h.provider().await;
+        let (tx, n) = (tx.clone(), name.clone());
+        tasks.push(tokio::spawn(async move {
+            let guard = q.mutex(&n).unwrap().lock_timeout(EVENTUALLY).await.unwrap();
+            tx.send((i, guard)).unwrap();
+        }));
+        // Queued in this order.
+        let deadline = Instant::now() + EVENTUALLY;
+        while p.status(&name).await.unwrap().waiters != Some(i + 1) {
+            assert!(Instant::now() < deadline, "waiter {i} never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for i in 0..5 {
+        let last_token = g.fencing_token().unwrap();
+        g.release().await.unwrap();
+        let (who, next) = tokio::time::timeout(EVENTUALLY, rx.recv()).await.unwrap().unwrap();
+        assert_eq!(who, i, "the lock went to waiter {who}, not to the longest-waiting one ({i})");
+        assert!(next.fencing_token().unwrap() > last_token);
+        assert_eq!(p.status(&name).await.unwrap().waiters, Some(4 - i), "one release, one waiter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(rx.try_recv().is_err(), "a second waiter got the lock from the same release");
+        g = next;
+    }
+    g.release().await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

@@ -8,7 +8,7 @@
 //! | primitives | mutex and write lock (the key), read lock (a ZSET of readers, the key holds [`READERS_VALUE`]), semaphore (a ZSET of permit holders); every holder expires on its own lease |
 //! | fencing | `INCR` of `{KEY}:fence` in the acquiring script (one round trip); a counter that is missing (first use, restart without persistence) starts at the server clock in µs |
 //! | lost locks | a renewal that finds the key gone or someone else's, or the lease running out by the local clock |
-//! | waiting | FIFO queue per lock; each waiter blocks in `BLPOP` on a list of its own, on a connection of its own; a release pushes to the head waiter only; re-check at the holder's remaining TTL and every 500 ms at most (peer tools release without waking us) |
+//! | waiting | FIFO queue per lock; the release hands the lock to the head waiter (sets the key to its token) and pushes to that waiter's own list, where it blocks in `BLPOP` on a connection of its own; re-check at the holder's remaining TTL and every 500 ms at most (peer tools release without waking us) |
 //! | writer starvation | a reader never passes a writer queued ahead of it |
 //! | interop | redis-py `Lock(name)`, any `SET name token NX PX` peer (same key, compare-and-delete release) |
 //! | limits | `rediss://` (TLS) not built yet; one server (see Redlock for several) |

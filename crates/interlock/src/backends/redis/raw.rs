@@ -97,35 +97,26 @@ impl RedisProvider {
         let op = Op::new(&self.config, &req);
         let member = match wait {
             Wait::Try => String::new(),
-            Wait::Until(_) => format!("{}:{}", op.side_letter(), op.token),
+            Wait::Until(_) => op.member(),
         };
         let mut conn = self.conn.clone();
         // Armed before the first request: if we are dropped with it in flight, the lock may be
         // ours on the server (and our place in the queue), and the undo removes both.
         let undo = Cleanup::new(op.clone().undo(self.conn.clone(), member.clone(), self.config.clone()));
         let mut waiter: Option<MultiplexedConnection> = None;
+        // The send time of the last attempt that found the lock busy: a release can hand the lock
+        // to this waiter only after that attempt ran, so the lease counts from no earlier.
+        let mut busy_sent = Instant::now();
         loop {
             let sent = Instant::now();
             let reply: Vec<i64> = op
                 .invoke(Script::Acquire, &mut conn, &member, &self.config)
                 .await
                 .map_err(|e| op.map_err(&self.config, "acquire", e))?;
-            match reply[..] {
-                [1, fence] => {
-                    undo.disarm();
-                    if let Some(c) = waiter {
-                        self.keep_idle(c);
-                    }
-                    let held = RedisHeld {
-                        conn: self.conn.clone(),
-                        config: self.config.clone(),
-                        op,
-                        fence: u64::try_from(fence).unwrap_or(0),
-                        valid_until: req.lease.valid_from(sent)?,
-                        released: AtomicBool::new(false),
-                    };
-                    return Ok(Some(Arc::new(held)));
-                }
+            let granted = match reply[..] {
+                // By this attempt, or handed over by a release since the last busy attempt: either
+                // way not before `busy_sent` (the start, for a first attempt).
+                [1, fence] => Some((fence, busy_sent)),
                 [-1, existing] => {
                     let LockKind::Semaphore { permits } = req.kind else { return Err(op.bad_reply(&reply)) };
                     return Err(Error::PermitsMismatch {
@@ -140,9 +131,12 @@ impl RedisProvider {
                         undo.disarm();
                         return Ok(None);
                     };
-                    let mut timeout = RECHECK;
+                    busy_sent = sent;
+                    // Re-check at the holder key's expiry (a peer tool's lock that nobody
+                    // releases), at the bounded interval, and often enough that a lock handed to
+                    // us keeps most of its lease (counted from `busy_sent`).
+                    let mut timeout = RECHECK.min(req.lease.lease / 4).max(Duration::from_millis(2));
                     if pttl > 0 {
-                        // The holder's key expires then (a peer tool's lock that nobody releases).
                         timeout = timeout.min(Duration::from_millis(pttl.unsigned_abs() + 1));
                     }
                     if let Some(d) = deadline {
@@ -159,20 +153,45 @@ impl RedisProvider {
                     let wake = format!("{}{member}", op.keys.wake_prefix);
                     let mut blpop = redis::cmd("BLPOP");
                     blpop.arg(&wake).arg(format!("{:.3}", timeout.as_secs_f64().max(0.001)));
-                    match tokio::time::timeout(
-                        timeout + self.config.command_timeout,
-                        blpop.query_async::<redis::Value>(&mut c),
-                    )
-                    .await
-                    {
-                        Ok(Ok(_)) => waiter = Some(c),
+                    let limit = timeout + self.config.command_timeout;
+                    match tokio::time::timeout(limit, blpop.query_async::<Option<(String, i64)>>(&mut c)).await {
+                        Ok(Ok(popped)) => {
+                            waiter = Some(c);
+                            popped.map(|(_, fence)| (fence, busy_sent))
+                        }
                         Ok(Err(e)) => return Err(op.map_err(&self.config, "wait", e)),
                         // No answer in time: that connection is dropped, the next wait opens another.
-                        Err(_) => {}
+                        Err(_) => None,
                     }
                 }
                 _ => return Err(op.bad_reply(&reply)),
+            };
+            let Some((fence, from)) = granted else { continue };
+            let mut valid_until = req.lease.valid_from(from)?;
+            let held = RedisHeld {
+                conn: self.conn.clone(),
+                config: self.config.clone(),
+                op: op.clone(),
+                fence: u64::try_from(fence).unwrap_or(0),
+                valid_until,
+                released: AtomicBool::new(false),
+            };
+            // A lock handed over after a long wait may have less left than a renewal period:
+            // renew it now, or the monitor would see it run out before its first renewal.
+            if valid_until.saturating_duration_since(Instant::now())
+                <= req.lease.renew_every + req.lease.renew_every / 4
+            {
+                match held.renew(req.lease.lease).await? {
+                    Renewal::Until(t) => valid_until = t,
+                    // Gone already (expired meanwhile): try again, as a waiter.
+                    _ => continue,
+                }
             }
+            undo.disarm();
+            if let Some(c) = waiter {
+                self.keep_idle(c);
+            }
+            return Ok(Some(Arc::new(RedisHeld { valid_until, ..held })));
         }
     }
 
@@ -337,11 +356,13 @@ impl Op {
         }
     }
 
-    fn side_letter(&self) -> &'static str {
+    /// This acquisition as a waiter in the queue: `KIND:TOKEN:LEASE_MS[:PERMITS]`, all a release
+    /// needs to hand it the lock.
+    fn member(&self) -> String {
         match self.kind {
-            LockKind::Read => "r",
-            LockKind::Semaphore { .. } => "s",
-            _ => "w",
+            LockKind::Read => format!("r:{}:{}", self.token, self.lease_ms),
+            LockKind::Semaphore { permits } => format!("s:{}:{}:{permits}", self.token, self.lease_ms),
+            _ => format!("w:{}:{}", self.token, self.lease_ms),
         }
     }
 

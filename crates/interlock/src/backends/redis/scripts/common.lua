@@ -71,17 +71,21 @@ local function unregister(q, qx, member)
   redis.call('DEL', wake_key(member))
 end
 
--- Wakes one waiter: pushes to its own list (at most one pending wake-up per waiter).
-local function wake(member, ttl)
-  local k = wake_key(member)
-  redis.call('LPUSH', k, '1')
-  redis.call('LTRIM', k, 0, 0)
-  redis.call('PEXPIRE', k, ttl)
+-- A waiter member: KIND:TOKEN:LEASE_MS[:PERMITS] (KIND w mutex / writer, r reader, s permit).
+local function parse_member(m)
+  local kind, tok, lease, permits = string.match(m, '^(%a):(%x+):(%d+):?(%d*)$')
+  return kind, tok, tonumber(lease), tonumber(permits)
 end
 
-local function wake_head(q, ttl)
-  local head = redis.call('ZRANGE', q, 0, 0)[1]
-  if head then wake(head, ttl) end
+-- Hands the lock to a waiter: takes it out of the queue and pushes its fencing token to its
+-- list, where its BLPOP (on its own connection) receives it. One grant wakes one waiter.
+local function grant(q, qx, member, fence_value, ttl)
+  redis.call('ZREM', q, member)
+  redis.call('ZREM', qx, member)
+  local k = wake_key(member)
+  redis.call('DEL', k)
+  redis.call('LPUSH', k, string.format('%.0f', fence_value))
+  redis.call('PEXPIRE', k, ttl)
 end
 
 -- Keeps a ZSET of holders (member -> expiry ms) and its companion keys alive as long as its
@@ -92,4 +96,56 @@ local function longest(zset, now)
   local ms = tonumber(top[2]) - now
   if ms < 1 then ms = 1 end
   return ms
+end
+
+-- Gives a free (or reader-held) lock to the waiters at the head of the queue that can have it
+-- now: one writer, or every reader up to the first writer. KEYS as acquire_rw.
+local function hand_over_rw(key, fence, readers, q, qx, marker, reg, now)
+  while true do
+    local head = redis.call('ZRANGE', q, 0, 0)[1]
+    if not head then return end
+    local kind, tok, lease = parse_member(head)
+    if not tok then
+      unregister(q, qx, head)
+    else
+      local v = redis.call('GET', key)
+      if kind == 'w' then
+        if v then return end
+        redis.call('SET', key, tok, 'PX', lease)
+        grant(q, qx, head, bump_fence(fence), reg)
+        return
+      end
+      if v and v ~= marker then return end
+      if not v then redis.call('DEL', readers) end
+      redis.call('ZADD', readers, now + lease, tok)
+      local ms = longest(readers, now)
+      redis.call('SET', key, marker, 'PX', ms)
+      redis.call('PEXPIRE', readers, ms)
+      grant(q, qx, head, current_fence(fence), reg)
+    end
+  end
+end
+
+-- Gives free permits to the waiters at the head of the queue. KEYS as acquire_sem.
+local function hand_over_sem(holders, fence, count, q, qx, reg, now)
+  while true do
+    local head = redis.call('ZRANGE', q, 0, 0)[1]
+    if not head then return end
+    local _, tok, lease, permits = parse_member(head)
+    if not tok or not permits then
+      unregister(q, qx, head)
+    else
+      local n = redis.call('ZCARD', holders)
+      if n > 0 then
+        local existing = tonumber(redis.call('GET', count))
+        if existing and existing ~= permits then return end
+      end
+      if n >= permits then return end
+      redis.call('ZADD', holders, now + lease, tok)
+      local ms = longest(holders, now)
+      redis.call('SET', count, permits, 'PX', ms)
+      redis.call('PEXPIRE', holders, ms)
+      grant(q, qx, head, bump_fence(fence), reg)
+    end
+  end
 end

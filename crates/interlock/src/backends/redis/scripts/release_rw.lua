@@ -1,22 +1,22 @@
--- Release (or undo) a mutex / write lock ('w') or a read lock ('r'), and wake the next waiter
--- when the lock is free. Also the undo of a cancelled acquisition: ARGV[3] names its waiter
--- registration to remove ('' when none). Idempotent; never releases another holder's lock.
+-- Release (or undo) a mutex / write lock ('w') or a read lock ('r'), and hand the lock to the
+-- waiters at the head of the queue when it is free. Also the undo of a cancelled acquisition:
+-- ARGV[3] names its waiter registration to remove ('' when none); the lock is released if a
+-- release had handed it to that waiter meanwhile. Idempotent; never releases another holder's.
 -- KEYS as acquire_rw. ARGV: 1 token, 2 unused, 3 waiter member or '', 4 registration ms,
 --       5 wake-list prefix, 6 readers' value of the lock key, 7 'w' or 'r'.
 -- Returns 1 when this holder still held the lock, 0 when it no longer did.
-local key, readers, q, qx = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
+local key, fence, readers, q, qx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, member, reg, marker, side = ARGV[1], ARGV[3], tonumber(ARGV[4]), ARGV[6], ARGV[7]
 local now = now_ms()
 if member ~= '' then unregister(q, qx, member) end
 purge_waiters(q, qx, now)
 local ty = redis.call('TYPE', key)['ok']
-local v = false
-if ty == 'string' then v = redis.call('GET', key) end
+if ty ~= 'none' and ty ~= 'string' then return 0 end
+local v = redis.call('GET', key)
 local held = 0
 if side == 'w' then
   if v == token then
     redis.call('DEL', key)
-    v = false
     held = 1
   end
 else
@@ -31,9 +31,8 @@ else
       redis.call('PEXPIRE', readers, ms)
     else
       redis.call('DEL', key, readers)
-      v = false
     end
   end
 end
-if ty == 'none' or not v then wake_head(q, reg) end
+hand_over_rw(key, fence, readers, q, qx, marker, reg, now)
 return held

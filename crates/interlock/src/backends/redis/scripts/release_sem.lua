@@ -1,7 +1,7 @@
--- Release (or undo) one permit, and wake the head waiter. KEYS as acquire_sem.
--- ARGV: 1 token, 3 waiter member or '', 4 registration ms, 5 wake-list prefix.
+-- Release (or undo) one permit, and hand free permits to the waiters at the head of the queue.
+-- KEYS as acquire_sem. ARGV: 1 token, 3 waiter member or '', 4 registration ms, 5 wake prefix.
 -- Returns 1 when this holder still held its permit, 0 when not.
-local holders, count, q, qx = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
+local holders, fence, count, q, qx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, member, reg = ARGV[1], ARGV[3], tonumber(ARGV[4])
 local now = now_ms()
 if member ~= '' then unregister(q, qx, member) end
@@ -18,5 +18,5 @@ if ms then
 else
   redis.call('DEL', count)
 end
-wake_head(q, reg)
+hand_over_sem(holders, fence, count, q, qx, reg, now)
 return held
