@@ -54,6 +54,11 @@ impl RedisConfig {
                     .into(),
             });
         }
+        // Without `//` everything would be the path, a user and password included: refuse it
+        // without repeating it (messages never echo URL parts that may hold a secret).
+        if url.hosts().is_empty() && !url.path().is_empty() && !url.path().starts_with('/') {
+            return Err(url.invalid("write redis://[user[:password]@]host[:port][/db]"));
+        }
         let (host, port) = match url.hosts() {
             [] => ("127.0.0.1".to_owned(), DEFAULT_PORT),
             [h] => split_host_port(h).map_err(|why| url.invalid(why))?,
@@ -68,7 +73,7 @@ impl RedisConfig {
                 .parse::<i64>()
                 .ok()
                 .filter(|n| *n >= 0)
-                .ok_or_else(|| url.invalid(format!("the path must be a database number, not `{d}`")))?,
+                .ok_or_else(|| url.invalid("the path must be a database number (redis://host:6379/0)"))?,
         };
         let mut opts = url.options();
         let prefix = opts.take("prefix").unwrap_or_default().to_owned();
@@ -115,7 +120,7 @@ fn split_host_port(h: &str) -> std::result::Result<(String, u16), String> {
     }
     let port = match port {
         None => DEFAULT_PORT,
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("bad port `{p}`"))?,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or("the port must be a number from 1 to 65535")?,
     };
     Ok((host.to_owned(), port))
 }
@@ -159,8 +164,9 @@ mod tests {
     #[test]
     fn refuses() {
         for (url, why) in [
-            ("redis://h:0", "bad port"),
-            ("redis://h:x", "bad port"),
+            ("redis://h:0", "the port must be"),
+            ("redis://h:x", "the port must be"),
+            ("redis:u:pw@h", "write redis://"),
             ("redis://h/x", "database number"),
             ("redis://h/-1", "database number"),
             ("redis://a,b", "one host"),
