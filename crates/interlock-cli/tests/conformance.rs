@@ -4,6 +4,7 @@
 
 /// A namespace of the shared private redis-server; when `redis-server` is missing the case returns
 /// at once, skipped loudly (a failure with `INTERLOCK_TEST_REQUIRE=1`).
+#[cfg(feature = "redis")]
 macro_rules! redis_harness {
     () => {
         match interlock_testkit::RedisHarness::new(env!("CARGO_BIN_EXE_interlock")) {
@@ -15,6 +16,7 @@ macro_rules! redis_harness {
 
 interlock_testkit::conformance_suite!(memory, interlock_testkit::MemoryHarness::new());
 interlock_testkit::conformance_suite!(file, interlock_testkit::FileHarness::new(env!("CARGO_BIN_EXE_interlock")));
+#[cfg(feature = "redis")]
 interlock_testkit::conformance_suite!(redis, redis_harness!());
 interlock_testkit::conformance_suite!(
     memory_latency,

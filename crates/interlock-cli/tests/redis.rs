@@ -4,6 +4,7 @@
 //! type, a peer tool's plain `SET NX PX`, and what a cancelled waiter leaves behind. Each case
 //! uses a namespace of the shared private `redis-server`, or a server of its own when it breaks
 //! it; never a server on a standard port.
+#![cfg(feature = "redis")]
 
 use std::time::{Duration, Instant};
 
