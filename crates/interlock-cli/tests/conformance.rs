@@ -2,8 +2,22 @@
 //! here. It lives in the CLI crate because its cross-process cases drive the `interlock` binary
 //! (`interlock hold`, `interlock worker`). Test names are `<backend>::<case>`.
 
+/// A namespace of the shared private redis-server; when `redis-server` is missing the case returns
+/// at once, skipped loudly (a failure with `INTERLOCK_TEST_REQUIRE=1`).
+#[cfg(feature = "redis")]
+macro_rules! redis_harness {
+    () => {
+        match interlock_testkit::RedisHarness::new(env!("CARGO_BIN_EXE_interlock")) {
+            Some(h) => h,
+            None => return,
+        }
+    };
+}
+
 interlock_testkit::conformance_suite!(memory, interlock_testkit::MemoryHarness::new());
 interlock_testkit::conformance_suite!(file, interlock_testkit::FileHarness::new(env!("CARGO_BIN_EXE_interlock")));
+#[cfg(feature = "redis")]
+interlock_testkit::conformance_suite!(redis, redis_harness!());
 interlock_testkit::conformance_suite!(
     memory_latency,
     interlock_testkit::MemoryHarness::with_latency(std::time::Duration::from_millis(2))

@@ -25,7 +25,7 @@
 //! |---|---|---|---|---|
 //! | file (default) | `file:///var/lock/myapp`, `file://` | `flock(2)` on `DIR/NAME` | the kernel, at once | built |
 //! | memory | `memory://[SPACE]` | in-process state | process exit | built |
-//! | Redis | `redis://[:pass@]host:6379/0`, `rediss://` | `SET key token NX PX lease` | lease expiry | planned |
+//! | Redis | `redis://[user[:pass]@]host:6379/0` | `SET key token NX PX lease` | lease expiry | built (feature `redis`; `rediss://` not yet) |
 //! | Redlock | `redlock://h1:6379,h2:6379,h3:6379` | the same key on a majority | lease expiry | planned |
 //! | ZooKeeper | `zk://h1:2181,h2:2181/locks` | ephemeral sequential znode | session expiry | planned |
 //! | etcd | `etcd://h1:2379,h2:2379` | key with a lease | lease expiry | planned |
@@ -74,7 +74,7 @@ mod provider;
 pub mod raw;
 pub mod url;
 
-pub use backends::{file, memory};
+pub use backends::{file, memory, redis};
 pub use error::{BoxError, Error, Result};
 pub use guard::Guard;
 pub use name::{LockName, MAX_NAME_LEN};
@@ -89,6 +89,7 @@ pub use url::LockUrl;
 /// | `file:///DIR` | `flock(2)` files in `DIR` (created 0700 by the first acquisition if missing) |
 /// | `file://` | files in the default directory, `/tmp/interlock-$UID`, the same in every session of a user |
 /// | `memory://[SPACE][?lease=DUR]` | in-process locks |
+/// | `redis://[user[:pass]@]host[:port][/db][?prefix=P&lease=DUR]` | leased keys on one Redis server (cargo feature `redis`) |
 ///
 /// # Errors
 ///

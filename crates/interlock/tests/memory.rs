@@ -162,8 +162,8 @@ fn blocking_api_renews_leases_in_the_background() {
 /// Schemes that are planned but not built say which backend and feature would serve them.
 #[tokio::test]
 async fn unbuilt_and_unknown_schemes() {
-    let e = interlock::connect("redis://user:hunter2@127.0.0.1:6379/0").await.unwrap_err().to_string();
-    assert!(e.contains("Redis") && e.contains("feature `redis`"), "{e}");
+    let e = interlock::connect("zk://user:hunter2@127.0.0.1:1/locks").await.unwrap_err().to_string();
+    assert!(e.contains("ZooKeeper") && e.contains("feature `zookeeper`"), "{e}");
     assert!(!e.contains("hunter2"));
     let e = interlock::connect("gopher://x").await.unwrap_err().to_string();
     assert!(e.contains("unknown scheme `gopher`"), "{e}");

@@ -9,6 +9,7 @@
 
 pub mod file;
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::sync::Arc;
@@ -116,15 +117,7 @@ const TEN_SECONDS: Option<Duration> = Some(Duration::from_secs(10));
 pub static BACKENDS: &[Backend] = &[
     file::BACKEND,
     memory::BACKEND,
-    Backend::planned(
-        "redis",
-        "redis",
-        "Redis",
-        &["redis", "rediss"],
-        "redis://[:pass@]host:6379/0",
-        "SET key token NX PX lease",
-        TEN_SECONDS,
-    ),
+    redis::BACKEND,
     Backend::planned(
         "redlock",
         "redis",

@@ -1,18 +1,21 @@
 //! The floors: what each backend cannot beat, measured in the same run so that every figure is
 //! also a ratio. Each backend's floors live in their own file here (`file.rs`, `memory.rs`) as
 //! one [`Floors`] value, listed once in [`FLOORS`]; a backend without an entry simply has no
-//! floor yet (network backends will add theirs: Redis `PING`, ZooKeeper `exists`, an etcd range
+//! floor yet (network backends add theirs: Redis `PING`; later ZooKeeper `exists`, an etcd range
 //! read, `SELECT 1`).
 //!
 //! | backend | uncontended | contended | handoff | many-locks | waiters |
 //! |---|---|---|---|---|---|
 //! | file | `flock(LOCK_EX)` + `flock(LOCK_UN)` on an open descriptor; also open+flock+unlock+close, what `flock(1)` does per call | C processes, blocking `flock` on an open descriptor | two processes handing a raw blocking `flock` back and forth (the kernel wakes the waiter) | open+`flock` N files, then close them | W processes blocked in `flock` (the kernel queues them) |
 //! | memory | `tokio::sync::Mutex` lock + unlock (RwLock / Semaphore for those modes) | C tasks on one `tokio::sync::Mutex` | two threads handing a `tokio::sync::Mutex` back and forth | N `tokio::sync::Mutex` guards | W tasks on one `tokio::sync::Mutex` |
+//! | redis | 2 × `PING` (acquire + release at best), and 1 × `PING` | C tasks, a connection each, on one `tokio::sync::Mutex`: `PING`, critical section, `PING` | two threads handing a `tokio::sync::Mutex`, the new holder sends one `PING` | none | W tasks on one `tokio::sync::Mutex`, a `PING` per turn |
 //!
 //! Waiter *tasks* use the `tokio::sync::Mutex` floor on every backend ([`task_waiters`]).
 
 mod file;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -82,7 +85,12 @@ pub fn floors_for_url(url: &str) -> Option<&'static Floors> {
 }
 
 /// Every backend's floors.
-static FLOORS: &[&Floors] = &[&file::FLOORS, &memory::FLOORS];
+static FLOORS: &[&Floors] = &[
+    &file::FLOORS,
+    &memory::FLOORS,
+    #[cfg(feature = "redis")]
+    &redis::FLOORS,
+];
 
 fn floors_of(target: &Target) -> Option<&'static Floors> {
     FLOORS.iter().copied().find(|f| f.backend == target.backend)

@@ -1,0 +1,295 @@
+//! The redis backend's own fault cases, beyond the conformance suite (which runs on redis in
+//! tests/conformance.rs): a holder killed or a server restarted, the holder's connection killed,
+//! bad credentials and unreachable servers, a server that dies mid-wait, a key of the wrong
+//! type, a peer tool's plain `SET NX PX`, and what a cancelled waiter leaves behind. Each case
+//! uses a namespace of the shared private `redis-server`, or a server of its own when it breaks
+//! it; never a server on a standard port.
+#![cfg(feature = "redis")]
+
+use std::time::{Duration, Instant};
+
+use interlock::{AcquireOptions, Error};
+use interlock_testkit::process::Hold;
+use interlock_testkit::servers::PortLease;
+use interlock_testkit::servers::redis::{Redis, RedisOptions};
+use interlock_testkit::servers::resp::Resp;
+use interlock_testkit::unique;
+use interlock_testkit::{Harness, RedisHarness};
+
+const BIN: &str = env!("CARGO_BIN_EXE_interlock");
+const EVENTUALLY: Duration = Duration::from_secs(20);
+
+fn shared() -> Option<RedisHarness> {
+    RedisHarness::new(BIN)
+}
+
+fn own() -> Option<RedisHarness> {
+    RedisHarness::own_server(BIN)
+}
+
+fn one_line(e: &Error) -> String {
+    let s = e.to_string();
+    assert!(!s.contains('\n'), "not one line: {s:?}");
+    s
+}
+
+/// `kill -9` of an `interlock hold` holder: a waiter of another process gets the lock within
+/// the lease plus one renewal period (plus scheduling slack), with a higher token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_holder_frees_the_lock_within_lease_plus_one_renewal() {
+    let Some(h) = shared() else { return };
+    let name = unique("kill9");
+    let lease = Duration::from_millis(1500);
+    let hold = Hold::start(h.bin().unwrap(), &h.url(), &name, &["--lease", "1500ms"]).await;
+    let token = hold.token.unwrap();
+    let p = h.provider().await;
+    let m = p.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { m.lock_timeout(EVENTUALLY).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished());
+    let killed = Instant::now();
+    hold.kill9().await;
+    let g = waiter.await.unwrap().expect("the waiter gets the lock after the holder's lease");
+    let took = killed.elapsed();
+    assert!(took <= lease + lease / 3 + Duration::from_secs(2), "took {took:?}: more than lease + renewal + slack");
+    assert!(g.fencing_token().unwrap() > token);
+    g.release().await.unwrap();
+}
+
+/// The conformance case on a server of its own: a restart without persistence is reported to
+/// every holder (mutex, readers, permit), the providers work afterwards, tokens keep increasing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_restart_signals_lost_to_every_holder() {
+    let Some(h) = own() else { return };
+    interlock_testkit::conformance::server_restart_signals_lost_to_every_holder(&h).await;
+}
+
+/// After a restart without persistence the holder hears it from its next renewal, not from
+/// its lease running out: with a 60 s lease renewed every second, `lost()` completes within a
+/// few renewal periods, and the reason is the backend's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_restart_is_reported_by_the_next_renewal() {
+    let Some(h) = own() else { return };
+    let p = h.provider().await;
+    let opts = AcquireOptions::forever().lease(Duration::from_secs(60)).renew_every(Duration::from_secs(1));
+    let g = p.mutex(unique("restart")).unwrap().lock_with(opts).await.unwrap().unwrap();
+    assert!(h.restart_server().await);
+    let restarted = Instant::now();
+    tokio::time::timeout(EVENTUALLY, g.lost()).await.expect("lost after the restart");
+    assert!(restarted.elapsed() < Duration::from_secs(10), "took {:?}", restarted.elapsed());
+    match g.release().await {
+        Err(Error::LockLost { reason, .. }) => assert!(reason.contains("no longer holds"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `CLIENT KILL` of every connection of the namespace (the holder's shared connection among
+/// them): the lock is a key with a lease, not tied to the connection, so it stays held, the
+/// renewals go on over a new connection, and nobody else gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_kill_keeps_the_lock_and_renewal_continues() {
+    let Some(h) = shared() else { return };
+    let name = unique("clientkill");
+    let p = h.provider().await;
+    let opts = AcquireOptions::forever().lease(Duration::from_millis(900)).renew_every(Duration::from_millis(300));
+    let g = p.mutex(&name).unwrap().lock_with(opts).await.unwrap().unwrap();
+    for _ in 0..3 {
+        let killed = h.ns().kill_clients().expect("CLIENT KILL");
+        assert!(killed >= 1, "no connection of the namespace was killed");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(!g.is_lost(), "the lock was lost after CLIENT KILL");
+        let other = h.provider().await;
+        assert!(other.mutex(&name).unwrap().try_lock().await.unwrap().is_none(), "someone else got in");
+    }
+    g.release().await.expect("released normally, never lost");
+}
+
+/// A wrong password, and none where one is required, are `Auth` from `connect`, one line, without
+/// the password; the right one works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_password_is_an_auth_error() {
+    let opts = RedisOptions { password: Some("right-pw-123".into()), ..Default::default() };
+    let Some(r) = Redis::start_or_skip(&opts) else { return };
+    let port = r.port();
+    for url in [format!("redis://:wrong-pw-456@127.0.0.1:{port}/1"), format!("redis://127.0.0.1:{port}/1")] {
+        let e = interlock::connect(&url).await.unwrap_err();
+        assert!(matches!(e, Error::Auth { backend: "redis", .. }), "{url}: {e:?}");
+        let s = one_line(&e);
+        assert!(!s.contains("wrong-pw") && !s.contains("right-pw"), "{s}");
+        assert!(!format!("{e:?}").contains("wrong-pw"), "{e:?}");
+    }
+    let e = interlock::connect(&format!("redis://nobody:right-pw-123@127.0.0.1:{port}/1")).await.unwrap_err();
+    assert!(matches!(e, Error::Auth { .. }), "an unknown ACL user: {e:?}");
+    let p = interlock::connect(&r.url(1)).await.expect("the right password");
+    p.mutex("x").unwrap().try_lock().await.unwrap().unwrap().release().await.unwrap();
+}
+
+/// Nothing listening, and an address that does not answer: `Unavailable` from `connect`, one
+/// line, within its `connect_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unreachable_server_is_unavailable_within_connect_timeout() {
+    let port = PortLease::reserve(); // leased, nothing listens on it
+    let started = Instant::now();
+    let e = interlock::connect(&format!("redis://:pw@127.0.0.1:{}/0", port.port())).await.unwrap_err();
+    assert!(matches!(e, Error::Unavailable { backend: "redis", .. }), "{e:?}");
+    assert!(!one_line(&e).contains("pw@"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A TEST-NET-1 address (RFC 5737): nothing answers there.
+    let started = Instant::now();
+    let e = interlock::connect("redis://192.0.2.1:6379/0?connect_timeout=500ms").await.unwrap_err();
+    assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+    one_line(&e);
+    assert!(started.elapsed() < Duration::from_secs(5), "connect_timeout not honoured: {:?}", started.elapsed());
+}
+
+/// The server dies while a waiter waits: the wait ends with a one-line `Unavailable`, and the
+/// holder's guard reports its lock lost (by its lease), so nobody believes it holds the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_dying_mid_wait_is_an_error_and_holds_nothing() {
+    let Some(h) = own() else { return };
+    let name = unique("dies");
+    let (p1, p2) = (h.provider().await, h.provider().await);
+    let g = p1.mutex(&name).unwrap().lock().await.unwrap();
+    let m = p2.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { m.lock().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.ns().redis().kill();
+    let r = tokio::time::timeout(EVENTUALLY, waiter).await.expect("the waiter gives up").unwrap();
+    match r {
+        Err(e @ Error::Unavailable { .. }) => {
+            one_line(&e);
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    tokio::time::timeout(EVENTUALLY, g.lost()).await.expect("the holder learns its lock is lost");
+    assert!(g.release().await.unwrap_err().is_lock_lost());
+}
+
+/// A key of another type at the lock's name is not a lock: every form fails with one line naming
+/// it, none panics, none waits, and nothing is believed held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_of_the_wrong_type_is_a_clear_error() {
+    let Some(h) = shared() else { return };
+    let name = unique("wrongtype");
+    h.ns().cmd(&["HSET", &h.key(&name), "field", "value"]).unwrap();
+    let p = h.provider().await;
+    let errors = [
+        p.mutex(&name).unwrap().try_lock().await.map(drop).unwrap_err(),
+        p.mutex(&name).unwrap().lock_timeout(Duration::from_secs(2)).await.map(drop).unwrap_err(),
+        p.rwlock(&name).unwrap().read_timeout(Duration::from_secs(2)).await.map(drop).unwrap_err(),
+        p.status(&name).await.map(drop).unwrap_err(),
+    ];
+    for e in errors {
+        assert!(matches!(e, Error::Backend { backend: "redis", .. }), "{e:?}");
+        assert!(one_line(&e).contains("not a lock"), "{e}");
+    }
+    assert_eq!(h.ns().cmd(&["TYPE", &h.key(&name)]).unwrap().text().as_deref(), Some("hash"), "left alone");
+}
+
+/// A peer's plain `SET name v NX PX 1500` (redis-py's `Lock` does the same) excludes us, and we
+/// get the lock once it expires (the waiter re-checks at the key's remaining TTL); while we hold
+/// it, the peer's `SET NX` fails. A peer that deletes its key without waking us is noticed within
+/// the re-check bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_set_nx_px_excludes_us_until_it_expires() {
+    let Some(h) = shared() else { return };
+    let name = unique("peer");
+    let key = h.key(&name);
+    let ns = h.ns();
+    assert_eq!(ns.cmd(&["SET", &key, "peer-token", "NX", "PX", "1500"]).unwrap().text().as_deref(), Some("OK"));
+    let p = h.provider().await;
+    let m = p.mutex(&name).unwrap();
+    assert!(m.try_lock().await.unwrap().is_none(), "the peer's key excludes us");
+    let started = Instant::now();
+    let g = m.lock_timeout(EVENTUALLY).await.expect("ours once the peer's key expired");
+    assert!(started.elapsed() >= Duration::from_millis(1000), "got it before the peer's key expired");
+    assert_eq!(ns.cmd(&["SET", &key, "peer-token", "NX", "PX", "1500"]).unwrap(), Resp::Nil);
+    g.release().await.unwrap();
+
+    // A peer without a TTL that deletes its key: no wake-up, so the bounded re-check finds it.
+    assert_eq!(ns.cmd(&["SET", &key, "peer-token", "NX"]).unwrap().text().as_deref(), Some("OK"));
+    let m2 = m.clone();
+    let waiter = tokio::spawn(async move { m2.lock_timeout(EVENTUALLY).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!waiter.is_finished());
+    ns.cmd(&["DEL", &key]).unwrap();
+    let deleted = Instant::now();
+    let g = waiter.await.unwrap().expect("the waiter gets the lock after the peer's DEL");
+    assert!(deleted.elapsed() < interlock::redis::RECHECK + Duration::from_secs(2), "{:?}", deleted.elapsed());
+    g.release().await.unwrap();
+}
+
+/// Waiters that time out or are cancelled, on a mutex, a read lock and a semaphore, leave no key
+/// behind but the fencing counters (kept for good): no queue entry, no wake-up list, no holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelled_and_timed_out_waiters_leave_only_the_fencing_counters() {
+    let Some(h) = shared() else { return };
+    let name = unique("leftover");
+    let (p1, p2) = (h.provider().await, h.provider().await);
+    let g = p1.mutex(&name).unwrap().lock().await.unwrap();
+    let s = p1.semaphore(&name, 1).unwrap().acquire().await.unwrap();
+    let r = p2.mutex(&name).unwrap().lock_timeout(Duration::from_millis(300)).await;
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    let r = p2.rwlock(&name).unwrap().read_timeout(Duration::from_millis(300)).await;
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    let sem = p2.semaphore(&name, 1).unwrap();
+    let waiter = tokio::spawn(async move { sem.acquire().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    g.release().await.unwrap();
+    s.release().await.unwrap();
+    let key = h.key(&name);
+    let expected = vec![format!("{{{key}}}:fence"), format!("{{{key}}}:sem:fence")];
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let keys: Vec<String> = h.ns().keys().unwrap().into_iter().filter(|k| k.contains(&name)).collect();
+        if keys == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: {keys:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waiters of five providers get the lock in the order they arrived, one per release: each
+/// release hands the lock to the head of the queue (pushed to its own list), and the others
+/// stay queued (`status().waiters` counts down by one per release).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_release_hands_the_lock_to_the_longest_waiting_waiter() {
+    let Some(h) = shared() else { return };
+    let name = unique("fifo");
+    let p = h.provider().await;
+    let mut g = p.mutex(&name).unwrap().lock().await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let q = h.provider().await;
+        let (tx, n) = (tx.clone(), name.clone());
+        tasks.push(tokio::spawn(async move {
+            let guard = q.mutex(&n).unwrap().lock_timeout(EVENTUALLY).await.unwrap();
+            tx.send((i, guard)).unwrap();
+        }));
+        // Queued in this order.
+        let deadline = Instant::now() + EVENTUALLY;
+        while p.status(&name).await.unwrap().waiters != Some(i + 1) {
+            assert!(Instant::now() < deadline, "waiter {i} never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for i in 0..5 {
+        let last_token = g.fencing_token().unwrap();
+        g.release().await.unwrap();
+        let (who, next) = tokio::time::timeout(EVENTUALLY, rx.recv()).await.unwrap().unwrap();
+        assert_eq!(who, i, "the lock went to waiter {who}, not to the longest-waiting one ({i})");
+        assert!(next.fencing_token().unwrap() > last_token);
+        assert_eq!(p.status(&name).await.unwrap().waiters, Some(4 - i), "one release, one waiter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(rx.try_recv().is_err(), "a second waiter got the lock from the same release");
+        g = next;
+    }
+    g.release().await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

@@ -1,0 +1,130 @@
+//! `redis://`: leased locks on one Redis server (`SET key token NX PX lease`), with fencing
+//! tokens, FIFO waiters woken by the release itself, read-write locks and semaphores.
+//!
+//! | property | value |
+//! |---|---|
+//! | what holds the lock | the key `prefix + name` with a random token, `PX lease`; renewed in the background (compare-and-`PEXPIRE`) |
+//! | released on holder crash by | lease expiry (default 10 s, `?lease=`) |
+//! | primitives | mutex and write lock (the key), read lock (a ZSET of readers, the key holds [`READERS_VALUE`]), semaphore (a ZSET of permit holders); every holder expires on its own lease |
+//! | fencing | `INCR` of `{KEY}:fence` in the acquiring script (one round trip); a counter that is missing (first use, restart without persistence) starts at the server clock in µs |
+//! | lost locks | a renewal that finds the key gone or someone else's, or the lease running out by the local clock |
+//! | waiting | FIFO queue per lock; the release hands the lock to the head waiter (sets the key to its token) and pushes to that waiter's own list, where it blocks in `BLPOP` on a connection of its own; re-check at the holder's remaining TTL and every 500 ms at most (peer tools release without waking us) |
+//! | writer starvation | a reader never passes a writer queued ahead of it |
+//! | interop | redis-py `Lock(name)`, any `SET name token NX PX` peer (same key, compare-and-delete release) |
+//! | limits | `rediss://` (TLS) not built yet; one server (see Redlock for several) |
+//!
+//! Keys (pinned by golden tests) are in `docs/backends/redis.md`, with the whole page.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> interlock::Result<()> {
+//! let locks = interlock::connect("redis://127.0.0.1:6379/0?lease=30s").await?;
+//! let guard = locks.mutex("nightly")?.lock().await?;   // the key `nightly`, as redis-py's Lock("nightly")
+//! let token = guard.fencing_token();                   // hand it to the store you write to
+//! guard.release().await?;
+//! # let _ = token; Ok(()) }
+//! ```
+
+#[cfg(feature = "redis")]
+mod config;
+mod keys;
+#[cfg(feature = "redis")]
+mod raw;
+#[cfg(feature = "redis")]
+mod scripts;
+
+use std::time::Duration;
+
+pub use keys::READERS_VALUE;
+
+#[cfg(feature = "redis")]
+use super::Connected;
+use super::{Availability, Backend};
+use crate::raw::Capabilities;
+#[cfg(feature = "redis")]
+use crate::{error::Result, raw::BoxFuture, url::LockUrl};
+
+pub(crate) const BACKEND_NAME: &str = "redis";
+
+/// The Redis backend's registry entry.
+pub(crate) const BACKEND: Backend = Backend {
+    name: BACKEND_NAME,
+    title: "Redis",
+    schemes: &["redis", "rediss"],
+    url_form: "redis://[user[:pass]@]host[:port][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR]",
+    holds: "SET key token NX PX lease",
+    feature: Some("redis"),
+    docs: "docs/backends/redis.md",
+    default_lease: Some(crate::provider::DEFAULT_LEASE),
+    capabilities: Capabilities::new(true, true, true),
+    availability: if cfg!(feature = "redis") { Availability::Built } else { Availability::FeatureOff },
+    connect: CONNECT,
+};
+
+#[cfg(feature = "redis")]
+const CONNECT: Option<super::Connect> = Some(connect);
+#[cfg(not(feature = "redis"))]
+const CONNECT: Option<super::Connect> = None;
+
+#[cfg(feature = "redis")]
+fn connect(url: &LockUrl) -> BoxFuture<'_, Result<Connected>> {
+    Box::pin(async move {
+        let config = config::RedisConfig::from_url(url)?;
+        let lease = config.lease;
+        let provider = raw::RedisProvider::connect(config).await?;
+        Ok((std::sync::Arc::new(provider) as _, lease))
+    })
+}
+
+/// The key that lock `name` uses with key prefix `prefix` (the URL's `?prefix=`, default empty):
+/// `prefix + name`, verbatim, as redis-py's `Lock(name)` and any `SET name token NX PX` peer use.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(interlock::redis::lock_key("", "deploy"), "deploy");
+/// assert_eq!(interlock::redis::lock_key("lock:", "deploy"), "lock:deploy");
+/// ```
+pub fn lock_key(prefix: &str, name: &str) -> String {
+    keys::lock_key(prefix, name)
+}
+
+/// How often, at most, a waiter re-checks a lock without a wake-up (a peer tool released it
+/// without waking interlock's waiters): 500 ms.
+pub const RECHECK: Duration = Duration::from_millis(500);
+
+#[cfg(feature = "redis")]
+const _: () = assert!(RECHECK.as_millis() == raw::RECHECK.as_millis());
+
+/// A plain connection to the server of a `redis://` URL, for measurements next to interlock's
+/// (the `PING` floor of `interlock bench`). Not a lock.
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+pub struct FloorConnection {
+    config: config::RedisConfig,
+    conn: redis::aio::MultiplexedConnection,
+}
+
+#[cfg(feature = "redis")]
+impl FloorConnection {
+    /// Connects (and authenticates) to the server of `url`.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::connect`].
+    pub async fn open(url: &str) -> Result<FloorConnection> {
+        let config = config::RedisConfig::from_url(&LockUrl::parse(url)?)?;
+        let conn = raw::floor_connection(&config).await?;
+        Ok(FloorConnection { config, conn })
+    }
+
+    /// One `PING` round trip.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Unavailable`] when the server does not answer.
+    pub async fn ping(&mut self) -> Result<()> {
+        raw::floor_ping(&self.config, &mut self.conn).await
+    }
+}

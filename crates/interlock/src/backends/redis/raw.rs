@@ -1,0 +1,547 @@
+//! The `redis://` backend: one `ConnectionManager` (a multiplexed connection that reconnects)
+//! for every command of the provider, and a dedicated connection per waiting acquisition for its
+//! blocking `BLPOP`, never the shared one.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisConnectionInfo, RedisError,
+};
+
+use super::config::RedisConfig;
+use super::keys::{self, Keys, READERS_VALUE};
+use super::scripts;
+use crate::error::{Error, Result};
+use crate::name::LockName;
+use crate::raw::{
+    BoxFuture, Capabilities, Cleanup, HeldMode, LockKind, LockStatus, RawHeld, RawProvider, Renewal, Request, Wait,
+    instant_after,
+};
+
+pub(crate) const BACKEND: &str = super::BACKEND_NAME;
+
+/// A waiter re-checks at least this often, even without a wake-up: the bound on noticing a
+/// release by a peer tool that does not wake interlock's waiters (redis-py's `Lock`, a plain
+/// `DEL`), and how often it refreshes its place in the queue.
+pub(crate) const RECHECK: Duration = Duration::from_millis(500);
+
+/// How long a waiter's place in the queue lasts without a refresh: a waiter that died (or is
+/// stopped) holds up the queue at most this long.
+pub(crate) const REGISTRATION: Duration = Duration::from_secs(4);
+
+/// At most this many idle waiter connections are kept for the next waiter.
+const IDLE_WAITER_CONNECTIONS: usize = 4;
+
+/// The `redis://` backend.
+pub(crate) struct RedisProvider {
+    client: Client,
+    conn: ConnectionManager,
+    config: RedisConfig,
+    /// Dedicated connections for blocking waits, idle.
+    idle: StdMutex<Vec<MultiplexedConnection>>,
+}
+
+impl std::fmt::Debug for RedisProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisProvider").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl RedisProvider {
+    /// Connects and verifies the server (`AUTH`, `SELECT`, `PING`), so that a wrong password is
+    /// `Error::Auth` and an unreachable server `Error::Unavailable`, here rather than at the first
+    /// acquisition.
+    pub(crate) async fn connect(config: RedisConfig) -> Result<RedisProvider> {
+        let client = client(&config)?;
+        // A plain connection first: it fails at once (the ConnectionManager would retry a refused
+        // password with backoff). It becomes the first idle waiter connection.
+        let mut first = client
+            .get_multiplexed_async_connection_with_config(&waiter_config(&config))
+            .await
+            .map_err(|e| map_err(&config, "connect", e))?;
+        ping(&mut first).await.map_err(|e| map_err(&config, "PING", e))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.command_timeout))
+            .set_connection_timeout(Some(config.command_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
+            .await
+            .map_err(|e| map_err(&config, "connect", e))?;
+        Ok(RedisProvider { client, conn, config, idle: StdMutex::new(vec![first]) })
+    }
+
+    /// A connection of its own for one blocking wait.
+    async fn waiter_connection(&self) -> Result<MultiplexedConnection> {
+        if let Some(c) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(c);
+        }
+        self.client
+            .get_multiplexed_async_connection_with_config(&waiter_config(&self.config))
+            .await
+            .map_err(|e| map_err(&self.config, "connect a waiter", e))
+    }
+
+    /// Keeps a waiter connection whose last command completed, for the next waiter.
+    fn keep_idle(&self, c: MultiplexedConnection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_WAITER_CONNECTIONS {
+            idle.push(c);
+        }
+    }
+
+    async fn acquire_inner(&self, req: Request, wait: Wait) -> Result<Option<Arc<dyn RawHeld>>> {
+        let op = Op::new(&self.config, &req);
+        let member = match wait {
+            Wait::Try => String::new(),
+            Wait::Until(_) => op.member(),
+        };
+        let mut conn = self.conn.clone();
+        // Armed before the first request: if we are dropped with it in flight, the lock may be
+        // ours on the server (and our place in the queue), and the undo removes both.
+        let undo = Cleanup::new(op.clone().undo(self.conn.clone(), member.clone(), self.config.clone()));
+        let mut waiter: Option<MultiplexedConnection> = None;
+        // The send time of the last attempt that found the lock busy: a release can hand the lock
+        // to this waiter only after that attempt ran, so the lease counts from no earlier.
+        let mut busy_sent = Instant::now();
+        loop {
+            let sent = Instant::now();
+            let reply: Vec<i64> = op
+                .invoke(Script::Acquire, &mut conn, &member, &self.config)
+                .await
+                .map_err(|e| op.map_err(&self.config, "acquire", e))?;
+            let granted = match reply[..] {
+                // By this attempt, or handed over by a release since the last busy attempt: either
+                // way not before `busy_sent` (the start, for a first attempt).
+                [1, fence] => Some((fence, busy_sent)),
+                [-1, existing] => {
+                    let LockKind::Semaphore { permits } = req.kind else { return Err(op.bad_reply(&reply)) };
+                    return Err(Error::PermitsMismatch {
+                        name: req.name.display(),
+                        existing: u32::try_from(existing).unwrap_or(0),
+                        requested: permits,
+                    });
+                }
+                [0, pttl] => {
+                    let Wait::Until(deadline) = wait else {
+                        // A single try registers nothing: there is nothing to undo.
+                        undo.disarm();
+                        return Ok(None);
+                    };
+                    busy_sent = sent;
+                    // Re-check at the holder key's expiry (a peer tool's lock that nobody
+                    // releases), at the bounded interval, and often enough that a lock handed to
+                    // us keeps most of its lease (counted from `busy_sent`).
+                    let mut timeout = RECHECK.min(req.lease.lease / 4).max(Duration::from_millis(2));
+                    if pttl > 0 {
+                        timeout = timeout.min(Duration::from_millis(pttl.unsigned_abs() + 1));
+                    }
+                    if let Some(d) = deadline {
+                        let left = d.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Ok(None);
+                        }
+                        timeout = timeout.min(left);
+                    }
+                    let mut c = match waiter.take() {
+                        Some(c) => c,
+                        None => self.waiter_connection().await?,
+                    };
+                    let wake = format!("{}{member}", op.keys.wake_prefix);
+                    let mut blpop = redis::cmd("BLPOP");
+                    blpop.arg(&wake).arg(format!("{:.3}", timeout.as_secs_f64().max(0.001)));
+                    let limit = timeout + self.config.command_timeout;
+                    match tokio::time::timeout(limit, blpop.query_async::<Option<(String, i64)>>(&mut c)).await {
+                        Ok(Ok(popped)) => {
+                            waiter = Some(c);
+                            popped.map(|(_, fence)| (fence, busy_sent))
+                        }
+                        Ok(Err(e)) => return Err(op.map_err(&self.config, "wait", e)),
+                        // No answer in time: that connection is dropped, the next wait opens another.
+                        Err(_) => None,
+                    }
+                }
+                _ => return Err(op.bad_reply(&reply)),
+            };
+            let Some((fence, from)) = granted else { continue };
+            let mut valid_until = req.lease.valid_from(from)?;
+            let held = RedisHeld {
+                conn: self.conn.clone(),
+                config: self.config.clone(),
+                op: op.clone(),
+                fence: u64::try_from(fence).unwrap_or(0),
+                valid_until,
+                released: AtomicBool::new(false),
+            };
+            // A lock handed over after a long wait may have less left than a renewal period:
+            // renew it now, or the monitor would see it run out before its first renewal.
+            if valid_until.saturating_duration_since(Instant::now())
+                <= req.lease.renew_every + req.lease.renew_every / 4
+            {
+                match held.renew(req.lease.lease).await? {
+                    Renewal::Until(t) => valid_until = t,
+                    // Gone already (expired meanwhile): try again, as a waiter.
+                    _ => continue,
+                }
+            }
+            undo.disarm();
+            if let Some(c) = waiter {
+                self.keep_idle(c);
+            }
+            return Ok(Some(Arc::new(RedisHeld { valid_until, ..held })));
+        }
+    }
+
+    async fn status_inner(&self, name: &LockName) -> Result<LockStatus> {
+        let keys = Keys::status(&self.config.prefix, name.as_str());
+        let mut inv = scripts::STATUS.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        for a in ["", "", "", "", "", READERS_VALUE] {
+            inv.arg(a);
+        }
+        let mut conn = self.conn.clone();
+        let r: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(|e| map_err(&self.config, "status", e))?;
+        let [kind, readers, pttl, waiters, permit_holders, permits, permit_waiters] = r[..] else {
+            return Err(backend_error(format!("status: unexpected reply {r:?}")));
+        };
+        let count = |n: i64| usize::try_from(n).unwrap_or(0);
+        let mut status = LockStatus::free();
+        status.location = Some(format!("key {:?} (db {})", keys[0], self.config.db));
+        let expires = |pttl: i64| match pttl {
+            -1 => "no expiry".to_owned(),
+            ms => format!("expires in {ms}ms"),
+        };
+        match kind {
+            1 => {
+                status.held = Some(HeldMode::Exclusive);
+                status.holders = vec![format!("one holder ({})", expires(pttl))];
+            }
+            2 => {
+                status.held = Some(HeldMode::Shared(count(readers)));
+                status.holders = vec![format!("{readers} reader(s) ({})", expires(pttl))];
+            }
+            3 => {
+                return Err(backend_error(format!(
+                    "status: the key {:?} is not a lock (it holds another type of value)",
+                    keys[0]
+                )));
+            }
+            _ => {}
+        }
+        status.waiters = Some(count(waiters));
+        if status.held.is_none() && permit_holders > 0 {
+            status.held = Some(HeldMode::Shared(count(permit_holders)));
+            status.permits = u32::try_from(permits).ok();
+            status.holders = vec![format!("{permit_holders} permit holder(s)")];
+            status.waiters = Some(count(permit_waiters));
+            status.location = Some(format!("key {:?} (db {})", keys[4], self.config.db));
+        }
+        Ok(status)
+    }
+}
+
+fn client(config: &RedisConfig) -> Result<Client> {
+    let mut redis = RedisConnectionInfo::default().set_db(config.db).set_skip_set_lib_name();
+    if let Some(u) = &config.user {
+        redis = redis.set_username(u);
+    }
+    if let Some(p) = &config.password {
+        redis = redis.set_password(p);
+    }
+    let info = ConnectionAddr::Tcp(config.host.clone(), config.port)
+        .into_connection_info()
+        .map_err(|e| map_err(config, "connect", e))?
+        .set_redis_settings(redis);
+    Client::open(info).map_err(|e| map_err(config, "connect", e))
+}
+
+/// Waiter connections: no response timeout of the client's own (a `BLPOP` blocks on purpose);
+/// the caller bounds each wait.
+fn waiter_config(config: &RedisConfig) -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new().set_connection_timeout(Some(config.command_timeout)).set_response_timeout(None)
+}
+
+async fn ping(c: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    redis::cmd("PING").query_async::<redis::Value>(c).await.map(drop)
+}
+
+fn backend_error(message: String) -> Error {
+    Error::Backend { backend: BACKEND, message, source: None }
+}
+
+/// One line, naming the server (never its password), and the right variant: `Auth` for refused
+/// credentials, `Unavailable` when the server cannot be reached or is not serving.
+pub(crate) fn map_err(config: &RedisConfig, what: &str, e: RedisError) -> Error {
+    let text = e.to_string().replace(['\r', '\n'], " ");
+    let code = e.code().unwrap_or("");
+    let server = format!("{}:{}", config.host, config.port);
+    // The server's NOAUTH can come back wrapped (as the answer to the connection's SELECT).
+    let lower = text.to_ascii_lowercase();
+    if e.kind() == ErrorKind::AuthenticationFailed
+        || matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM")
+        || lower.contains("authentication required")
+        || lower.contains("invalid username-password")
+    {
+        return Error::Auth {
+            backend: BACKEND,
+            message: format!("{server}: {what}: {text}"),
+            source: Some(Box::new(e)),
+        };
+    }
+    if e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || matches!(code, "LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN")
+    {
+        return Error::Unavailable {
+            backend: BACKEND,
+            message: format!("{server}: {what}: {text}"),
+            source: Some(Box::new(e)),
+        };
+    }
+    Error::Backend { backend: BACKEND, message: format!("{server}: {what}: {text}"), source: Some(Box::new(e)) }
+}
+
+/// A fresh random token: 32 hex digits (128 bits from the kernel).
+fn new_token() -> String {
+    let mut buf = [0u8; 16];
+    if rustix::rand::getrandom(&mut buf, rustix::rand::GetRandomFlags::empty()).map_or(true, |n| n < 16) {
+        // No kernel randomness (never seen on Linux): unique by process, time and a counter,
+        // which is all a token needs to be (it is not a secret).
+        use sha2::Digest;
+        static N: AtomicU64 = AtomicU64::new(0);
+        let seed = format!(
+            "{} {:?} {} {:?}",
+            std::process::id(),
+            std::time::SystemTime::now(),
+            N.fetch_add(1, Ordering::Relaxed),
+            Instant::now()
+        );
+        buf.copy_from_slice(&sha2::Sha256::digest(seed.as_bytes())[..16]);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Script {
+    Acquire,
+    Release,
+    Renew,
+}
+
+/// One acquisition: its keys, token and lease.
+#[derive(Clone, Debug)]
+struct Op {
+    name: LockName,
+    kind: LockKind,
+    keys: Keys,
+    token: String,
+    lease_ms: u64,
+}
+
+impl Op {
+    fn new(config: &RedisConfig, req: &Request) -> Op {
+        Op {
+            name: req.name.clone(),
+            kind: req.kind,
+            keys: Keys::new(&config.prefix, req.name.as_str(), req.kind),
+            token: new_token(),
+            lease_ms: duration_ms(req.lease.lease),
+        }
+    }
+
+    /// This acquisition as a waiter in the queue: `KIND:TOKEN:LEASE_MS[:PERMITS]`, all a release
+    /// needs to hand it the lock.
+    fn member(&self) -> String {
+        match self.kind {
+            LockKind::Read => format!("r:{}:{}", self.token, self.lease_ms),
+            LockKind::Semaphore { permits } => format!("s:{}:{}:{permits}", self.token, self.lease_ms),
+            _ => format!("w:{}:{}", self.token, self.lease_ms),
+        }
+    }
+
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        which: Script,
+        conn: &mut ConnectionManager,
+        member: &str,
+        config: &RedisConfig,
+    ) -> redis::RedisResult<T> {
+        self.invoke_lease(which, conn, member, config, self.lease_ms).await
+    }
+
+    async fn invoke_lease<T: redis::FromRedisValue>(
+        &self,
+        which: Script,
+        conn: &mut ConnectionManager,
+        member: &str,
+        _config: &RedisConfig,
+        lease_ms: u64,
+    ) -> redis::RedisResult<T> {
+        let sem = matches!(self.kind, LockKind::Semaphore { .. });
+        let script = match (which, sem) {
+            (Script::Acquire, false) => &*scripts::ACQUIRE_RW,
+            (Script::Release, false) => &*scripts::RELEASE_RW,
+            (Script::Renew, false) => &*scripts::RENEW_RW,
+            (Script::Acquire, true) => &*scripts::ACQUIRE_SEM,
+            (Script::Release, true) => &*scripts::RELEASE_SEM,
+            (Script::Renew, true) => &*scripts::RENEW_SEM,
+        };
+        let mut inv = script.prepare_invoke();
+        for k in &self.keys.script_keys {
+            inv.key(k);
+        }
+        let sixth = match self.kind {
+            LockKind::Semaphore { permits } => permits.to_string(),
+            _ => READERS_VALUE.to_owned(),
+        };
+        inv.arg(&self.token)
+            .arg(lease_ms)
+            .arg(member)
+            .arg(duration_ms(REGISTRATION))
+            .arg(&self.keys.wake_prefix)
+            .arg(sixth)
+            .arg(if self.kind == LockKind::Read { "r" } else { "w" });
+        inv.invoke_async(conn).await
+    }
+
+    /// The undo of a cancelled acquisition: releases the lock if it became ours, and removes our
+    /// place in the queue (waking the next waiter when the lock is free).
+    async fn undo(self, mut conn: ConnectionManager, member: String, config: RedisConfig) {
+        let r: redis::RedisResult<i64> = self.invoke(Script::Release, &mut conn, &member, &config).await;
+        if let Err(e) = r {
+            tracing::debug!(error = %self.map_err(&config, "undo", e), "undo of a cancelled acquisition failed; the lease and the queue registration expire on their own");
+        }
+    }
+
+    fn map_err(&self, config: &RedisConfig, what: &str, e: RedisError) -> Error {
+        if e.code() == Some("WRONGTYPE") {
+            return Error::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "{what} {:?}: the key {:?} holds a value that is not a lock (another type than a string)",
+                    self.name.display(),
+                    keys::lock_key(&config.prefix, self.name.as_str())
+                ),
+                source: Some(Box::new(e)),
+            };
+        }
+        map_err(config, &format!("{what} {:?}", self.name.display()), e)
+    }
+
+    fn bad_reply(&self, reply: &[i64]) -> Error {
+        backend_error(format!("lock {:?}: unexpected script reply {reply:?}", self.name.display()))
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A lock held on Redis.
+struct RedisHeld {
+    conn: ConnectionManager,
+    config: RedisConfig,
+    op: Op,
+    fence: u64,
+    valid_until: Instant,
+    released: AtomicBool,
+}
+
+impl std::fmt::Debug for RedisHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisHeld")
+            .field("key", &self.op.keys.script_keys[0])
+            .field("kind", &self.op.kind)
+            .field("fence", &self.fence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawHeld for RedisHeld {
+    fn fencing_token(&self) -> Option<u64> {
+        Some(self.fence)
+    }
+
+    fn valid_until(&self) -> Option<Instant> {
+        Some(self.valid_until)
+    }
+
+    fn renew(&self, lease: Duration) -> BoxFuture<'_, Result<Renewal>> {
+        Box::pin(async move {
+            let sent = Instant::now();
+            let mut conn = self.conn.clone();
+            let r: i64 = self
+                .op
+                .invoke_lease(Script::Renew, &mut conn, "", &self.config, duration_ms(lease))
+                .await
+                .map_err(|e| self.op.map_err(&self.config, "renew", e))?;
+            Ok(if r == 1 { Renewal::Until(instant_after(sent, lease)?) } else { Renewal::Lost })
+        })
+    }
+
+    fn release(&self) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            if self.released.load(Ordering::SeqCst) {
+                return Ok(true);
+            }
+            let mut conn = self.conn.clone();
+            let r: i64 = self
+                .op
+                .invoke(Script::Release, &mut conn, "", &self.config)
+                .await
+                .map_err(|e| self.op.map_err(&self.config, "release", e))?;
+            self.released.store(true, Ordering::SeqCst);
+            Ok(r == 1)
+        })
+    }
+}
+
+impl RawProvider for RedisProvider {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        super::BACKEND.capabilities
+    }
+
+    fn acquire(&self, request: Request, wait: Wait) -> BoxFuture<'_, Result<Option<Arc<dyn RawHeld>>>> {
+        Box::pin(self.acquire_inner(request, wait))
+    }
+
+    fn status<'a>(&'a self, name: &'a LockName) -> BoxFuture<'a, Result<LockStatus>> {
+        Box::pin(self.status_inner(name))
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        // The shared connection closes when its last clone (held locks keep one) is dropped.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A plain connection for `interlock bench`'s floors (see `super::FloorConnection`).
+pub(crate) async fn floor_connection(config: &RedisConfig) -> Result<MultiplexedConnection> {
+    let client = client(config)?;
+    let mut c = client
+        .get_multiplexed_async_connection_with_config(
+            &AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(config.command_timeout))
+                .set_response_timeout(Some(config.command_timeout)),
+        )
+        .await
+        .map_err(|e| map_err(config, "connect", e))?;
+    ping(&mut c).await.map_err(|e| map_err(config, "PING", e))?;
+    Ok(c)
+}
+
+pub(crate) async fn floor_ping(config: &RedisConfig, c: &mut MultiplexedConnection) -> Result<()> {
+    ping(c).await.map_err(|e| map_err(config, "PING", e))
+}
