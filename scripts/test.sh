@@ -11,6 +11,7 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # Servers for the network backends' tests: the tests start private instances of their own on
 # leased loopback ports (crates/interlock-testkit/src/servers/), never the system service.
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 if ((${#missing[@]})); then
   echo "scripts/test.sh: installing ${missing[*]}" >&2
   apt-get update -qq
@@ -21,6 +22,11 @@ fi
 if ! python3 -c 'import filelock, portalocker' >/dev/null 2>&1; then
   echo "scripts/test.sh: installing filelock and portalocker (pip)" >&2
   python3 -m pip install --quiet --disable-pip-version-check filelock portalocker
+fi
+# Python Redis lock tools for the redis backend's interop tests (tests/interop_redis.rs).
+if ! python3 -c 'import redis, redis_lock, pottery, redlock' >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing redis, python-redis-lock, pottery and redlock-py (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check redis python-redis-lock pottery redlock-py
 fi
 
 export INTERLOCK_TEST_REQUIRE=1
