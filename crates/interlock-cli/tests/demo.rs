@@ -184,3 +184,107 @@ fn the_demo_state_stays_out_of_the_lock_namespace() {
     holder.close_stdin();
     assert!(holder.wait().success());
 }
+
+/// `demo flash-sale -u redis://...` on a namespace of the test binary's private `redis-server`:
+/// the stock is a plain `count` key (and the sales a list) in the same Redis, under the run's
+/// own namespace, and nothing is written to `$TMPDIR`.
+#[cfg(feature = "redis")]
+mod on_redis {
+    use super::*;
+    use interlock_testkit::servers::redis::{self, RedisNs};
+
+    /// The namespace's URL, with its key prefix.
+    fn url(ns: &RedisNs<'_>) -> String {
+        format!("{}?prefix={}", ns.url(), ns.prefix)
+    }
+
+    /// `interlock demo flash-sale -u URL EXTRA...` with a private, empty `$TMPDIR` that must stay
+    /// empty.
+    fn flash_sale(ns: &RedisNs<'_>, extra: &[&str]) -> Out {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = cli_support::interlock();
+        c.env("TMPDIR", tmp.path()).args(["demo", "flash-sale", "-u", &url(ns)]).args(extra);
+        let out = cli_support::output(c);
+        assert!(walk(tmp.path()).is_empty(), "files in $TMPDIR: {:?}", walk(tmp.path()));
+        out
+    }
+
+    /// The keys left in the namespace's database: the run's `count` and `sales` are gone.
+    fn assert_keys_removed(ns: &RedisNs<'_>, locked: bool) {
+        let fence = format!("{{{}flash-sale}}:fence", ns.prefix);
+        let expected = if locked { vec![fence] } else { Vec::new() };
+        assert_eq!(ns.keys().unwrap(), expected, "only the lock's fencing counter stays");
+    }
+
+    #[test]
+    fn with_the_lock_the_buyers_sell_exactly_the_stock() {
+        let Some(server) = redis::shared() else { return };
+        for stock in [1, 3] {
+            let ns = server.namespace();
+            let out = flash_sale(&ns, &["--buyers", "8", "--stock", &stock.to_string()]);
+            out.succeeds();
+            assert_eq!(field(&out, "sold"), stock, "{}", out.stdout);
+            assert_eq!(field(&out, "oversold"), 0);
+            assert_eq!(field(&out, "left"), 0);
+            let key = format!("stock:    key \"{}interlock-demo:flash-sale:", ns.prefix);
+            assert!(out.stdout.contains(&key), "the summary names the stock key: {}", out.stdout);
+            assert!(out.stdout.contains(&ns.url()), "the summary names the URL: {}", out.stdout);
+            assert_keys_removed(&ns, true);
+        }
+    }
+
+    #[test]
+    fn without_the_lock_the_buyers_oversell() {
+        let Some(server) = redis::shared() else { return };
+        let ns = server.namespace();
+        // 16 buyers that each think 200 ms between GET and SET: all of them read the count before
+        // any writes it back, even on a loaded machine.
+        let out = flash_sale(&ns, &["--buyers", "16", "--stock", "1", "--no-lock", "--think-ms", "200"]);
+        out.succeeds();
+        let sold = field(&out, "sold");
+        assert!(sold > 1, "without a lock 16 buyers should oversell a stock of 1: {}", out.stdout);
+        assert_eq!(field(&out, "oversold"), sold - 1);
+        assert!(out.stdout.contains("as expected without a lock"), "{}", out.stdout);
+        assert_keys_removed(&ns, false);
+    }
+
+    /// While the buyers run, the stock is the plain string key `PREFIX...:count` in the lock's
+    /// database, next to the lock's own key `PREFIXflash-sale`; both go when the run ends.
+    #[test]
+    fn the_stock_is_a_plain_count_key_next_to_the_lock() {
+        let Some(server) = redis::shared() else { return };
+        let ns = server.namespace();
+        let mut c = cli_support::interlock();
+        let tmp = tempfile::tempdir().unwrap();
+        c.env("TMPDIR", tmp.path()).args(["demo", "flash-sale", "-u", &url(&ns)]).args([
+            "--buyers",
+            "2",
+            "--stock",
+            "1",
+            "--think-ms",
+            "1500",
+        ]);
+        let mut demo = Proc::spawn(c);
+        let lock_key = format!("{}flash-sale", ns.prefix);
+        let count_prefix = format!("{}interlock-demo:flash-sale:", ns.prefix);
+        let deadline = Instant::now() + cli_support::LONG;
+        let count = loop {
+            assert!(demo.running(), "the demo ended early: {}", demo.stderr());
+            assert!(Instant::now() < deadline, "no buyer took the lock: {:?}", ns.keys().unwrap());
+            let keys = ns.keys().unwrap();
+            let count = keys.iter().find(|k| k.starts_with(&count_prefix) && k.ends_with(":count"));
+            if let (Some(count), true) = (count, keys.contains(&lock_key)) {
+                break count.clone();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(ns.cmd(&["TYPE", &count]).unwrap().text().as_deref(), Some("string"));
+        let value = ns.cmd(&["GET", &count]).unwrap().text().unwrap();
+        assert!(value == "1" || value == "0", "{count} holds {value:?}");
+        assert!(demo.wait().success(), "{}", demo.stderr());
+        assert!(demo.all_stdout().contains("sold:     1"), "{}", demo.all_stdout());
+        assert!(demo.all_stdout().contains(&format!("{count:?}")), "{}", demo.all_stdout());
+        assert_keys_removed(&ns, true);
+        assert!(walk(tmp.path()).is_empty());
+    }
+}

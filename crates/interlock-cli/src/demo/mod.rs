@@ -1,13 +1,21 @@
-//! `interlock demo flash-sale`: many buyer processes race for a small stock kept in plain files.
-//! With the lock they sell exactly the stock; with `--no-lock` they oversell.
+//! `interlock demo flash-sale`: many buyer processes race for a small stock kept in plain files,
+//! or with `-u redis://...` in a plain `count` key of the same Redis. With the lock they sell
+//! exactly the stock; with `--no-lock` they oversell.
 //!
 //! The parent keeps the stock in a fresh private temporary directory (in `$TMPDIR`, never in the
-//! lock directory, so the demo's files can never collide with a lock), starts every buyer (this same binary,
-//! re-executed with the hidden `demo-buyer` subcommand), waits until each has connected and said
-//! `ready`, then closes all their stdins at once so that they start together. Each buyer takes the
-//! `flash-sale` mutex, reads the stock, thinks for a few milliseconds, and if anything is left,
-//! writes the stock minus one and appends one line to the `sales` file.
+//! lock directory, so the demo's files can never collide with a lock), or on `redis://` in the
+//! keys `count` and `sales` under a namespace of the run's own in the lock's Redis
+//! ([`redis_stock`]). It starts every buyer (this same binary, re-executed with the hidden
+//! `demo-buyer` subcommand), waits until each has connected and said `ready`, then closes all
+//! their stdins at once so that they start together. Each buyer takes the `flash-sale` mutex,
+//! reads the stock, thinks for a few milliseconds, and if anything is left, writes the stock minus
+//! one and records one sale (a line of the `sales` file, an entry of the `sales` list). The run's
+//! files or keys are removed at the end.
 
+#[cfg(feature = "redis")]
+mod redis_stock;
+
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -38,8 +46,8 @@ pub struct DemoArgs {
 /// The demo scenarios.
 #[derive(Subcommand, Debug)]
 pub enum Scenario {
-    /// B buyer processes race for a stock of S items kept in plain files; the lock keeps them
-    /// from overselling
+    /// B buyer processes race for a stock of S items kept in plain files (on redis://, in a plain
+    /// `count` key of the same Redis); the lock keeps them from overselling
     #[command(after_help = "Exit status: 0 when the run behaved as expected (exactly the stock sold with the lock; \
                             with --no-lock, overselling is the expected demonstration), 1 if the lock let buyers \
                             oversell, otherwise as listed in `interlock --help`.")]
@@ -75,8 +83,12 @@ pub struct FlashSaleArgs {
 #[derive(Args, Debug)]
 pub struct BuyerArgs {
     /// The state directory holding `stock` and `sales`
-    #[arg(long, value_name = "DIR")]
-    pub state: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "redis_ns")]
+    pub state: Option<PathBuf>,
+
+    /// Or: the key namespace of the keys `count` and `sales` in the lock's Redis
+    #[arg(long, value_name = "NAMESPACE", conflicts_with = "state")]
+    pub redis_ns: Option<String>,
 
     /// Think time in milliseconds
     #[arg(long, value_name = "MS", default_value_t = 5)]
@@ -103,45 +115,24 @@ pub async fn demo(args: DemoArgs) -> Outcome {
 /// # Errors
 ///
 /// 1 when buyers oversold (or lost a sale) despite the lock; the library's code for a bad URL or
-/// an unusable backend; 74 when the state files cannot be used; a failing buyer's own code.
+/// an unusable backend; 74 when the state files cannot be used or the stock key holds no count;
+/// 69 when the Redis of the stock fails; a failing buyer's own code.
 pub async fn flash_sale(args: FlashSaleArgs) -> Outcome {
     let url = acquire::resolve_url(args.url.as_deref());
     let provider = acquire::connect(&url).await?;
-    let state = StateDir::create()?;
-    write_stock(&state.stock(), args.stock)?;
-    File::create(state.sales()).map_err(|e| Failure::io(format!("cannot create {}", state.sales().display()), e))?;
-    let exe = std::env::current_exe().map_err(|e| Failure::io("cannot find the interlock executable", e))?;
+    let (mut stock, state) = Stock::create(&url, &provider).await?;
+    let sale = sell(&args, &url, &mut stock).await;
+    let removed = stock.remove().await;
+    drop(state);
+    let Sale { sold, left, failed, elapsed } = sale?;
+    removed?;
 
-    let mut buyers = Vec::new();
-    for _ in 0..args.buyers {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("demo-buyer").arg("--state").arg(state.path()).arg("--think-ms").arg(args.think_ms.to_string());
-        if args.no_lock {
-            cmd.arg("--no-lock");
-        }
-        cmd.env("INTERLOCK_URL", &url).stdin(Stdio::piped()).stdout(Stdio::piped()).kill_on_drop(true);
-        buyers.push(cmd.spawn().map_err(|e| Failure::io("cannot start a buyer", e))?);
-    }
-    let gates = wait_ready(&mut buyers).await?;
-
-    let start = Instant::now();
-    drop(gates); // every buyer's stdin closes now: go
-    let mut failed = Vec::new();
-    for buyer in &mut buyers {
-        let status = buyer.wait().await.map_err(|e| Failure::io("cannot wait for a buyer", e))?;
-        if !status.success() {
-            failed.push(exit::child_code(status));
-        }
-    }
-    let elapsed = start.elapsed();
-
-    let sold = count_sales(&state.sales())?;
-    let left = read_stock(&state.stock())?;
     let expected = args.stock.min(u64::from(args.buyers));
     let oversold = sold.saturating_sub(args.stock);
     let locking = if args.no_lock { "none (--no-lock)".to_owned() } else { format!("mutex {LOCK_NAME:?}") };
+    let kept = stock.describe().map(|d| format!("  stock:    {d}\n")).unwrap_or_default();
     let summary = format!(
-        "flash sale: {buyers} buyers, stock {stock}\n  url:      {url}\n  locking:  {locking}\n  sold:     {sold}\n  \
+        "flash sale: {buyers} buyers, stock {stock}\n  url:      {url}\n{kept}  locking:  {locking}\n  sold:     {sold}\n  \
          oversold: {oversold}\n  left:     {left}\n  elapsed:  {ms} ms\n",
         buyers = args.buyers,
         stock = args.stock,
@@ -149,7 +140,6 @@ pub async fn flash_sale(args: FlashSaleArgs) -> Outcome {
         ms = elapsed.as_millis(),
     );
     print(&summary)?;
-    drop(state);
 
     if let Some(&code) = failed.first() {
         return Err(Failure::new(
@@ -179,6 +169,45 @@ pub async fn flash_sale(args: FlashSaleArgs) -> Outcome {
     }
     print(&format!("OK: the lock made the buyers sell exactly {sold} of {} items\n", args.stock))?;
     Ok(0)
+}
+
+/// What a sale ended with.
+#[derive(Debug)]
+struct Sale {
+    sold: u64,
+    left: u64,
+    /// The exit codes of the buyers that failed.
+    failed: Vec<u8>,
+    elapsed: Duration,
+}
+
+/// Starts the buyers on `stock`, lets them go together, waits for them all, and counts.
+async fn sell(args: &FlashSaleArgs, url: &str, stock: &mut Stock) -> Result<Sale, Failure> {
+    stock.fill(args.stock).await?;
+    let exe = std::env::current_exe().map_err(|e| Failure::io("cannot find the interlock executable", e))?;
+    let mut buyers = Vec::new();
+    for _ in 0..args.buyers {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("demo-buyer").args(stock.buyer_args()).arg("--think-ms").arg(args.think_ms.to_string());
+        if args.no_lock {
+            cmd.arg("--no-lock");
+        }
+        cmd.env("INTERLOCK_URL", url).stdin(Stdio::piped()).stdout(Stdio::piped()).kill_on_drop(true);
+        buyers.push(cmd.spawn().map_err(|e| Failure::io("cannot start a buyer", e))?);
+    }
+    let gates = wait_ready(&mut buyers).await?;
+
+    let start = Instant::now();
+    drop(gates); // every buyer's stdin closes now: go
+    let mut failed = Vec::new();
+    for buyer in &mut buyers {
+        let status = buyer.wait().await.map_err(|e| Failure::io("cannot wait for a buyer", e))?;
+        if !status.success() {
+            failed.push(exit::child_code(status));
+        }
+    }
+    let elapsed = start.elapsed();
+    Ok(Sale { sold: stock.sales().await?, left: stock.read().await?, failed, elapsed })
 }
 
 /// Waits until every buyer says `ready`, and hands back their stdins (the start gates).
@@ -212,30 +241,145 @@ async fn wait_ready(buyers: &mut [Child]) -> Result<Vec<ChildStdin>, Failure> {
 ///
 /// The library's code for lock errors (75 if the lock was lost), 74 for the state files.
 pub async fn buyer(args: BuyerArgs) -> Outcome {
-    let provider = acquire::connect(&acquire::resolve_url(None)).await?;
+    let url = acquire::resolve_url(None);
+    let provider = acquire::connect(&url).await?;
+    let mut stock = Stock::open(&url, args.state, args.redis_ns).await?;
     let lock_err = |e: interlock::Error| Failure::from_lock(&e, exit::CONFLICT_DEFAULT);
     let mutex = provider.mutex(LOCK_NAME).map_err(lock_err)?;
     print("ready\n")?;
     let _ = hold::stdin_closed().await;
 
     let guard = if args.no_lock { None } else { Some(mutex.lock().await.map_err(lock_err)?) };
-    let stock_path = args.state.join("stock");
-    let stock = read_stock(&stock_path)?;
+    let left = stock.read().await?;
     tokio::time::sleep(Duration::from_millis(args.think_ms)).await;
-    if stock > 0 {
-        write_stock(&stock_path, stock - 1)?;
-        let sales = args.state.join("sales");
-        let line = format!("pid {} bought 1 of {stock}\n", std::process::id());
-        OpenOptions::new()
-            .append(true)
-            .open(&sales)
-            .and_then(|mut f| f.write_all(line.as_bytes()))
-            .map_err(|e| Failure::io(format!("cannot record a sale in {}", sales.display()), e))?;
+    if left > 0 {
+        stock.write(left - 1).await?;
+        stock.record_sale(&format!("pid {} bought 1 of {left}", std::process::id())).await?;
     }
     if let Some(guard) = guard {
         guard.release().await.map_err(lock_err)?;
     }
     Ok(0)
+}
+
+/// Where a run keeps its stock and its sales.
+#[derive(Debug)]
+enum Stock {
+    /// The files `stock` and `sales` in the run's private directory (every backend but redis).
+    Files(PathBuf),
+    /// The keys `count` and `sales` under the run's namespace in the lock's own Redis.
+    #[cfg(feature = "redis")]
+    Redis(redis_stock::RedisStock),
+}
+
+impl Stock {
+    /// The parent's: a fresh private directory (removed when the [`StateDir`] is dropped), or on
+    /// `redis://` a fresh namespace of the lock's Redis.
+    async fn create(url: &str, provider: &interlock::Provider) -> Result<(Stock, Option<StateDir>), Failure> {
+        #[cfg(feature = "redis")]
+        if provider.backend() == "redis" {
+            let ns = redis_stock::new_namespace(url)?;
+            return Ok((Stock::Redis(redis_stock::RedisStock::connect(url, &ns).await?), None));
+        }
+        let _ = (url, provider);
+        let state = StateDir::create()?;
+        Ok((Stock::Files(state.path().to_owned()), Some(state)))
+    }
+
+    /// A buyer's: where its parent said.
+    async fn open(url: &str, state: Option<PathBuf>, redis_ns: Option<String>) -> Result<Stock, Failure> {
+        match (state, redis_ns) {
+            (Some(dir), None) => Ok(Stock::Files(dir)),
+            #[cfg(feature = "redis")]
+            (None, Some(ns)) => Ok(Stock::Redis(redis_stock::RedisStock::connect(url, &ns).await?)),
+            _ => {
+                let _ = url;
+                Err(Failure::usage("demo-buyer takes --state DIR, or --redis-ns NAMESPACE on a redis:// URL"))
+            }
+        }
+    }
+
+    /// The buyers' flags that say where the stock is.
+    fn buyer_args(&self) -> Vec<OsString> {
+        match self {
+            Stock::Files(dir) => vec!["--state".into(), dir.into()],
+            #[cfg(feature = "redis")]
+            Stock::Redis(r) => vec!["--redis-ns".into(), r.namespace().into()],
+        }
+    }
+
+    /// A summary line saying where the stock is, when not in files.
+    fn describe(&self) -> Option<String> {
+        match self {
+            Stock::Files(_) => None,
+            #[cfg(feature = "redis")]
+            Stock::Redis(r) => Some(format!("key {:?} in the lock's Redis", r.count_key())),
+        }
+    }
+
+    /// Puts `stock` items on sale, none sold yet.
+    async fn fill(&mut self, stock: u64) -> Result<(), Failure> {
+        match self {
+            Stock::Files(dir) => {
+                write_stock(&dir.join("stock"), stock)?;
+                let sales = dir.join("sales");
+                File::create(&sales).map_err(|e| Failure::io(format!("cannot create {}", sales.display()), e))?;
+                Ok(())
+            }
+            #[cfg(feature = "redis")]
+            Stock::Redis(r) => r.create(stock).await,
+        }
+    }
+
+    async fn read(&mut self) -> Result<u64, Failure> {
+        match self {
+            Stock::Files(dir) => read_stock(&dir.join("stock")),
+            #[cfg(feature = "redis")]
+            Stock::Redis(r) => r.read().await,
+        }
+    }
+
+    async fn write(&mut self, stock: u64) -> Result<(), Failure> {
+        match self {
+            Stock::Files(dir) => write_stock(&dir.join("stock"), stock),
+            #[cfg(feature = "redis")]
+            Stock::Redis(r) => r.write(stock).await,
+        }
+    }
+
+    /// Records one item sold.
+    async fn record_sale(&mut self, line: &str) -> Result<(), Failure> {
+        match self {
+            Stock::Files(dir) => {
+                let sales = dir.join("sales");
+                OpenOptions::new()
+                    .append(true)
+                    .open(&sales)
+                    .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+                    .map_err(|e| Failure::io(format!("cannot record a sale in {}", sales.display()), e))
+            }
+            #[cfg(feature = "redis")]
+            Stock::Redis(r) => r.record_sale(line).await,
+        }
+    }
+
+    /// The items sold.
+    async fn sales(&mut self) -> Result<u64, Failure> {
+        match self {
+            Stock::Files(dir) => count_sales(&dir.join("sales")),
+            #[cfg(feature = "redis")]
+            Stock::Redis(r) => r.sales().await,
+        }
+    }
+
+    /// Removes the run's keys (the files go with their [`StateDir`]).
+    async fn remove(&mut self) -> Result<(), Failure> {
+        match self {
+            Stock::Files(_) => Ok(()),
+            #[cfg(feature = "redis")]
+            Stock::Redis(r) => r.remove().await,
+        }
+    }
 }
 
 /// The demo's private state directory, removed when dropped: a fresh temporary directory (mode
@@ -256,14 +400,6 @@ impl StateDir {
 
     fn path(&self) -> &Path {
         &self.1
-    }
-
-    fn stock(&self) -> PathBuf {
-        self.1.join("stock")
-    }
-
-    fn sales(&self) -> PathBuf {
-        self.1.join("sales")
     }
 }
 
