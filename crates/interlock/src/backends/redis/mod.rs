@@ -10,7 +10,7 @@
 //! | lost locks | a renewal that finds the key gone or someone else's, or the lease running out by the local clock |
 //! | waiting | FIFO queue per lock; the release hands the lock to the head waiter (sets the key to its token) and pushes to that waiter's own list, where it blocks in `BLPOP` on a connection of its own; re-check at the holder's remaining TTL and every 500 ms at most (peer tools release without waking us) |
 //! | writer starvation | a reader never passes a writer queued ahead of it |
-//! | interop | redis-py `Lock(name)`, any `SET name token NX PX` peer (same key, compare-and-delete release) |
+//! | interop | redis-py `Lock(name)` (`SET name token NX`, PX only with a timeout), python-redis-lock (`?prefix=lock:`), pottery and redlock-py on one master (`?prefix=redlock:` for pottery), any `SET name v NX [PX]` peer: the same key, compare-and-delete release (docs/backends/redis.md#interop) |
 //! | limits | `rediss://` (TLS) not built yet; one server (see Redlock for several) |
 //!
 //! Keys (pinned by golden tests) are in `docs/backends/redis.md`, with the whole page.
