@@ -309,7 +309,7 @@ pub(crate) fn map_err(config: &RedisConfig, what: &str, e: RedisError) -> Error 
 }
 
 /// A fresh random token: 32 hex digits (128 bits from the kernel).
-fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let mut buf = [0u8; 16];
     if rustix::rand::getrandom(&mut buf, rustix::rand::GetRandomFlags::empty()).map_or(true, |n| n < 16) {
         // No kernel randomness (never seen on Linux): unique by process, time and a counter,
