@@ -227,7 +227,15 @@ async fn both_ways(peer: &Peer) {
             if keys == expected {
                 break;
             }
-            assert!(Instant::now() < deadline, "{}: left behind on master {i}: {keys:?}", peer.tool);
+            if Instant::now() >= deadline {
+                let r = h.group().member(i);
+                let value = r.cmd(h.ns().db, &["GET", &key]).ok().and_then(|v| v.text());
+                let pttl = r.cmd(h.ns().db, &["PTTL", &key]).ok().and_then(|v| v.int());
+                panic!(
+                    "{}: left behind on master {i}: {keys:?} (the lock key holds {value:?}, PTTL {pttl:?})",
+                    peer.tool
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -9,8 +9,10 @@
 //! | `{K}:fence` | integer | this master's fencing counter (kept for good) |
 //! | `{K}:readers` | zset | reader token → expiry (server ms) |
 //! | `{K}:writers` | zset | waiting writer token → registration expiry (server ms): keeps new readers out |
+//! | `{K}:q`, `{K}:qx` | zset | waiting `w:TOKEN` / `r:TOKEN` → arrival (server µs), → registration expiry (server ms): who a release wakes |
 //!
-//! and the pub/sub channel `{K}:released`, on which a release that frees the lock publishes.
+//! and the pub/sub channel `{K}:released`, on which a release that frees the lock publishes the
+//! head waiter (`w:TOKEN`), or `*` for everyone.
 
 #![cfg_attr(not(feature = "redlock"), allow(dead_code))]
 
@@ -23,6 +25,8 @@ pub(crate) struct Keys {
     pub fence: String,
     pub readers: String,
     pub writers: String,
+    pub q: String,
+    pub qx: String,
     /// Not a key: the pub/sub channel of releases.
     pub channel: String,
 }
@@ -35,6 +39,8 @@ impl Keys {
             fence: format!("{tag}:fence"),
             readers: format!("{tag}:readers"),
             writers: format!("{tag}:writers"),
+            q: format!("{tag}:q"),
+            qx: format!("{tag}:qx"),
             channel: format!("{tag}:released"),
             lock,
         }
@@ -50,8 +56,16 @@ mod tests {
     fn golden_keys() {
         let k = Keys::new("", "deploy");
         assert_eq!(
-            [k.lock.as_str(), &k.fence, &k.readers, &k.writers, &k.channel],
-            ["deploy", "{deploy}:fence", "{deploy}:readers", "{deploy}:writers", "{deploy}:released"]
+            [k.lock.as_str(), &k.fence, &k.readers, &k.writers, &k.q, &k.qx, &k.channel],
+            [
+                "deploy",
+                "{deploy}:fence",
+                "{deploy}:readers",
+                "{deploy}:writers",
+                "{deploy}:q",
+                "{deploy}:qx",
+                "{deploy}:released"
+            ]
         );
         let k = Keys::new("redlock:", "jobs/x ü");
         assert_eq!((k.lock.as_str(), k.fence.as_str()), ("redlock:jobs/x ü", "{redlock:jobs/x ü}:fence"));

@@ -143,13 +143,19 @@ impl Master {
     async fn acquire(&self, op: &Op, wait: bool) -> Result<Vec<i64>> {
         let mut c = self.conn().await?;
         let mut inv = scripts::ACQUIRE.prepare_invoke();
-        inv.key(&op.keys.lock).key(&op.keys.fence).key(&op.keys.readers).key(&op.keys.writers);
+        inv.key(&op.keys.lock)
+            .key(&op.keys.fence)
+            .key(&op.keys.readers)
+            .key(&op.keys.writers)
+            .key(&op.keys.q)
+            .key(&op.keys.qx);
         inv.arg(&op.token)
             .arg(op.lease_ms)
             .arg(op.side)
             .arg(READERS_VALUE)
-            .arg(if wait && op.side == "w" { "1" } else { "0" })
-            .arg(duration_ms(REGISTRATION));
+            .arg(if wait { "1" } else { "0" })
+            .arg(duration_ms(REGISTRATION))
+            .arg(op.arrival);
         inv.invoke_async(&mut c).await.map_err(|e| op.map_err(self, "acquire", e))
     }
 
@@ -172,7 +178,7 @@ impl Master {
     async fn release(&self, op: &Op, keep_waiting: bool) -> Result<i64> {
         let mut c = self.conn().await?;
         let mut inv = scripts::RELEASE.prepare_invoke();
-        inv.key(&op.keys.lock).key(&op.keys.readers).key(&op.keys.writers);
+        inv.key(&op.keys.lock).key(&op.keys.readers).key(&op.keys.writers).key(&op.keys.q).key(&op.keys.qx);
         inv.arg(&op.token).arg(op.side).arg(READERS_VALUE).arg(&op.keys.channel).arg(if keep_waiting {
             "1"
         } else {
@@ -184,20 +190,14 @@ impl Master {
     async fn status(&self, keys: &Keys) -> Result<(i64, i64, i64, i64)> {
         let mut c = self.conn().await?;
         let mut inv = scripts::STATUS.prepare_invoke();
-        inv.key(&keys.lock).key(&keys.readers).arg(READERS_VALUE);
-        let [kind, readers, pttl]: [i64; 3] = inv
+        inv.key(&keys.lock).key(&keys.readers).key(&keys.qx).arg(READERS_VALUE);
+        let [kind, readers, pttl, waiting]: [i64; 4] = inv
             .invoke_async::<Vec<i64>>(&mut c)
             .await
             .map_err(|e| self.err("status", e))?
             .try_into()
             .map_err(|r| backend_error(format!("{}: status: unexpected reply {r:?}", self.config.shown)))?;
-        let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&keys.channel)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.err("PUBSUB NUMSUB", e))?;
-        Ok((kind, readers, pttl, subscribers))
+        Ok((kind, readers, pttl, waiting))
     }
 }
 
@@ -294,6 +294,9 @@ pub(crate) struct Op {
     keys: Keys,
     token: String,
     lease_ms: u64,
+    /// When the acquisition started, by this host's clock in µs: its rank in the wake-up queue,
+    /// the same on every master.
+    arrival: u64,
     in_flight: StdMutex<Vec<JoinHandle<()>>>,
 }
 
@@ -421,6 +424,9 @@ impl RedlockProvider {
             side: if req.kind == LockKind::Read { "r" } else { "w" },
             token: new_token(),
             lease_ms: duration_ms(req.lease.lease),
+            arrival: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
             in_flight: StdMutex::new(Vec::new()),
         });
         let waiting = matches!(wait, Wait::Until(_));
@@ -435,15 +441,14 @@ impl RedlockProvider {
                 }
             }
         });
-        // Subscribed before the first attempt, so that no release after it goes unseen.
+        // A waiter subscribes once its first attempt found the lock busy, and attempts again
+        // before it waits: no release after that second attempt goes unseen, and an uncontended
+        // acquisition costs no subscription.
         let mut interest: Option<Interest> = None;
-        if waiting {
-            interest = Some(self.wakeups.interest(&self.masters, &op.keys.channel, self.quorum()).await);
-        }
+        let member = format!("{}:{}", op.side, op.token);
         loop {
-            if let Some(i) = &mut interest {
-                i.rx.borrow_and_update();
-            }
+            // Wake-ups from here on count: they may come while the attempt runs.
+            let mut seen = interest.as_mut().map_or(0, |i| i.rx.borrow_and_update().seq);
             let (pttl, split) = match self.attempt(&op, req.lease, waiting).await? {
                 Attempt::Held(held) => {
                     undo.disarm();
@@ -456,7 +461,11 @@ impl RedlockProvider {
                 undo.disarm();
                 return Ok(None);
             };
-            // Retry at the next release (the wake-up), at the holder's expiry, and at the
+            if interest.is_none() {
+                interest = Some(self.wakeups.interest(&self.masters, &op.keys.channel, self.quorum()).await);
+                continue;
+            }
+            // Retry when a release names us (or everyone), at the holder's expiry, and at the
             // bounded re-check; after a split vote, after a short random delay.
             let mut timeout = if split { jitter(JITTER) } else { RECHECK + jitter(JITTER) };
             if let Some(p) = pttl {
@@ -469,11 +478,19 @@ impl RedlockProvider {
                 }
                 timeout = timeout.min(left);
             }
+            let until = tokio::time::Instant::now() + timeout;
             match &mut interest {
                 Some(i) if !split => {
-                    let _ = tokio::time::timeout(timeout, i.rx.changed()).await;
+                    while let Ok(Ok(())) = tokio::time::timeout_at(until, i.rx.changed()).await {
+                        let wake = i.rx.borrow_and_update();
+                        let mine = wake.wakes(seen, &member);
+                        seen = wake.seq;
+                        if mine {
+                            break;
+                        }
+                    }
                 }
-                _ => tokio::time::sleep(timeout).await,
+                _ => tokio::time::sleep_until(until).await,
             }
         }
     }
@@ -535,10 +552,14 @@ impl RedlockProvider {
                 }
             }
         }
-        // Not ours: undo what this attempt set, everywhere, before anyone retries.
-        let (_, _, release_errors) = release_everywhere(self.masters.clone(), op.clone(), waiting).await;
-        for e in release_errors {
-            tracing::debug!(error = %e, "redlock: releasing a failed attempt failed on a master; its lease expires on its own");
+        // Not ours: undo what this attempt may have set (where it was granted, or where the answer
+        // did not come back), everywhere, before anyone retries. A waiter keeps its place in the
+        // queues and publishes nothing (its competitors retry on their own).
+        if !granted.is_empty() || !errors.is_empty() {
+            let (_, _, release_errors) = release_everywhere(self.masters.clone(), op.clone(), waiting).await;
+            for e in release_errors {
+                tracing::debug!(error = %e, "redlock: releasing a failed attempt failed on a master; its lease expires on its own");
+            }
         }
         if let Some(i) = errors.iter().position(|e| matches!(e, Error::Backend { .. })) {
             return Err(errors.swap_remove(i));
@@ -590,7 +611,8 @@ impl RedlockProvider {
                 async move { m.status(&keys).await }
             })
         };
-        let (mut exclusive, mut shared, mut readers, mut subscribers, mut answered) = (0, 0, 0i64, 0i64, 0);
+        let (mut exclusive, mut shared, mut readers, mut answered) = (0, 0, 0i64, 0);
+        let mut waiting = Vec::new();
         let mut pttl = None::<i64>;
         let mut errors = Vec::new();
         while let Some((_, r)) = replies.recv().await {
@@ -601,9 +623,9 @@ impl RedlockProvider {
                         keys.lock
                     )));
                 }
-                Ok((kind, r, ttl, subs)) => {
+                Ok((kind, r, ttl, w)) => {
                     answered += 1;
-                    subscribers = subscribers.max(subs);
+                    waiting.push(w);
                     match kind {
                         1 => exclusive += 1,
                         2 => {
@@ -622,7 +644,10 @@ impl RedlockProvider {
         }
         let mut status = LockStatus::free();
         status.location = Some(format!("key {:?} (db {}) on {n} masters", keys.lock, self.config.masters[0].db));
-        status.waiters = Some(usize::try_from(subscribers).unwrap_or(0));
+        // Waiters registered on a quorum (a winner's stale registration on a minority of masters
+        // expires on its own and is not counted).
+        waiting.sort_unstable_by(|a, b| b.cmp(a));
+        status.waiters = Some(usize::try_from(waiting.get(quorum - 1).copied().unwrap_or(0)).unwrap_or(0));
         let expires = match pttl {
             Some(-1) => "no expiry".to_owned(),
             Some(ms) => format!("expires in {ms}ms"),

@@ -9,7 +9,7 @@
 //! quorum (or the lock would still be held on a quorum), which meets ours in at least one master,
 //! so it cannot be missed. When the last interest of a channel ends, the provider unsubscribes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use redis::{PushInfo, PushKind, Value};
@@ -18,10 +18,48 @@ use tokio::sync::watch;
 use super::raw::{Master, round};
 use crate::raw::spawn_cleanup;
 
-/// The provider's subscriptions: channel → (interests, wake-up counter).
+/// How many recent wake-up messages a channel keeps for its waiters to look through.
+const RECENT: usize = 16;
+
+/// The wake-ups of one channel: a counter, and the recent messages with their numbers (a
+/// message names the waiter it wakes, `w:TOKEN`, or is `*` for every waiter).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Wake {
+    pub(crate) seq: u64,
+    pub(crate) recent: VecDeque<(u64, String)>,
+}
+
+impl Wake {
+    fn push(&mut self, message: String) {
+        self.seq = self.seq.wrapping_add(1);
+        if self.recent.len() >= RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((self.seq, message));
+    }
+
+    /// Whether a message after `seen` wakes `member` (names it, or everyone).
+    pub(crate) fn wakes(&self, seen: u64, member: &str) -> bool {
+        self.recent.iter().any(|(n, m)| *n > seen && (m == "*" || m == member))
+    }
+}
+
+/// How long a channel stays subscribed after its last waiter left, for the next one (a lock
+/// taken again and again by waiters of one process subscribes once).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One channel: its waiters, whether it is subscribed, its wake-ups.
+#[derive(Debug)]
+struct Chan {
+    count: usize,
+    subscribed: bool,
+    tx: watch::Sender<Wake>,
+}
+
+/// The provider's subscriptions, by channel.
 #[derive(Debug, Default)]
 pub(crate) struct Wakeups {
-    table: StdMutex<HashMap<String, (usize, watch::Sender<u64>)>>,
+    table: StdMutex<HashMap<String, Chan>>,
     /// Serialises SUBSCRIBE and UNSUBSCRIBE, so that an unsubscribe of a channel's last interest
     /// never overtakes the subscribe of the next one.
     order: tokio::sync::Mutex<()>,
@@ -42,20 +80,22 @@ impl Wakeups {
         let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         match info.kind {
             PushKind::Message => {
-                let channel = match info.data.first() {
-                    Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-                    Some(Value::SimpleString(s)) => s.clone(),
-                    _ => return,
+                let text = |v: Option<&Value>| match v {
+                    Some(Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                    Some(Value::SimpleString(s)) => Some(s.clone()),
+                    _ => None,
                 };
-                if let Some((_, tx)) = table.get(&channel) {
-                    tx.send_modify(|n| *n = n.wrapping_add(1));
+                let (Some(channel), message) = (text(info.data.first()), text(info.data.get(1))) else { return };
+                if let Some(c) = table.get(&channel) {
+                    let message = message.unwrap_or_else(|| "*".to_owned());
+                    c.tx.send_modify(|w| w.push(message));
                 }
             }
             // A connection dropped: its subscriptions may have missed a release meanwhile, so
             // every waiter re-checks now (the connection resubscribes when it reconnects).
             PushKind::Disconnection => {
-                for (_, tx) in table.values() {
-                    tx.send_modify(|n| *n = n.wrapping_add(1));
+                for c in table.values() {
+                    c.tx.send_modify(|w| w.push("*".to_owned()));
                 }
             }
             _ => {}
@@ -73,9 +113,13 @@ impl Wakeups {
         let _order = self.order.lock().await;
         let (first, rx) = {
             let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = table.entry(channel.to_owned()).or_insert_with(|| (0, watch::Sender::new(0)));
-            entry.0 += 1;
-            (entry.0 == 1, entry.1.subscribe())
+            let entry = table.entry(channel.to_owned()).or_insert_with(|| Chan {
+                count: 0,
+                subscribed: false,
+                tx: watch::Sender::new(Wake::default()),
+            });
+            entry.count += 1;
+            (!entry.subscribed, entry.tx.subscribe())
         };
         // Armed at once: if we are dropped while subscribing, the interest is given back.
         let interest = Interest { wakeups: self.clone(), masters: masters.clone(), channel: channel.to_owned(), rx };
@@ -95,42 +139,52 @@ impl Wakeups {
                     break;
                 }
             }
+            if let Some(c) = self.table.lock().unwrap_or_else(|p| p.into_inner()).get_mut(channel) {
+                c.subscribed = true;
+            }
         }
         interest
     }
 }
 
-/// One waiter's interest in a lock's releases; unsubscribes (in the background) when the last
-/// interest of its channel is dropped.
+/// One waiter's interest in a lock's releases; when the last interest of its channel is dropped,
+/// the channel is unsubscribed in the background, [`LINGER`] later unless a new waiter came.
 #[derive(Debug)]
 pub(crate) struct Interest {
     wakeups: Arc<Wakeups>,
     masters: Arc<[Arc<Master>]>,
     channel: String,
-    pub(crate) rx: watch::Receiver<u64>,
+    pub(crate) rx: watch::Receiver<Wake>,
 }
 
 impl Drop for Interest {
     fn drop(&mut self) {
         let (wakeups, masters, channel) =
             (self.wakeups.clone(), self.masters.clone(), std::mem::take(&mut self.channel));
+        let last = {
+            let mut table = wakeups.table.lock().unwrap_or_else(|p| p.into_inner());
+            match table.get_mut(&channel) {
+                Some(c) => {
+                    c.count = c.count.saturating_sub(1);
+                    c.count == 0
+                }
+                None => false,
+            }
+        };
+        if !last {
+            return;
+        }
         spawn_cleanup(async move {
+            tokio::time::sleep(LINGER).await;
             let _order = wakeups.order.lock().await;
-            let last = {
+            let unsubscribe = {
                 let mut table = wakeups.table.lock().unwrap_or_else(|p| p.into_inner());
-                match table.get_mut(&channel) {
-                    Some(e) if e.0 <= 1 => {
-                        table.remove(&channel);
-                        true
-                    }
-                    Some(e) => {
-                        e.0 -= 1;
-                        false
-                    }
-                    None => false,
+                match table.get(&channel) {
+                    Some(c) if c.count == 0 => table.remove(&channel).is_some_and(|c| c.subscribed),
+                    _ => false,
                 }
             };
-            if last {
+            if unsubscribe {
                 let mut replies = round(&masters, move |m| {
                     let ch = channel.clone();
                     async move { m.unsubscribe(&ch).await }

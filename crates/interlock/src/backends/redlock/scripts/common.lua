@@ -54,3 +54,45 @@ local function is_lock_type(key)
   local ty = redis.call('TYPE', key)['ok']
   return ty == 'none' or ty == 'string', ty
 end
+
+-- The wake-up queue: Q is a ZSET member -> arrival (the waiter's own clock in microseconds when
+-- it started, the same on every master, so that every master names the same head), QX the same members ->
+-- registration expiry (server ms); a member is 'w:TOKEN' or 'r:TOKEN'. It orders wake-ups
+-- only: a release names the head waiter on its channel, so that one waiter, not every waiter,
+-- retries (a free lock still goes to whoever asks first).
+local function purge_queue(q, qx, now)
+  local dead = redis.call('ZRANGEBYSCORE', qx, '-inf', now)
+  for _, m in ipairs(dead) do
+    redis.call('ZREM', q, m)
+    redis.call('ZREM', qx, m)
+  end
+end
+
+local function keep_for(key, ms)
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+
+local function enqueue(q, qx, member, arrival, now, reg)
+  redis.call('ZADD', q, 'NX', arrival, member)
+  redis.call('ZADD', qx, now + reg, member)
+  keep_for(q, reg)
+  keep_for(qx, reg)
+end
+
+local function dequeue(q, qx, member)
+  local n = redis.call('ZREM', q, member)
+  redis.call('ZREM', qx, member)
+  return n
+end
+
+-- Wakes the waiters of a free lock: names the head of the queue ('*' for a reader at the head,
+-- since the readers behind it may come in with it; '*' too when nobody is queued here).
+local function wake(channel, q, qx, now)
+  purge_queue(q, qx, now)
+  local head = redis.call('ZRANGE', q, 0, 0)[1]
+  if head and string.sub(head, 1, 2) == 'w:' then
+    redis.call('PUBLISH', channel, head)
+  else
+    redis.call('PUBLISH', channel, '*')
+  end
+end

@@ -1,15 +1,19 @@
--- Release this holder's lock on this master (compare-and-delete; a reader leaves the readers),
--- and PUBLISH on the lock's channel when that frees it, to wake waiters. Also the undo of a
--- failed or cancelled attempt. Idempotent; never releases another holder's lock.
--- KEYS: 1 K, 2 {K}:readers, 3 {K}:writers. ARGV: 1 token, 2 side, 3 readers' marker,
---       4 channel, 5 '1' to keep this writer's waiting registration (a failed attempt that waits on).
+-- Release this holder's lock on this master (compare-and-delete; a reader leaves the readers)
+-- and, when the lock is free here afterwards and this freed it (or gave up a waiter's place),
+-- PUBLISH on the lock's channel to wake the head waiter. Also the undo of a cancelled
+-- acquisition, and (quietly, keeping its place) of a failed attempt. Idempotent; never releases
+-- another holder's lock.
+-- KEYS: 1 K, 2 {K}:readers, 3 {K}:writers, 4 {K}:q, 5 {K}:qx.
+-- ARGV: 1 token, 2 side, 3 readers' marker, 4 channel, 5 '1' for a failed attempt that waits on
+--       (it keeps its waiting registrations and publishes nothing).
 -- Returns 1 when this holder held the lock here, 0 when not.
-local key, readers, writers = KEYS[1], KEYS[2], KEYS[3]
+local key, readers, writers, q, qx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, side, marker, channel, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now = now_ms()
 local freed = false
-if keep ~= '1' and redis.call('TYPE', writers)['ok'] == 'zset' then
-  if redis.call('ZREM', writers, token) == 1 then freed = true end
+if keep ~= '1' then
+  if redis.call('TYPE', writers)['ok'] == 'zset' and redis.call('ZREM', writers, token) == 1 then freed = true end
+  if redis.call('TYPE', q)['ok'] == 'zset' and dequeue(q, qx, side .. ':' .. token) == 1 then freed = true end
 end
 local ok = is_lock_type(key)
 if not ok then return 0 end
@@ -37,5 +41,5 @@ else
     end
   end
 end
-if freed and not redis.call('GET', key) then redis.call('PUBLISH', channel, 'released') end
+if freed and keep ~= '1' and not redis.call('GET', key) then wake(channel, q, qx, now) end
 return held
