@@ -331,11 +331,13 @@ impl Op {
 }
 
 /// Releases `op` on every master (after its acquire requests landed); the undo of a cancelled
-/// or failed acquisition. Returns how many masters held it and the errors.
+/// or failed acquisition. Returns how many masters held it, how many did not, and the errors.
+/// With `quorum`, returns as soon as that many held it (the other requests still complete).
 async fn release_everywhere(
     masters: Arc<[Arc<Master>]>,
     op: Arc<Op>,
     keep_waiting: bool,
+    quorum: Option<usize>,
 ) -> (usize, usize, Vec<Error>) {
     op.settle().await;
     let mut replies = {
@@ -351,6 +353,9 @@ async fn release_everywhere(
             Ok(1) => held += 1,
             Ok(_) => not_held += 1,
             Err(e) => errors.push(e),
+        }
+        if quorum.is_some_and(|q| held >= q) {
+            break;
         }
     }
     (held, not_held, errors)
@@ -435,7 +440,7 @@ impl RedlockProvider {
         let undo = Cleanup::new({
             let (masters, op) = (self.masters.clone(), op.clone());
             async move {
-                let (_, _, errors) = release_everywhere(masters, op, false).await;
+                let (_, _, errors) = release_everywhere(masters, op, false, None).await;
                 for e in errors {
                     tracing::debug!(error = %e, "redlock: undo of an abandoned acquisition failed on a master; its lease expires on its own");
                 }
@@ -556,7 +561,7 @@ impl RedlockProvider {
         // did not come back), everywhere, before anyone retries. A waiter keeps its place in the
         // queues and publishes nothing (its competitors retry on their own).
         if !granted.is_empty() || !errors.is_empty() {
-            let (_, _, release_errors) = release_everywhere(self.masters.clone(), op.clone(), waiting).await;
+            let (_, _, release_errors) = release_everywhere(self.masters.clone(), op.clone(), waiting, None).await;
             for e in release_errors {
                 tracing::debug!(error = %e, "redlock: releasing a failed attempt failed on a master; its lease expires on its own");
             }
@@ -733,7 +738,8 @@ impl RawHeld for RedlockHeld {
                 return Ok(true);
             }
             let (n, quorum) = (self.masters.len(), self.quorum);
-            let (held, not_held, errors) = release_everywhere(self.masters.clone(), self.op.clone(), false).await;
+            let (held, not_held, errors) =
+                release_everywhere(self.masters.clone(), self.op.clone(), false, Some(quorum)).await;
             if held < quorum && not_held <= n - quorum && !errors.is_empty() {
                 return Err(no_quorum(
                     &format!("release {:?}", self.op.name.display()),

@@ -56,15 +56,17 @@ local function is_lock_type(key)
 end
 
 -- The wake-up queue: Q is a ZSET member -> arrival (the waiter's own clock in microseconds when
--- it started, the same on every master, so that every master names the same head), QX the same members ->
--- registration expiry (server ms); a member is 'w:TOKEN' or 'r:TOKEN'. It orders wake-ups
--- only: a release names the head waiter on its channel, so that one waiter, not every waiter,
--- retries (a free lock still goes to whoever asks first).
-local function purge_queue(q, qx, now)
+-- it started, the same on every master), QX the same members -> registration expiry (server
+-- ms); a member is 'w:TOKEN' or 'r:TOKEN'. WRITERS holds the waiting writers' tokens -> arrival:
+-- a free lock goes to the first of them (FIFO among writers), and while any writer waits, new
+-- readers wait too. A release names the first waiting writer on the lock's channel, so that one
+-- waiter, not every waiter, retries; '*' (everyone) when only readers wait.
+local function purge_queue(q, qx, writers, now)
   local dead = redis.call('ZRANGEBYSCORE', qx, '-inf', now)
   for _, m in ipairs(dead) do
     redis.call('ZREM', q, m)
     redis.call('ZREM', qx, m)
+    if string.sub(m, 1, 2) == 'w:' then redis.call('ZREM', writers, string.sub(m, 3)) end
   end
 end
 
@@ -72,26 +74,31 @@ local function keep_for(key, ms)
   if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
 end
 
-local function enqueue(q, qx, member, arrival, now, reg)
+local function enqueue(q, qx, writers, side, token, arrival, now, reg)
+  local member = side .. ':' .. token
   redis.call('ZADD', q, 'NX', arrival, member)
   redis.call('ZADD', qx, now + reg, member)
   keep_for(q, reg)
   keep_for(qx, reg)
+  if side == 'w' then
+    redis.call('ZADD', writers, 'NX', arrival, token)
+    keep_for(writers, reg)
+  end
 end
 
-local function dequeue(q, qx, member)
+local function dequeue(q, qx, writers, side, token)
+  local member = side .. ':' .. token
   local n = redis.call('ZREM', q, member)
   redis.call('ZREM', qx, member)
+  if side == 'w' then redis.call('ZREM', writers, token) end
   return n
 end
 
--- Wakes the waiters of a free lock: names the head of the queue ('*' for a reader at the head,
--- since the readers behind it may come in with it; '*' too when nobody is queued here).
-local function wake(channel, q, qx, now)
-  purge_queue(q, qx, now)
-  local head = redis.call('ZRANGE', q, 0, 0)[1]
-  if head and string.sub(head, 1, 2) == 'w:' then
-    redis.call('PUBLISH', channel, head)
+local function wake(channel, q, qx, writers, now)
+  purge_queue(q, qx, writers, now)
+  local first = redis.call('ZRANGE', writers, 0, 0)[1]
+  if first then
+    redis.call('PUBLISH', channel, 'w:' .. first)
   else
     redis.call('PUBLISH', channel, '*')
   end

@@ -11,9 +11,8 @@ local key, readers, writers, q, qx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, side, marker, channel, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now = now_ms()
 local freed = false
-if keep ~= '1' then
-  if redis.call('TYPE', writers)['ok'] == 'zset' and redis.call('ZREM', writers, token) == 1 then freed = true end
-  if redis.call('TYPE', q)['ok'] == 'zset' and dequeue(q, qx, side .. ':' .. token) == 1 then freed = true end
+if keep ~= '1' and redis.call('TYPE', q)['ok'] == 'zset' then
+  if dequeue(q, qx, writers, side, token) == 1 then freed = true end
 end
 local ok = is_lock_type(key)
 if not ok then return 0 end
@@ -41,5 +40,5 @@ else
     end
   end
 end
-if freed and keep ~= '1' and not redis.call('GET', key) then wake(channel, q, qx, now) end
+if freed and keep ~= '1' and not redis.call('GET', key) then wake(channel, q, qx, writers, now) end
 return held
