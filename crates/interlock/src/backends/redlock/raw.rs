@@ -450,6 +450,10 @@ impl RedlockProvider {
         // before it waits: no release after that second attempt goes unseen, and an uncontended
         // acquisition costs no subscription.
         let mut interest: Option<Interest> = None;
+        if waiting && self.wakeups.is_subscribed(&op.keys.channel) {
+            // Still subscribed for an earlier waiter: no round trip, and the first attempt counts.
+            interest = Some(self.wakeups.interest(&self.masters, &op.keys.channel, self.quorum()).await);
+        }
         let member = format!("{}:{}", op.side, op.token);
         loop {
             // Wake-ups from here on count: they may come while the attempt runs.
@@ -471,7 +475,8 @@ impl RedlockProvider {
                 continue;
             }
             // Retry when a release names us (or everyone), at the holder's expiry, and at the
-            // bounded re-check; after a split vote, after a short random delay.
+            // bounded re-check; after a split vote (often: a release that reached some masters
+            // and not yet the others), at the next wake-up or after a short random delay.
             let mut timeout = if split { jitter(JITTER) } else { RECHECK + jitter(JITTER) };
             if let Some(p) = pttl {
                 timeout = timeout.min(p + Duration::from_millis(1));
@@ -485,7 +490,7 @@ impl RedlockProvider {
             }
             let until = tokio::time::Instant::now() + timeout;
             match &mut interest {
-                Some(i) if !split => {
+                Some(i) => {
                     while let Ok(Ok(())) = tokio::time::timeout_at(until, i.rx.changed()).await {
                         let wake = i.rx.borrow_and_update();
                         let mine = wake.wakes(seen, &member);

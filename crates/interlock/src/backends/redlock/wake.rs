@@ -102,6 +102,11 @@ impl Wakeups {
         }
     }
 
+    /// Whether `channel` is subscribed (an interest from now on needs no round trip).
+    pub(crate) fn is_subscribed(&self, channel: &str) -> bool {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).get(channel).is_some_and(|c| c.subscribed)
+    }
+
     /// Registers interest in `channel`, subscribing on the masters if this is its first one, and
     /// returns when a quorum of masters confirmed the subscription (or every master answered).
     pub(crate) async fn interest(
