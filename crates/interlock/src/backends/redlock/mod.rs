@@ -10,7 +10,7 @@
 //! | primitives | mutex, read-write lock (per master: readers in a ZSET with per-holder expiry; a waiting writer keeps new readers out); no semaphores |
 //! | fencing | each master `INCR`s its own counter `{K}:fence` in the acquire script; the token is the quorum's maximum, written back (set-if-greater, while the lock is held there) to a majority before the guard is returned |
 //! | lost locks | a renewal round where too many masters say the lock is not ours, or no quorum extended it before the validity ran out |
-//! | waiting | a release that frees the lock PUBLISHes on `{K}:released`; waiters subscribe (RESP3) on every master before their first attempt; random jitter after a split vote; re-check at the holder's TTL and every 500 ms at most |
+//! | waiting | waiters queue per master (ranked by their own start time, the same everywhere; FIFO among writers); a release that frees the lock PUBLISHes the first waiting writer on `{K}:released`, where waiters subscribe (RESP3) before the attempt that precedes their wait; after a split vote, the next wake-up or a random jitter; re-check at the holder's TTL and every 500 ms at most |
 //! | interop | redlock-py (`Redlock([...]).lock(name, ttl)`) and pottery's `Redlock` (`?prefix=redlock:`) on the same masters |
 //! | limits | at least 3 masters; no semaphores; no TLS; see `docs/backends/redlock.md` |
 //!
