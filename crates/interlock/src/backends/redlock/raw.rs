@@ -318,7 +318,10 @@ impl Op {
     }
 
     fn track<T>(&self, round: &mut Round<T>) {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).append(&mut round.handles);
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        // A long wait makes many attempts: keep only the requests that may still land.
+        in_flight.retain(|h| !h.is_finished());
+        in_flight.append(&mut round.handles);
     }
 
     /// Waits until this acquisition's requests have landed (each is bounded by its timeout).
