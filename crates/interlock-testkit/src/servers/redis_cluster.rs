@@ -174,14 +174,85 @@ impl RedisCluster {
         format!("redis+cluster://{}", seeds.join(","))
     }
 
-    /// The slot range `(first, last)` that node `i` serves.
+    /// The slot range `(first, last)` that node `i` served when the cluster was formed.
     pub fn slots_of(&self, i: usize) -> (u16, u16) {
         slot_range(i, self.nodes.len())
     }
 
-    /// The index of the node that serves `slot`.
-    pub fn node_of_slot(&self, slot: u16) -> usize {
-        (0..self.nodes.len()).find(|&i| (self.slots_of(i).0..=self.slots_of(i).1).contains(&slot)).unwrap_or(0)
+    /// The index of the node that serves `slot` now, by `CLUSTER SLOTS` on the first running
+    /// node.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, error replies, and a slot that no node of ours serves.
+    pub fn node_of_slot(&self, slot: u16) -> io::Result<usize> {
+        let asked = self.nodes.iter().position(Server::is_running).unwrap_or(0);
+        let Resp::Array(ranges) = self.cmd_on(asked, &["CLUSTER", "SLOTS"])? else {
+            return Err(io::Error::other("CLUSTER SLOTS: not an array"));
+        };
+        for range in ranges {
+            let Resp::Array(f) = range else { continue };
+            let (Some(lo), Some(hi)) = (f.first().and_then(Resp::int), f.get(1).and_then(Resp::int)) else { continue };
+            if (lo..=hi).contains(&i64::from(slot)) {
+                let port = match f.get(2) {
+                    Some(Resp::Array(master)) => master.get(1).and_then(Resp::int),
+                    _ => None,
+                };
+                if let Some(i) = self.nodes.iter().position(|n| Some(i64::from(n.port())) == port) {
+                    return Ok(i);
+                }
+            }
+        }
+        Err(io::Error::other(format!("no node of ours serves slot {slot}")))
+    }
+
+    /// Node `i`'s cluster node id (`CLUSTER MYID`).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors and error replies.
+    pub fn node_id(&self, i: usize) -> io::Result<String> {
+        self.cmd_on(i, &["CLUSTER", "MYID"])?.text().ok_or_else(|| io::Error::other("CLUSTER MYID: no text"))
+    }
+
+    /// Fault hook: moves `slot` and its keys to node `to`, as `redis-cli --cluster reshard`
+    /// does (`SETSLOT IMPORTING` / `MIGRATING`, `MIGRATE` of every key, `SETSLOT NODE` on every
+    /// node): clients that still send the slot's keys to the old node get `MOVED` (or `ASK`
+    /// while it moves), and clients blocked on a key of it are unblocked with `MOVED`.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors and error replies.
+    pub fn move_slot(&self, slot: u16, to: usize) -> io::Result<()> {
+        let from = self.node_of_slot(slot)?;
+        if from == to {
+            return Ok(());
+        }
+        let (from_id, to_id, s) = (self.node_id(from)?, self.node_id(to)?, slot.to_string());
+        self.cmd_on(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id])?;
+        self.cmd_on(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id])?;
+        let port = self.nodes[to].port().to_string();
+        loop {
+            let keys: Vec<String> = match self.cmd_on(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"])? {
+                Resp::Array(k) => k.iter().filter_map(Resp::text).collect(),
+                _ => Vec::new(),
+            };
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "REPLACE", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            self.cmd_on(from, &args)?;
+        }
+        for i in std::iter::once(to)
+            .chain(std::iter::once(from))
+            .chain((0..self.nodes.len()).filter(|i| ![from, to].contains(i)))
+        {
+            if self.nodes[i].is_running() {
+                self.cmd_on(i, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id])?;
+            }
+        }
+        Ok(())
     }
 
     /// `CLUSTER KEYSLOT key`, as the server computes it.
@@ -190,7 +261,8 @@ impl RedisCluster {
     ///
     /// I/O errors and error replies.
     pub fn keyslot(&self, key: &str) -> io::Result<u16> {
-        let r = self.cmd_on(0, &["CLUSTER", "KEYSLOT", key])?;
+        let asked = self.nodes.iter().position(Server::is_running).unwrap_or(0);
+        let r = self.cmd_on(asked, &["CLUSTER", "KEYSLOT", key])?;
         r.int().and_then(|s| u16::try_from(s).ok()).ok_or_else(|| io::Error::other(format!("KEYSLOT: {r:?}")))
     }
 
@@ -209,7 +281,7 @@ impl RedisCluster {
     ///
     /// I/O errors and error replies.
     pub fn cmd_for(&self, key: &str, args: &[&str]) -> io::Result<Resp> {
-        let node = self.node_of_slot(self.keyslot(key)?);
+        let node = self.node_of_slot(self.keyslot(key)?)?;
         self.cmd_on(node, args)
     }
 

@@ -380,7 +380,8 @@ fn cluster_client(config: &RedisConfig, response_timeout: Option<Duration>) -> R
         .min_retry_wait(10)
         .max_retry_wait(500);
     builder = match response_timeout {
-        Some(t) => builder.response_timeout(t).overall_response_timeout(Some(t * 2)),
+        // `command_timeout` bounds a command with its retries and redirections, as its name says.
+        Some(t) => builder.response_timeout(t).overall_response_timeout(Some(t)),
         None => builder.response_timeout(Duration::from_secs(24 * 3600)).overall_response_timeout(None),
     };
     builder.build().map_err(|e| map_err(config, "connect", e))
@@ -405,7 +406,12 @@ fn backend_error(message: String) -> Error {
 pub(crate) fn map_err(config: &RedisConfig, what: &str, e: RedisError) -> Error {
     let text = e.to_string().replace(['\r', '\n'], " ");
     let code = e.code().unwrap_or("");
-    let server = format!("{}:{}", config.host, config.port);
+    let server = if config.cluster {
+        let seeds: Vec<String> = config.nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+        format!("cluster {}", seeds.join(","))
+    } else {
+        format!("{}:{}", config.host, config.port)
+    };
     // The server's NOAUTH can come back wrapped (as the answer to the connection's SELECT).
     let lower = text.to_ascii_lowercase();
     if e.kind() == ErrorKind::AuthenticationFailed
@@ -416,6 +422,17 @@ pub(crate) fn map_err(config: &RedisConfig, what: &str, e: RedisError) -> Error 
         return Error::Auth {
             backend: BACKEND,
             message: format!("{server}: {what}: {text}"),
+            source: Some(Box::new(e)),
+        };
+    }
+    // A redirection that comes back to us: the cluster client followed it as far as it could,
+    // and the node that serves the slot does not answer (or the slot is between nodes).
+    if let Some((host, port)) = e.redirect_node() {
+        return Error::Unavailable {
+            backend: BACKEND,
+            message: format!(
+                "{server}: {what}: the cluster node that serves the key's slot ({host}:{port}) does not answer ({text})"
+            ),
             source: Some(Box::new(e)),
         };
     }
