@@ -243,3 +243,26 @@ async fn a_failed_slot_is_a_clear_unavailable_error() {
     assert!(matches!(e, Error::Unavailable { backend: "redis", .. }), "{e:?}");
     assert!(one_line(&e).to_ascii_lowercase().contains("cluster is down"), "{e}");
 }
+
+/// `interlock bench -u redis+cluster://...` runs every workload with its `PING` floor (through
+/// a cluster connection, to the master of slot 0) and finds no exclusion violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bench_runs_on_a_cluster_with_its_floor() {
+    let Some(h) = shared() else { return };
+    let url = format!("{}?prefix={}", h.ns().url(), h.ns().prefix);
+    let args = ["--duration", "0.3", "--clients", "2,3", "--handoffs", "500", "--locks", "200", "--waiters", "10"];
+    let out = tokio::process::Command::new(BIN)
+        .args(["bench", "-u", &url])
+        .args(args)
+        .arg("--json")
+        .output()
+        .await
+        .expect("run interlock bench");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "bench failed ({:?}): {stderr}\n{stdout}", out.status);
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(doc["backend"], "redis", "{doc}");
+    let floors = doc["uncontended"]["floors"].to_string();
+    assert!(floors.contains("PING"), "no PING floor: {doc}");
+    assert!(doc["violations"].as_array().is_some_and(Vec::is_empty), "{doc}");
+}
