@@ -21,6 +21,7 @@ pub mod servers;
 pub use backends::file::FileHarness;
 pub use backends::memory::MemoryHarness;
 pub use backends::redis::RedisHarness;
+pub use backends::redis_cluster::RedisClusterHarness;
 pub use harness::Harness;
 
 /// True when missing tools or servers must fail the tests (`INTERLOCK_TEST_REQUIRE=1`, as in CI).

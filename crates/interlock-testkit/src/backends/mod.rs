@@ -8,3 +8,4 @@
 pub mod file;
 pub mod memory;
 pub mod redis;
+pub mod redis_cluster;

@@ -15,6 +15,7 @@
 
 mod ports;
 pub mod redis;
+pub mod redis_cluster;
 pub mod resp;
 mod server;
 mod spawn;

@@ -1,4 +1,6 @@
 //! `redis://[user[:password]@]host[:port][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR]`
+//! and `redis+cluster://[user[:password]@]host:port,host:port,...[?the same options]` (seed
+//! nodes of a Redis Cluster; no database but 0).
 
 use std::time::Duration;
 
@@ -16,8 +18,13 @@ pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a `redis://` URL says.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct RedisConfig {
+    /// The server, or the first seed node of a cluster.
     pub host: String,
     pub port: u16,
+    /// A Redis Cluster (`redis+cluster://`): `nodes` are its seed nodes (`host`/`port` the first).
+    pub cluster: bool,
+    /// Every host of the URL (one for `redis://`), in order.
+    pub nodes: Vec<(String, u16)>,
     pub db: i64,
     pub user: Option<String>,
     pub password: Option<String>,
@@ -41,6 +48,9 @@ impl std::fmt::Debug for RedisConfig {
     }
 }
 
+/// The scheme of a Redis Cluster URL.
+pub(crate) const CLUSTER_SCHEME: &str = "redis+cluster";
+
 pub(crate) const OPTIONS: &[&str] = &["prefix", "lease", "renew", "command_timeout"];
 
 impl RedisConfig {
@@ -59,14 +69,23 @@ impl RedisConfig {
         if url.hosts().is_empty() && !url.path().is_empty() && !url.path().starts_with('/') {
             return Err(url.invalid("write redis://[user[:password]@]host[:port][/db]"));
         }
-        let (host, port) = match url.hosts() {
-            [] => ("127.0.0.1".to_owned(), DEFAULT_PORT),
-            [h] => split_host_port(h).map_err(|why| url.invalid(why))?,
-            _ => {
-                return Err(url
-                    .invalid("redis:// takes one host (several independent masters are Redlock: redlock://h1,h2,h3)"));
+        let cluster = url.scheme() == CLUSTER_SCHEME;
+        let nodes: Vec<(String, u16)> = match url.hosts() {
+            [] => vec![("127.0.0.1".to_owned(), DEFAULT_PORT)],
+            [h] => vec![split_host_port(h).map_err(|why| url.invalid(why))?],
+            _ if !cluster => {
+                return Err(url.invalid(
+                    "redis:// takes one host (a Redis Cluster is redis+cluster://h1:p1,h2:p2,...; several \
+                     independent masters are Redlock: redlock://h1,h2,h3)",
+                ));
             }
+            hosts => hosts
+                .iter()
+                .map(|h| split_host_port(h))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|why| url.invalid(why))?,
         };
+        let (host, port) = nodes[0].clone();
         let db = match url.path().trim_start_matches('/') {
             "" => 0,
             d => d
@@ -75,6 +94,11 @@ impl RedisConfig {
                 .filter(|n| *n >= 0)
                 .ok_or_else(|| url.invalid("the path must be a database number (redis://host:6379/0)"))?,
         };
+        if cluster && db != 0 {
+            return Err(
+                url.invalid("a Redis Cluster has only database 0: remove the `/DB` path (redis+cluster://h1:p1,h2:p2)")
+            );
+        }
         let mut opts = url.options();
         let prefix = opts.take("prefix").unwrap_or_default().to_owned();
         let lease = opts.take_duration("lease")?;
@@ -90,6 +114,8 @@ impl RedisConfig {
         Ok(RedisConfig {
             host,
             port,
+            cluster,
+            nodes,
             db,
             user: url.user().map(str::to_owned),
             password: url.password().map(str::to_owned),
@@ -159,6 +185,20 @@ mod tests {
         let c = cfg("redis://:pw@[::1]:7000").unwrap();
         assert_eq!((c.host.as_str(), c.port, c.user, c.password.as_deref()), ("::1", 7000, None, Some("pw")));
         assert_eq!(cfg("redis://[::1]").unwrap().port, 6379);
+        assert!(!cfg("redis://h").unwrap().cluster);
+    }
+
+    #[test]
+    fn parses_cluster_seeds() {
+        let c = cfg("redis+cluster://app:s3cret@h1:7000,h2:7001,[::1]:7002/0?prefix=p:&lease=5s").unwrap();
+        assert!(c.cluster);
+        let nodes: Vec<(&str, u16)> = c.nodes.iter().map(|(h, p)| (h.as_str(), *p)).collect();
+        assert_eq!(nodes, [("h1", 7000), ("h2", 7001), ("::1", 7002)]);
+        assert_eq!((c.host.as_str(), c.port, c.db, c.prefix.as_str()), ("h1", 7000, 0, "p:"));
+        assert_eq!((c.user.as_deref(), c.password.as_deref()), (Some("app"), Some("s3cret")));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let c = cfg("redis+cluster://h1").unwrap();
+        assert_eq!(c.nodes, [("h1".to_owned(), 6379)]);
     }
 
     #[test]
@@ -176,6 +216,15 @@ mod tests {
             ("redis://[::1", "closing"),
         ] {
             let e = cfg(url).unwrap_err().to_string();
+            assert!(e.contains(why), "{url}: {e}");
+        }
+        for (url, why) in [
+            ("redis+cluster://h1:7000,h2:7001/1", "only database 0"),
+            ("redis+cluster://h1:7000,h2:x", "the port must be"),
+            ("redis+cluster://h1:7000,,h2", "empty"),
+            ("redis+cluster://h1:7000?db=1", "unknown option"),
+        ] {
+            let e = cfg(url).map(drop).unwrap_err().to_string();
             assert!(e.contains(why), "{url}: {e}");
         }
         let e = cfg("rediss://:pw@h").unwrap_err();

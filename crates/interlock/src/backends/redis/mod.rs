@@ -51,8 +51,9 @@ pub(crate) const BACKEND_NAME: &str = "redis";
 pub(crate) const BACKEND: Backend = Backend {
     name: BACKEND_NAME,
     title: "Redis",
-    schemes: &["redis", "rediss"],
-    url_form: "redis://[user[:pass]@]host[:port][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR]",
+    schemes: &["redis", "rediss", "redis+cluster"],
+    url_form: "redis://[user[:pass]@]host[:port][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR], \
+               redis+cluster://[user[:pass]@]h1:p1,h2:p2,...[?the same options]",
     holds: "SET key token NX PX lease",
     feature: Some("redis"),
     docs: "docs/backends/redis.md",
@@ -90,6 +91,23 @@ pub fn lock_key(prefix: &str, name: &str) -> String {
     keys::lock_key(prefix, name)
 }
 
+/// The start of every side key (fencing counter, readers, queue, wake-up lists, semaphore) of
+/// lock `name` with key prefix `prefix`: `{KEY}` for a key without `}` (`KEY` = `prefix +
+/// name`), otherwise `{TAG}LEN:KEY` with the key's own Redis Cluster hash tag, or a short tag of
+/// its slot, so that every key of one lock lives in the lock key's cluster slot. The side keys
+/// are this followed by `:fence`, `:readers`, `:q`, `:qx`, `:wake:...`, `:sem`, `:sem:...` (see
+/// docs/backends/redis.md, "Keys").
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(interlock::redis::side_key_base("", "deploy"), "{deploy}");
+/// assert_eq!(interlock::redis::side_key_base("", "user{42}"), "{42}8:user{42}");
+/// ```
+pub fn side_key_base(prefix: &str, name: &str) -> String {
+    keys::side_base(&lock_key(prefix, name))
+}
+
 /// How often, at most, a waiter re-checks a lock without a wake-up (a peer tool released it
 /// without waking interlock's waiters): 500 ms.
 pub const RECHECK: Duration = Duration::from_millis(500);
@@ -103,7 +121,7 @@ const _: () = assert!(RECHECK.as_millis() == raw::RECHECK.as_millis());
 #[derive(Debug)]
 pub struct FloorConnection {
     config: config::RedisConfig,
-    conn: redis::aio::MultiplexedConnection,
+    conn: raw::Conn,
 }
 
 #[cfg(feature = "redis")]
