@@ -120,7 +120,9 @@ pub fn spec(files: &TlsFiles, client_auth: bool) -> Spec {
                 a.push(path.into());
             }
             let auth = if client_auth { "yes" } else { "no" };
-            for s in ["--tls-auth-clients", auth, "--save", "", "--appendonly", "no", "--logfile", ""] {
+            for s in
+                ["--tls-auth-clients", auth, "--save", "", "--appendonly", "no", "--logfile", "", "--databases", "1024"]
+            {
                 a.push(s.into());
             }
             a.push("--dir".into());
@@ -144,10 +146,11 @@ pub fn spec(files: &TlsFiles, client_auth: bool) -> Spec {
         .ready_timeout(Duration::from_secs(30))
 }
 
-/// A running TLS `redis-server`.
+/// A running TLS `redis-server` (1024 databases: [`RedisTls::next_db`] hands them out).
 #[derive(Debug)]
 pub struct RedisTls {
     server: Server,
+    next_db: std::sync::atomic::AtomicU32,
 }
 
 impl RedisTls {
@@ -157,7 +160,7 @@ impl RedisTls {
     ///
     /// As [`Server::start`].
     pub fn start(files: &TlsFiles, client_auth: bool) -> Result<RedisTls, StartError> {
-        Server::start(spec(files, client_auth)).map(|server| RedisTls { server })
+        Server::start(spec(files, client_auth)).map(RedisTls::wrap)
     }
 
     /// [`RedisTls::start`], skipping when `redis-server` is not installed.
@@ -166,7 +169,36 @@ impl RedisTls {
     ///
     /// When it fails to start, or is missing and required.
     pub fn start_or_skip(files: &TlsFiles, client_auth: bool) -> Option<RedisTls> {
-        Server::start_or_skip(spec(files, client_auth)).map(|server| RedisTls { server })
+        Server::start_or_skip(spec(files, client_auth)).map(RedisTls::wrap)
+    }
+
+    fn wrap(server: Server) -> RedisTls {
+        RedisTls { server, next_db: std::sync::atomic::AtomicU32::new(1) }
+    }
+
+    /// A database no other caller of this process got from this server.
+    ///
+    /// # Panics
+    ///
+    /// After 1023 of them.
+    pub fn next_db(&self) -> u32 {
+        let db = self.next_db.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(db < 1024, "more than 1023 databases of one TLS server");
+        db
+    }
+
+    /// Runs one command in database `db`, over the plain port; an error reply is an `Err`.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors and error replies.
+    pub fn cmd(&self, db: u32, args: &[&str]) -> std::io::Result<Resp> {
+        let plain = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, self.server.ports()[1]));
+        let mut c = RespConn::connect(plain, Duration::from_secs(5))?;
+        if db != 0 {
+            c.call(&["SELECT", &db.to_string()])?.ok()?;
+        }
+        c.call(args)?.ok()
     }
 
     /// The server.
@@ -183,4 +215,21 @@ impl RedisTls {
     pub fn ca_option(path: &Path) -> String {
         format!("ca={}", path.display())
     }
+}
+
+/// The TLS server (and its certificates) shared by every test of this test binary; `None` after a
+/// loud skip when `openssl` or `redis-server` is not installed.
+///
+/// # Panics
+///
+/// When it fails to start.
+pub fn shared() -> Option<&'static (TlsFiles, RedisTls)> {
+    static SHARED: std::sync::OnceLock<Option<(TlsFiles, RedisTls)>> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let files = TlsFiles::generate_or_skip()?;
+            let server = RedisTls::start_or_skip(&files, false)?;
+            Some((files, server))
+        })
+        .as_ref()
 }
