@@ -79,3 +79,38 @@ async fn a_client_certificate_is_presented_when_the_server_asks() {
     let g = p.mutex(unique("mtls")).unwrap().try_lock().await.unwrap().expect("free");
     g.release().await.unwrap();
 }
+
+/// `rediss+cluster://`: a 3-master cluster whose clients and cluster bus speak TLS. Locks on each
+/// master with a waiter woken by the release; a wrong CA is refused with one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locks_on_a_cluster_over_tls() {
+    use interlock_testkit::servers::redis_cluster::RedisCluster;
+    let Some(files) = TlsFiles::generate_or_skip() else { return };
+    if interlock_testkit::servers::which("redis-server").is_none() {
+        return interlock_testkit::skip("redis-server (server program) is not installed");
+    }
+    let c = RedisCluster::start_tls(3, &files).expect("a TLS cluster");
+    let url = format!("{}?{}", c.url(), ca(&files, "ca.crt"));
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+    let (p, q) = (interlock::connect(&url).await.expect("connect"), interlock::connect(&url).await.unwrap());
+    for node in 0..3 {
+        let name = (0..)
+            .map(|i| format!("{}-{i}", unique("tlsnode")))
+            .find(|n| c.node_of_slot(c.keyslot(n).unwrap()).unwrap() == node)
+            .unwrap();
+        let g = p.mutex(&name).unwrap().lock().await.unwrap();
+        assert_eq!(c.cmd_on(node, &["EXISTS", &name]).unwrap().int(), Some(1), "not on master {node}");
+        let m = q.mutex(&name).unwrap();
+        let waiter = tokio::spawn(async move { m.lock_timeout(Duration::from_secs(20)).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let token = g.fencing_token().unwrap();
+        g.release().await.unwrap();
+        let g2 = waiter.await.unwrap().expect("the waiter over TLS is woken");
+        assert!(g2.fencing_token().unwrap() > token);
+        g2.release().await.unwrap();
+    }
+    let wrong = format!("{}?{}", c.url(), ca(&files, "wrong-ca.crt"));
+    let e = interlock::connect(&wrong).await.map(drop).unwrap_err();
+    assert!(matches!(e, Error::Auth { backend: "redis", .. }), "{e:?}");
+    assert!(one_line(&e).contains("not trusted"), "{e:?}");
+}

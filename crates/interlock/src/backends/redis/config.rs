@@ -1,6 +1,7 @@
 //! `redis://[user[:password]@]host[:port][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR]`
 //! and `redis+cluster://[user[:password]@]host:port,host:port,...[?the same options]` (seed
-//! nodes of a Redis Cluster; no database but 0).
+//! nodes of a Redis Cluster; no database but 0); `rediss://` and `rediss+cluster://` over TLS
+//! (`&ca=PATH&cert=PATH&key=PATH`).
 
 use std::time::Duration;
 
@@ -69,18 +70,20 @@ impl std::fmt::Debug for RedisConfig {
 
 /// The scheme of a Redis Cluster URL.
 pub(crate) const CLUSTER_SCHEME: &str = "redis+cluster";
+/// The scheme of a Redis Cluster URL over TLS.
+pub(crate) const TLS_CLUSTER_SCHEME: &str = "rediss+cluster";
 
 pub(crate) const OPTIONS: &[&str] = &["prefix", "lease", "renew", "command_timeout", "ca", "cert", "key"];
 
 impl RedisConfig {
     pub(crate) fn from_url(url: &LockUrl) -> Result<Self> {
-        let tls = url.scheme() == "rediss";
+        let tls = url.scheme() == "rediss" || url.scheme() == TLS_CLUSTER_SCHEME;
         // Without `//` everything would be the path, a user and password included: refuse it
         // without repeating it (messages never echo URL parts that may hold a secret).
         if url.hosts().is_empty() && !url.path().is_empty() && !url.path().starts_with('/') {
             return Err(url.invalid("write redis://[user[:password]@]host[:port][/db]"));
         }
-        let cluster = url.scheme() == CLUSTER_SCHEME;
+        let cluster = url.scheme() == CLUSTER_SCHEME || url.scheme() == TLS_CLUSTER_SCHEME;
         let nodes: Vec<(String, u16)> = match url.hosts() {
             [] => vec![("127.0.0.1".to_owned(), DEFAULT_PORT)],
             [h] => vec![split_host_port(h).map_err(|why| url.invalid(why))?],
@@ -119,7 +122,11 @@ impl RedisConfig {
         opts.finish(OPTIONS)?;
         let tls = match (tls, files) {
             (false, [None, None, None]) => None,
-            (false, _) => return Err(url.invalid("options `ca`, `cert` and `key` are for TLS: write rediss://")),
+            (false, _) => {
+                return Err(
+                    url.invalid("options `ca`, `cert` and `key` are for TLS: write rediss:// or rediss+cluster://")
+                );
+            }
             (true, [ca, cert, key]) => {
                 let read = |what: &str, path: String| {
                     std::fs::read(&path).map_err(|e| url.invalid(format!("cannot read the {what} file {path:?}: {e}")))
@@ -232,6 +239,8 @@ mod tests {
         assert_eq!((c.host.as_str(), c.port, c.db, c.prefix.as_str()), ("h1", 7000, 0, "p:"));
         assert_eq!((c.user.as_deref(), c.password.as_deref()), (Some("app"), Some("s3cret")));
         assert!(!format!("{c:?}").contains("s3cret"));
+        let c = cfg("rediss+cluster://h1:7000,h2:7001").unwrap();
+        assert!(c.cluster && c.tls.is_some() && c.nodes.len() == 2);
         let c = cfg("redis+cluster://h1").unwrap();
         assert_eq!(c.nodes, [("h1".to_owned(), 6379)]);
     }

@@ -20,7 +20,7 @@ use redis::{
     RedisConnectionInfo, RedisError, RedisFuture, Value,
 };
 
-use super::config::RedisConfig;
+use super::config::{RedisConfig, TlsFiles};
 use super::keys::{self, Keys, READERS_VALUE};
 use super::scripts;
 use crate::error::{Error, Result};
@@ -370,6 +370,15 @@ fn client(config: &RedisConfig) -> Result<Client> {
     let Some(tls) = &config.tls else {
         return Client::open(info).map_err(|e| map_err(config, "connect", e));
     };
+    match tls_certificates(tls) {
+        None => Client::open(info).map_err(|e| map_err(config, "connect", e)),
+        Some(certs) => Client::build_with_tls(info, certs).map_err(|e| map_err(config, "TLS setup", e)),
+    }
+}
+
+/// The CA and client certificate of `?ca=`, `?cert=`, `?key=` (`None`: the system's roots, no
+/// client certificate). Installs the crypto provider first.
+fn tls_certificates(tls: &TlsFiles) -> Option<redis::TlsCertificates> {
     // rustls needs a process-wide crypto provider: ring's, unless the program installed one.
     // rustls 0.23.48 deprecates it for lacking post-quantum key exchange (X25519MLKEM768), which
     // Redis cannot use anyway (it needs OpenSSL 3.5; Debian 12's Redis has 3.0); ring builds in
@@ -377,16 +386,15 @@ fn client(config: &RedisConfig) -> Result<Client> {
     #[allow(deprecated)]
     let _ = rustls::crypto::ring::default_provider().install_default();
     if tls.ca.is_none() && tls.client.is_none() {
-        return Client::open(info).map_err(|e| map_err(config, "connect", e));
+        return None;
     }
-    let certs = redis::TlsCertificates {
+    Some(redis::TlsCertificates {
         client_tls: tls
             .client
             .as_ref()
             .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
         root_cert: tls.ca.clone(),
-    };
-    Client::build_with_tls(info, certs).map_err(|e| map_err(config, "TLS setup", e))
+    })
 }
 
 /// A client of the cluster of `config`'s seed nodes; `response_timeout` bounds each reply
@@ -405,6 +413,9 @@ fn cluster_client(config: &RedisConfig, response_timeout: Option<Duration>) -> R
         Some(t) => builder.response_timeout(t).overall_response_timeout(Some(t)),
         None => builder.response_timeout(Duration::from_secs(24 * 3600)).overall_response_timeout(None),
     };
+    if let Some(certs) = config.tls.as_ref().and_then(tls_certificates) {
+        builder = builder.certs(certs);
+    }
     builder.build().map_err(|e| map_err(config, "connect", e))
 }
 
@@ -526,6 +537,21 @@ fn tls_refusal(e: &RedisError) -> Option<String> {
             _ => {}
         }
         source = s.source();
+    }
+    // The cluster client reports a failed first connection as text ("Failed to create initial
+    // connections - Io: invalid peer certificate: ..."), without the error as a source.
+    let text = e.to_string();
+    if let Some(i) = text.find("invalid peer certificate") {
+        return Some(format!(
+            "the server's certificate is not trusted ({}): give the CA that signed it with ?ca=PATH",
+            &text[i..]
+        ));
+    }
+    let alerts = ["CertificateRequired", "BadCertificate", "UnknownCA", "AccessDenied", "CertificateUnknown"];
+    if text.contains("received fatal alert") && alerts.iter().any(|a| text.contains(a)) {
+        return Some(format!(
+            "the server refused this client ({text}): it wants a client certificate that its CA signed (?cert=PATH&key=PATH)"
+        ));
     }
     None
 }
