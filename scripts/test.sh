@@ -12,6 +12,8 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # leased loopback ports (crates/interlock-testkit/src/servers/), never the system service.
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+# Test certificates for rediss:// (crates/interlock-testkit/src/servers/redis_tls.rs).
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]})); then
   echo "scripts/test.sh: installing ${missing[*]}" >&2
   apt-get update -qq

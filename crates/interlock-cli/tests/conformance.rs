@@ -25,12 +25,25 @@ macro_rules! redis_cluster_harness {
     };
 }
 
+/// A database of the shared private TLS `redis-server` (`rediss://`); skipped like `redis_harness!`.
+#[cfg(feature = "redis")]
+macro_rules! redis_tls_harness {
+    () => {
+        match interlock_testkit::RedisTlsHarness::new(env!("CARGO_BIN_EXE_interlock")) {
+            Some(h) => h,
+            None => return,
+        }
+    };
+}
+
 interlock_testkit::conformance_suite!(memory, interlock_testkit::MemoryHarness::new());
 interlock_testkit::conformance_suite!(file, interlock_testkit::FileHarness::new(env!("CARGO_BIN_EXE_interlock")));
 #[cfg(feature = "redis")]
 interlock_testkit::conformance_suite!(redis, redis_harness!());
 #[cfg(feature = "redis")]
 interlock_testkit::conformance_suite!(redis_cluster, redis_cluster_harness!());
+#[cfg(feature = "redis")]
+interlock_testkit::conformance_suite!(redis_tls, redis_tls_harness!());
 interlock_testkit::conformance_suite!(
     memory_latency,
     interlock_testkit::MemoryHarness::with_latency(std::time::Duration::from_millis(2))

@@ -9,3 +9,4 @@ pub mod file;
 pub mod memory;
 pub mod redis;
 pub mod redis_cluster;
+pub mod redis_tls;

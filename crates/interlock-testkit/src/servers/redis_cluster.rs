@@ -28,9 +28,17 @@ pub const NODE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The [`Spec`] of one cluster node: two ports (client, cluster bus), `cluster-enabled yes`.
 pub fn spec() -> Spec {
-    Spec::new("redis-cluster", "redis-server")
-        .ports(2)
-        .args(|ctx| {
+    spec_with(None)
+}
+
+/// [`spec`], and with `tls` a third port for TLS clients (`--tls-port`), the cluster bus over TLS
+/// (`tls-cluster yes`) and the certificates of `tls`. The plain port stays, for the testkit's own
+/// client (Redis answers `CLUSTER SLOTS` with the ports of the asker's kind: TLS for TLS).
+pub fn spec_with(tls: Option<&super::redis_tls::TlsFiles>) -> Spec {
+    let certs = tls.map(|f| [f.path("server.crt"), f.path("server.key"), f.path("ca.crt")]);
+    Spec::new(if certs.is_some() { "redis-cluster-tls" } else { "redis-cluster" }, "redis-server")
+        .ports(if certs.is_some() { 3 } else { 2 })
+        .args(move |ctx| {
             let port = ctx.port().to_string();
             let bus = ctx.ports[1].to_string();
             let timeout = NODE_TIMEOUT.as_millis().to_string();
@@ -47,6 +55,16 @@ pub fn spec() -> Spec {
             a.push(ctx.data.into());
             for s in ["--save", "", "--appendonly", "no", "--logfile", "", "--enable-debug-command", "local"] {
                 a.push(s.into());
+            }
+            if let Some([cert, key, ca]) = &certs {
+                let tls_port = ctx.ports[2].to_string();
+                for s in ["--tls-port", &tls_port, "--tls-cluster", "yes", "--tls-auth-clients", "no"] {
+                    a.push(s.into());
+                }
+                for (opt, path) in [("--tls-cert-file", cert), ("--tls-key-file", key), ("--tls-ca-cert-file", ca)] {
+                    a.push(opt.into());
+                    a.push(path.into());
+                }
             }
             a
         })
@@ -70,6 +88,8 @@ pub fn spec() -> Spec {
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<Server>,
+    /// Started with [`RedisCluster::start_tls`]: clients use the TLS ports.
+    tls: bool,
 }
 
 impl RedisCluster {
@@ -80,7 +100,19 @@ impl RedisCluster {
     /// As [`Group::start`]; a cluster that does not reach `cluster_state:ok` in 30 s is a
     /// [`StartError::Failed`].
     pub fn start(masters: usize) -> Result<RedisCluster, StartError> {
-        let cluster = RedisCluster { nodes: Group::start(spec(), masters)?.into_members() };
+        let cluster = RedisCluster { nodes: Group::start(spec(), masters)?.into_members(), tls: false };
+        cluster.form().map_err(|e| cluster.failed(format!("forming the cluster: {e}")))?;
+        Ok(cluster)
+    }
+
+    /// [`RedisCluster::start`] over TLS with the certificates of `files` ([`spec_with`]);
+    /// [`RedisCluster::url`] is then `rediss+cluster://` with the TLS ports (add `?ca=`).
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisCluster::start`].
+    pub fn start_tls(masters: usize, files: &super::redis_tls::TlsFiles) -> Result<RedisCluster, StartError> {
+        let cluster = RedisCluster { nodes: Group::start(spec_with(Some(files)), masters)?.into_members(), tls: true };
         cluster.form().map_err(|e| cluster.failed(format!("forming the cluster: {e}")))?;
         Ok(cluster)
     }
@@ -168,10 +200,12 @@ impl RedisCluster {
         &self.nodes[i]
     }
 
-    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...` (every node as a seed).
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...` (every node as a seed), or
+    /// `rediss+cluster://` with the TLS ports for a cluster of [`RedisCluster::start_tls`].
     pub fn url(&self) -> String {
-        let seeds: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
-        format!("redis+cluster://{}", seeds.join(","))
+        let port = |n: &Server| if self.tls { n.ports()[2] } else { n.port() };
+        let seeds: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", port(n))).collect();
+        format!("{}://{}", if self.tls { "rediss+cluster" } else { "redis+cluster" }, seeds.join(","))
     }
 
     /// The slot range `(first, last)` that node `i` served when the cluster was formed.

@@ -11,7 +11,8 @@
 //! | waiting | FIFO queue per lock; the release hands the lock to the head waiter (sets the key to its token) and pushes to that waiter's own list, where it blocks in `BLPOP` on a connection of its own; re-check at the holder's remaining TTL and every 500 ms at most (peer tools release without waking us) |
 //! | writer starvation | a reader never passes a writer queued ahead of it |
 //! | interop | redis-py `Lock(name)` (`SET name token NX`, PX only with a timeout), python-redis-lock (`?prefix=lock:`), pottery and redlock-py on one master (`?prefix=redlock:` for pottery), any `SET name v NX [PX]` peer: the same key, compare-and-delete release (docs/backends/redis.md#interop) |
-//! | limits | `rediss://` (TLS) not built yet; one server (see Redlock for several) |
+//! | TLS | `rediss://`, `rediss+cluster://` (rustls, ring): the system's roots or `?ca=PATH`, a client certificate with `?cert=PATH&key=PATH` |
+//! | limits | one server, or one Redis Cluster (`redis+cluster://`; a failover can lose a lock) |
 //!
 //! Keys (pinned by golden tests) are in `docs/backends/redis.md`, with the whole page.
 //!
@@ -51,9 +52,9 @@ pub(crate) const BACKEND_NAME: &str = "redis";
 pub(crate) const BACKEND: Backend = Backend {
     name: BACKEND_NAME,
     title: "Redis",
-    schemes: &["redis", "rediss", "redis+cluster"],
-    url_form: "redis://[user[:pass]@]host[:port][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR], \
-               redis+cluster://[user[:pass]@]h1:p1,h2:p2,...[?the same options]",
+    schemes: &["redis", "rediss", "redis+cluster", "rediss+cluster"],
+    url_form: "redis[s]://[user[:pass]@]host[:port][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR\
+               &ca=PATH&cert=PATH&key=PATH], redis[s]+cluster://[user[:pass]@]h1:p1,h2:p2,...[?the same options]",
     holds: "SET key token NX PX lease",
     feature: Some("redis"),
     docs: "docs/backends/redis.md",

@@ -20,7 +20,7 @@ use redis::{
     RedisConnectionInfo, RedisError, RedisFuture, Value,
 };
 
-use super::config::RedisConfig;
+use super::config::{RedisConfig, TlsFiles};
 use super::keys::{self, Keys, READERS_VALUE};
 use super::scripts;
 use crate::error::{Error, Result};
@@ -97,7 +97,7 @@ impl ConnectionLike for Conn {
 /// How the provider opens connections.
 #[derive(Clone)]
 enum Clients {
-    Single(Client),
+    Single(Box<Client>),
     /// The client of the waiters' cluster connections: no reply bound of its own (a `BLPOP`
     /// blocks on purpose; the waiter bounds each wait itself). The shared connection has one.
     Cluster(Box<ClusterClient>),
@@ -143,7 +143,7 @@ impl RedisProvider {
             .await
             .map_err(|e| map_err(&config, "connect", e))?;
         Ok(RedisProvider {
-            clients: Clients::Single(client),
+            clients: Clients::Single(Box::new(client)),
             conn: Conn::Manager(conn),
             config,
             idle: StdMutex::new(vec![Conn::Plain(first)]),
@@ -351,6 +351,10 @@ impl RedisProvider {
 }
 
 fn connection_info(config: &RedisConfig, host: &str, port: u16) -> Result<ConnectionInfo> {
+    let addr = match config.tls {
+        Some(_) => ConnectionAddr::TcpTls { host: host.to_owned(), port, insecure: false, tls_params: None },
+        None => ConnectionAddr::Tcp(host.to_owned(), port),
+    };
     let mut redis = RedisConnectionInfo::default().set_db(config.db).set_skip_set_lib_name();
     if let Some(u) = &config.user {
         redis = redis.set_username(u);
@@ -358,14 +362,39 @@ fn connection_info(config: &RedisConfig, host: &str, port: u16) -> Result<Connec
     if let Some(p) = &config.password {
         redis = redis.set_password(p);
     }
-    Ok(ConnectionAddr::Tcp(host.to_owned(), port)
-        .into_connection_info()
-        .map_err(|e| map_err(config, "connect", e))?
-        .set_redis_settings(redis))
+    Ok(addr.into_connection_info().map_err(|e| map_err(config, "connect", e))?.set_redis_settings(redis))
 }
 
 fn client(config: &RedisConfig) -> Result<Client> {
-    Client::open(connection_info(config, &config.host, config.port)?).map_err(|e| map_err(config, "connect", e))
+    let info = connection_info(config, &config.host, config.port)?;
+    let Some(tls) = &config.tls else {
+        return Client::open(info).map_err(|e| map_err(config, "connect", e));
+    };
+    match tls_certificates(tls) {
+        None => Client::open(info).map_err(|e| map_err(config, "connect", e)),
+        Some(certs) => Client::build_with_tls(info, certs).map_err(|e| map_err(config, "TLS setup", e)),
+    }
+}
+
+/// The CA and client certificate of `?ca=`, `?cert=`, `?key=` (`None`: the system's roots, no
+/// client certificate). Installs the crypto provider first.
+fn tls_certificates(tls: &TlsFiles) -> Option<redis::TlsCertificates> {
+    // rustls needs a process-wide crypto provider: ring's, unless the program installed one.
+    // rustls 0.23.48 deprecates it for lacking post-quantum key exchange (X25519MLKEM768), which
+    // Redis cannot use anyway (it needs OpenSSL 3.5; Debian 12's Redis has 3.0); ring builds in
+    // a fraction of aws-lc-rs's time and without cmake.
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if tls.ca.is_none() && tls.client.is_none() {
+        return None;
+    }
+    Some(redis::TlsCertificates {
+        client_tls: tls
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+        root_cert: tls.ca.clone(),
+    })
 }
 
 /// A client of the cluster of `config`'s seed nodes; `response_timeout` bounds each reply
@@ -384,6 +413,9 @@ fn cluster_client(config: &RedisConfig, response_timeout: Option<Duration>) -> R
         Some(t) => builder.response_timeout(t).overall_response_timeout(Some(t)),
         None => builder.response_timeout(Duration::from_secs(24 * 3600)).overall_response_timeout(None),
     };
+    if let Some(certs) = config.tls.as_ref().and_then(tls_certificates) {
+        builder = builder.certs(certs);
+    }
     builder.build().map_err(|e| map_err(config, "connect", e))
 }
 
@@ -425,6 +457,13 @@ pub(crate) fn map_err(config: &RedisConfig, what: &str, e: RedisError) -> Error 
             source: Some(Box::new(e)),
         };
     }
+    if let Some(why) = tls_refusal(&e) {
+        return Error::Auth {
+            backend: BACKEND,
+            message: format!("{server}: {what}: TLS: {why}"),
+            source: Some(Box::new(e)),
+        };
+    }
     // A redirection that comes back to us: the cluster client followed it as far as it could,
     // and the node that serves the slot does not answer (or the slot is between nodes).
     if let Some((host, port)) = e.redirect_node() {
@@ -442,13 +481,79 @@ pub(crate) fn map_err(config: &RedisConfig, what: &str, e: RedisError) -> Error 
         || e.is_connection_dropped()
         || matches!(code, "LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN")
     {
+        // Over TLS 1.3, a server that wants a client certificate rejects the client after the
+        // handshake: its alert is lost when the first command's write finds the connection
+        // closed. Say so on the connection's first command.
+        let hint = match &config.tls {
+            Some(tls) if tls.client.is_none() && e.is_connection_dropped() && (what == "PING" || what == "connect") => {
+                " (over TLS, a server that wants a client certificate closes the connection after the handshake: \
+                 give one with ?cert=PATH&key=PATH)"
+            }
+            _ => "",
+        };
         return Error::Unavailable {
             backend: BACKEND,
-            message: format!("{server}: {what}: {text}"),
+            message: format!("{server}: {what}: {text}{hint}"),
             source: Some(Box::new(e)),
         };
     }
     Error::Backend { backend: BACKEND, message: format!("{server}: {what}: {text}"), source: Some(Box::new(e)) }
+}
+
+/// The TLS handshake failed for a reason that retrying cannot fix: the server's certificate is
+/// not trusted, or the server refused ours. Found in the error's sources (rustls's error, inside
+/// an I/O error).
+fn tls_refusal(e: &RedisError) -> Option<String> {
+    use rustls::AlertDescription as A;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        // The redis crate keeps its I/O error in an `Arc` (which is itself an `Error`).
+        let s: &(dyn std::error::Error + 'static) = match s.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>() {
+            Some(inner) => &**inner,
+            None => s,
+        };
+        let tls = s.downcast_ref::<rustls::Error>().or_else(|| {
+            s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+        });
+        match tls {
+            Some(rustls::Error::InvalidCertificate(why)) => {
+                return Some(format!(
+                    "the server's certificate is not trusted ({why:?}): give the CA that signed it with ?ca=PATH"
+                ));
+            }
+            Some(rustls::Error::AlertReceived(
+                alert @ (A::CertificateRequired
+                | A::BadCertificate
+                | A::UnknownCA
+                | A::AccessDenied
+                | A::CertificateUnknown),
+            )) => {
+                return Some(format!(
+                    "the server refused this client ({alert:?}): it wants a client certificate that its CA signed (?cert=PATH&key=PATH)"
+                ));
+            }
+            _ => {}
+        }
+        source = s.source();
+    }
+    // The cluster client reports a failed first connection as text ("Failed to create initial
+    // connections - Io: invalid peer certificate: ..."), without the error as a source.
+    let text = e.to_string();
+    if let Some(i) = text.find("invalid peer certificate") {
+        return Some(format!(
+            "the server's certificate is not trusted ({}): give the CA that signed it with ?ca=PATH",
+            &text[i..]
+        ));
+    }
+    let alerts = ["CertificateRequired", "BadCertificate", "UnknownCA", "AccessDenied", "CertificateUnknown"];
+    if text.contains("received fatal alert") && alerts.iter().any(|a| text.contains(a)) {
+        return Some(format!(
+            "the server refused this client ({text}): it wants a client certificate that its CA signed (?cert=PATH&key=PATH)"
+        ));
+    }
+    None
 }
 
 /// A fresh random token: 32 hex digits (128 bits from the kernel).
