@@ -6,7 +6,7 @@
 //! | what holds the lock | the key `prefix + name` with a random token, `PX lease`; renewed in the background (compare-and-`PEXPIRE`) |
 //! | released on holder crash by | lease expiry (default 10 s, `?lease=`) |
 //! | primitives | mutex and write lock (the key), read lock (a ZSET of readers, the key holds [`READERS_VALUE`]), semaphore (a ZSET of permit holders); every holder expires on its own lease |
-//! | fencing | `INCR` of `{KEY}:fence` in the acquiring script (one round trip); a counter that is missing (first use, restart without persistence) starts at the server clock in µs |
+//! | fencing | the next value of `{KEY}:fence` in the acquiring script (one round trip): the counter plus one, never below the server clock in µs, so a counter lost or behind (restart without persistence, failover) still gives increasing tokens |
 //! | lost locks | a renewal that finds the key gone or someone else's, or the lease running out by the local clock |
 //! | waiting | FIFO queue per lock; the release hands the lock to the head waiter (sets the key to its token) and pushes to that waiter's own list, where it blocks in `BLPOP` on a connection of its own; re-check at the holder's remaining TTL and every 500 ms at most (peer tools release without waking us) |
 //! | writer starvation | a reader never passes a writer queued ahead of it |
