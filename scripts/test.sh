@@ -29,6 +29,12 @@ if ! python3 -c 'import redis, redis_lock, pottery, redlock' >/dev/null 2>&1; th
   python3 -m pip install --quiet --disable-pip-version-check redis python-redis-lock pottery redlock-py
 fi
 
+# The Python package's test tools (python/tests): pytest, and the peer tools of its cases.
+if ! python3 -c 'import pytest' >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing pytest (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check pytest
+fi
+
 export INTERLOCK_TEST_REQUIRE=1
 export CARGO_TERM_COLOR=never
 
@@ -40,4 +46,10 @@ echo "== cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet
 echo "== cargo test"
 cargo test --workspace --all-features
+# The Python package, built from this checkout as a user installs it (`pip install ./python`, a
+# release build through maturin), then its pytest suite.
+echo "== pip install ./python"
+python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./python
+echo "== pytest python/tests"
+python3 -m pytest python/tests
 echo "== all tests passed"
