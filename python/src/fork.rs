@@ -3,9 +3,10 @@
 //! Every live guard is registered here. In a forked child (found by the hook Python runs after
 //! `os.fork()`, or by the first use of any interlock object whose pid is not ours, for forks that
 //! do not run Python's hooks, such as uwsgi's), every guard made by another process is marked
-//! `Forked`: `lost` is true, `release()` raises `LockLost`, and the core guard is forgotten
-//! without a release (a release in the child would unlock the parent's lock, and its runtime is
-//! not here).
+//! `Forked`: `lost` is true, `release()` raises `LockLost`, and the core guard is let go of with
+//! `Guard::forget_after_fork`: the child closes its copies of the lock's descriptors (file
+//! backend) without unlocking them, since an unlock in the child would unlock the parent's lock,
+//! and nothing else of it runs (its runtime is not here).
 //!
 //! The registry is only touched with the GIL held, so a fork made from Python never finds it
 //! locked.
@@ -38,8 +39,9 @@ pub(crate) fn forget_inherited(shared: &Shared) {
     if let State::Held(_) = &*state
         && let State::Held(g) = std::mem::replace(&mut *state, State::Forked { parent: shared.pid })
     {
-        // Dropping it would release the parent's lock (and run on a runtime that is not here).
-        std::mem::forget(g);
+        // Dropping it would release the parent's lock (and run on a runtime that is not here);
+        // this closes the child's copies of its descriptors (file backend) and nothing else.
+        g.forget_after_fork();
     }
 }
 
