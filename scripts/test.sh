@@ -29,10 +29,11 @@ if ! python3 -c 'import redis, redis_lock, pottery, redlock' >/dev/null 2>&1; th
   python3 -m pip install --quiet --disable-pip-version-check redis python-redis-lock pottery redlock-py
 fi
 
-# The Python package's test tools (python/tests): pytest, and the peer tools of its cases.
-if ! python3 -c 'import pytest' >/dev/null 2>&1; then
-  echo "scripts/test.sh: installing pytest (pip)" >&2
-  python3 -m pip install --quiet --disable-pip-version-check pytest
+# The Python package's test tools (python/tests): pytest, and the servers of its web-app cases
+# (Flask under uwsgi and gunicorn; uwsgi builds from source with the C compiler).
+if ! python3 -c 'import pytest, flask, gunicorn' >/dev/null 2>&1 || ! command -v uwsgi >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing pytest, flask, gunicorn and uwsgi (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check pytest flask gunicorn uwsgi
 fi
 
 export INTERLOCK_TEST_REQUIRE=1
@@ -51,5 +52,5 @@ cargo test --workspace --all-features
 echo "== pip install ./python"
 python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./python
 echo "== pytest python/tests"
-python3 -m pytest python/tests
+INTERLOCK_BIN="$PWD/target/debug/interlock" python3 -m pytest python/tests
 echo "== all tests passed"

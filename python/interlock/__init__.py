@@ -15,6 +15,7 @@ its own on first use. See docs/python.md.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import functools
 import inspect
@@ -75,6 +76,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 # with owner the thread's ident or the asyncio task. A context variable, so that threads never
 # see each other's; a task created inside a block inherits the entries, hence the owner.
 _held: contextvars.ContextVar[tuple] = contextvars.ContextVar("interlock_held", default=())
+
+# Threads of interlock's runtime that hand outcomes to asyncio loops stop entering Python when
+# the interpreter exits (and the ones inside are waited for).
+atexit.register(_interlock._shutdown)
 
 # Guards taken before a fork are never held by the child (see docs/python.md, "Fork safety").
 # Forks that do not run this hook (uwsgi's) are caught on the first use of an interlock object.

@@ -31,6 +31,7 @@ fn _interlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(connect, m)?)?;
     m.add_function(wrap_pyfunction!(default_url, m)?)?;
     m.add_function(wrap_pyfunction!(fork::_after_fork_in_child, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::_shutdown, m)?)?;
     m.add_class::<provider::Provider>()?;
     m.add_class::<provider::Lock>()?;
     m.add_class::<guard::Guard>()?;

@@ -9,6 +9,7 @@
 //! `fork()` made from Python (which holds the GIL) cannot happen while one of these locks is held.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -167,7 +168,7 @@ where
     let task = rt.rt.spawn(async move {
         let v = fut.await;
         let handed = tokio::task::spawn_blocking(move || {
-            Python::attach(|py| {
+            with_python(|py| {
                 let (value, error) = match convert(py, v) {
                     Ok(value) => (value, None),
                     Err(e) => (py.None(), Some(e.into_value(py))),
@@ -204,4 +205,41 @@ impl Canceller {
         }
         Ok(())
     }
+}
+
+/// Set by [`_shutdown`] when the interpreter exits: threads of the runtime no longer enter Python.
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+/// Threads of the runtime inside [`with_python`] right now.
+static IN_PYTHON: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `f` with the GIL on a thread of the runtime, unless the interpreter is shutting down
+/// (then `f` is dropped unrun; its Python references are released by PyO3 later, or never, at
+/// exit). A thread that is still inside Python when the interpreter finalizes would touch freed
+/// objects: [`_shutdown`], run by `atexit`, waits for the ones inside.
+fn with_python<F: FnOnce(Python<'_>)>(f: F) {
+    IN_PYTHON.fetch_add(1, Ordering::SeqCst);
+    if !SHUTTING_DOWN.load(Ordering::SeqCst) {
+        Python::attach(f);
+    }
+    IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// The `atexit` hook: from now on no thread of the runtime enters Python, and the ones inside
+/// (handing an outcome to an event loop) are waited for, a few seconds at most, without the GIL
+/// so that they can finish.
+#[pyfunction]
+pub(crate) fn _shutdown(py: Python<'_>) {
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
+    let ours = RUNTIME.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|rt| rt.is_ours());
+    if !ours {
+        // No runtime in this process (a forked child that never used interlock): no thread of
+        // ours can be in Python; a count inherited from the parent means nothing here.
+        return;
+    }
+    py.detach(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while IN_PYTHON.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
 }

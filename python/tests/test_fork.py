@@ -212,3 +212,41 @@ def test_multiprocessing_fork_pool_counts_exactly(url, lock_dir):
     )
     assert lines(p, timeout=120) == ["workers", "True"]
     assert int(counter.read_text()) == 200
+
+
+@pytest.mark.parametrize("how", ["os", "libc"])
+def test_redis_guard_held_at_fork(redis_url, how):
+    # On a network backend the child must not touch the parent's connection: the parent's lock
+    # stays held and its release afterwards is clean (not LockLost).
+    p = helper(
+        """
+        locks = interlock.connect(url)
+        m = locks.mutex("job-" + how)
+        g = m.acquire()
+        pid = fork()
+        if pid == 0:
+            try:
+                report("lost", g.lost)
+                try:
+                    g.release()
+                except interlock.LockLost:
+                    report("release-LockLost")
+                report("child-try", m.acquire(blocking=False) is None and "held" or "free")
+                with locks.mutex("other-" + how) as o:
+                    report("other", o.held)
+            finally:
+                sys.stdout.flush()
+                os._exit(0)
+        os.waitpid(pid, 0)
+        report("parent-lost", g.lost)
+        g.release()
+        g2 = m.acquire(blocking=False)
+        report("after", g2 is not None and g2.fencing_token > g.fencing_token)
+        """,
+        redis_url,
+        how,
+    )
+    assert lines(p) == [
+        "lost", "True", "release-LockLost", "child-try", "held", "other", "True",
+        "parent-lost", "False", "after", "True",
+    ]  # fmt: skip
