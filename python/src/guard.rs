@@ -54,11 +54,8 @@ impl fmt::Debug for Guard {
 
 impl Guard {
     pub(crate) fn new(guard: interlock::Guard, kind: Kind, rt: Arc<Rt>) -> Guard {
+        let (name, token) = (guard.name().to_owned(), guard.fencing_token());
         let shared = Arc::new(Shared { pid: std::process::id(), state: Mutex::new(State::Held(guard)) });
-        let (name, token) = match &*shared.state() {
-            State::Held(g) => (g.name().to_owned(), g.fencing_token()),
-            _ => (String::new(), None),
-        };
         let id = fork::register(&shared);
         Guard { name, kind, token, rt, shared, id }
     }

@@ -152,13 +152,21 @@ def test_the_lock_does_not_outlive_its_holder_in_a_child(locks, url, how):
 def test_a_provider_made_before_fork_reconnects_in_the_child(url):
     p = helper(
         """
-        import threading
+        import fcntl, threading
         locks = interlock.connect(url)
         m = locks.mutex("job")
-        with m:                      # the parent's runtime has done work before the fork
+        # The parent waits for the lock once before the fork (a descriptor of its own held by
+        # fcntl.flock in a thread for a moment), so its runtime and its file watcher (a thread
+        # of its own) are running when it forks: the child must use neither.
+        fd = os.open(os.path.join(lock_dir, "job"), os.O_RDONLY | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        def unlock_later():
+            time.sleep(0.3); os.close(fd)
+        t = threading.Thread(target=unlock_later); t.start()
+        with m:
             pass
+        t.join()
         h = m.acquire()              # held by the parent across the fork
-        t = threading.Thread(target=lambda: None); t.start(); t.join()
         pid = fork()
         if pid == 0:
             try:
