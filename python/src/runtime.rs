@@ -9,6 +9,7 @@
 //! `fork()` made from Python (which holds the GIL) cannot happen while one of these locks is held.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -78,12 +79,13 @@ pub(crate) fn runtime(_py: Python<'_>) -> PyResult<Arc<Rt>> {
     Ok(rt)
 }
 
-/// Runs `fut` to completion for a Python caller: first on the calling thread, until it must wait
-/// (an uncontended lock needs no thread switch); then as a task on the runtime, while this thread
-/// waits without the GIL, taking it back every [`SLICE`] to run signal handlers. An exception from
-/// a handler (`KeyboardInterrupt`) cancels the work: the task is aborted, which drops the future
-/// (the core is cancel-safe: nothing is left held or queued), and a result that was ready at that
-/// moment is dropped inside the runtime (a guard is then released).
+/// Runs `fut` to completion for a Python caller, on the calling thread: first polled once inline
+/// (an uncontended lock costs no more), then driven by `Runtime::block_on` without the GIL, in
+/// slices of [`SLICE`], taking the GIL back between slices to run signal handlers. The waiting
+/// thread is woken directly by whatever wakes the acquisition (the file watcher, a socket), with
+/// no hop through the runtime's worker. An exception from a handler (`KeyboardInterrupt`) drops
+/// the future right there, inside the runtime: the core is cancel-safe, so when the exception
+/// reaches Python nothing of the acquisition is left held or queued.
 pub(crate) fn wait<T, F>(py: Python<'_>, rt: &Rt, fut: F) -> PyResult<T>
 where
     F: Future<Output = T> + Send + 'static,
@@ -96,8 +98,37 @@ where
             return Ok(v);
         }
     }
+    if tokio::runtime::Handle::try_current().is_ok() {
+        // Called from inside some tokio runtime (another extension's thread, say), where
+        // `block_on` is not allowed: the work runs on our worker instead.
+        return wait_on_worker(py, rt, fut);
+    }
+    loop {
+        let (done, back) = py.detach(move || {
+            let done = rt.rt.block_on(async { tokio::time::timeout(SLICE, fut.as_mut()).await.ok() });
+            (done, fut)
+        });
+        fut = back;
+        if let Some(v) = done {
+            return Ok(v);
+        }
+        if let Err(interrupted) = py.check_signals() {
+            let _enter = rt.enter();
+            drop(fut);
+            return Err(interrupted);
+        }
+    }
+}
+
+/// [`wait`] for a caller inside another tokio runtime: `fut` runs as a task on our runtime while
+/// this thread waits on a channel without the GIL, in slices, running signal handlers between
+/// them; an exception from one aborts the task and waits until it is gone.
+fn wait_on_worker<T, F>(py: Python<'_>, rt: &Rt, fut: Pin<Box<F>>) -> PyResult<T>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
     let (tx, rx) = sync_channel(1);
-    // Polled once with a no-op waker: the task polls it again at once with its own.
     let task = rt.rt.spawn(async move {
         let v = fut.await;
         // The receiver may be gone (the caller was interrupted): `v` is dropped here, inside the
