@@ -12,6 +12,8 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # leased loopback ports (crates/interlock-testkit/src/servers/), never the system service.
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+# Test certificates for rediss:// (crates/interlock-testkit/src/servers/redis_tls.rs).
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]})); then
   echo "scripts/test.sh: installing ${missing[*]}" >&2
   apt-get update -qq
@@ -29,6 +31,13 @@ if ! python3 -c 'import redis, redis_lock, pottery, redlock' >/dev/null 2>&1; th
   python3 -m pip install --quiet --disable-pip-version-check redis python-redis-lock pottery redlock-py
 fi
 
+# The Python package's test tools (python/tests): pytest, and the servers of its web-app cases
+# (Flask under uwsgi and gunicorn; uwsgi builds from source with the C compiler).
+if ! python3 -c 'import pytest, flask, gunicorn' >/dev/null 2>&1 || ! command -v uwsgi >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing pytest, flask, gunicorn and uwsgi (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check pytest flask gunicorn uwsgi
+fi
+
 export INTERLOCK_TEST_REQUIRE=1
 export CARGO_TERM_COLOR=never
 
@@ -40,4 +49,10 @@ echo "== cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet
 echo "== cargo test"
 cargo test --workspace --all-features
+# The Python package, built from this checkout as a user installs it (`pip install ./python`, a
+# release build through maturin), then its pytest suite.
+echo "== pip install ./python"
+python3 -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./python
+echo "== pytest python/tests"
+INTERLOCK_BIN="$PWD/target/debug/interlock" python3 -m pytest python/tests
 echo "== all tests passed"

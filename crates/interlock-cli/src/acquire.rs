@@ -7,9 +7,6 @@ use interlock::{AcquireOptions, Guard, Provider};
 
 use crate::exit::{self, Failure};
 
-/// The URL used when neither `-u` nor `$INTERLOCK_URL` names one: the private default directory.
-pub const DEFAULT_URL: &str = "file://";
-
 /// Flags that say which lock to take and how.
 #[derive(Args, Debug, Clone)]
 pub struct LockArgs {
@@ -66,15 +63,11 @@ pub fn parse_dur(text: &str) -> Result<Duration, String> {
     interlock::url::parse_duration(text)
 }
 
-/// The URL to use: the flag, else a non-empty `$INTERLOCK_URL`, else [`DEFAULT_URL`].
+/// The URL to use: the flag, else a non-empty `$INTERLOCK_URL`, else
+/// [`interlock::url::DEFAULT_URL`], the private default directory
+/// ([`interlock::url::default_url`], which the Python package uses too).
 pub fn resolve_url(flag: Option<&str>) -> String {
-    if let Some(url) = flag {
-        return url.to_owned();
-    }
-    match std::env::var("INTERLOCK_URL") {
-        Ok(url) if !url.trim().is_empty() => url,
-        _ => DEFAULT_URL.to_owned(),
-    }
+    flag.map_or_else(interlock::url::default_url, str::to_owned)
 }
 
 /// Connects to the backend named by `url`.

@@ -14,6 +14,28 @@ macro_rules! redis_harness {
     };
 }
 
+/// A key prefix of the shared private 3-master Redis Cluster; skipped like `redis_harness!`.
+#[cfg(feature = "redis")]
+macro_rules! redis_cluster_harness {
+    () => {
+        match interlock_testkit::RedisClusterHarness::new(env!("CARGO_BIN_EXE_interlock")) {
+            Some(h) => h,
+            None => return,
+        }
+    };
+}
+
+/// A database of the shared private TLS `redis-server` (`rediss://`); skipped like `redis_harness!`.
+#[cfg(feature = "redis")]
+macro_rules! redis_tls_harness {
+    () => {
+        match interlock_testkit::RedisTlsHarness::new(env!("CARGO_BIN_EXE_interlock")) {
+            Some(h) => h,
+            None => return,
+        }
+    };
+}
+
 /// A namespace of the shared group of `$n` private redis-server masters (skipped as above).
 #[cfg(feature = "redlock")]
 macro_rules! redlock_harness {
@@ -29,6 +51,10 @@ interlock_testkit::conformance_suite!(memory, interlock_testkit::MemoryHarness::
 interlock_testkit::conformance_suite!(file, interlock_testkit::FileHarness::new(env!("CARGO_BIN_EXE_interlock")));
 #[cfg(feature = "redis")]
 interlock_testkit::conformance_suite!(redis, redis_harness!());
+#[cfg(feature = "redis")]
+interlock_testkit::conformance_suite!(redis_cluster, redis_cluster_harness!());
+#[cfg(feature = "redis")]
+interlock_testkit::conformance_suite!(redis_tls, redis_tls_harness!());
 #[cfg(feature = "redlock")]
 interlock_testkit::conformance_suite!(redlock, redlock_harness!(3));
 #[cfg(feature = "redlock")]

@@ -186,6 +186,47 @@ async fn a_key_of_the_wrong_type_is_a_clear_error() {
     assert_eq!(h.ns().cmd(&["TYPE", &h.key(&name)]).unwrap().text().as_deref(), Some("hash"), "left alone");
 }
 
+/// A fencing counter that fell behind (a failover to a replica that had not received the last
+/// increments), vanished (a restart without persistence) or holds garbage still gives tokens
+/// above every earlier one, to writers, readers and permit holders: tokens never fall below the
+/// server clock in µs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fencing_counter_behind_or_lost_still_gives_higher_tokens() {
+    let Some(h) = shared() else { return };
+    let name = unique("fence-behind");
+    let key = h.key(&name);
+    let (fence, sem_fence) = (format!("{{{key}}}:fence"), format!("{{{key}}}:sem:fence"));
+    let p = h.provider().await;
+    let (m, rw, sem) = (p.mutex(&name).unwrap(), p.rwlock(&name).unwrap(), p.semaphore(&name, 2).unwrap());
+    let token = |g: &interlock::Guard| g.fencing_token().expect("redis guards have tokens");
+    let mut last = 0;
+    for damage in [Some("5"), None, Some("not a number"), Some("1")] {
+        let g = m.lock().await.unwrap();
+        assert!(token(&g) > last, "writer token {} after {last}", token(&g));
+        last = token(&g);
+        g.release().await.unwrap();
+        let g = sem.acquire().await.unwrap();
+        let sem_token = token(&g);
+        g.release().await.unwrap();
+        for counter in [&fence, &sem_fence] {
+            match damage {
+                Some(v) => h.ns().cmd(&["SET", counter, v]).unwrap(),
+                None => h.ns().cmd(&["DEL", counter]).unwrap(),
+            };
+        }
+        let r = rw.read().await.unwrap();
+        assert!(token(&r) >= last, "reader token {} below the last writer's {last} ({damage:?})", token(&r));
+        r.release().await.unwrap();
+        let g = m.lock().await.unwrap();
+        assert!(token(&g) > last, "writer token {} after {last} ({damage:?})", token(&g));
+        last = token(&g);
+        g.release().await.unwrap();
+        let g = sem.acquire().await.unwrap();
+        assert!(token(&g) > sem_token, "permit token {} after {sem_token} ({damage:?})", token(&g));
+        g.release().await.unwrap();
+    }
+}
+
 /// A peer's plain `SET name v NX PX 1500` (redis-py's `Lock` does the same) excludes us, and we
 /// get the lock once it expires (the waiter re-checks at the key's remaining TTL); while we hold
 /// it, the peer's `SET NX` fails. A peer that deletes its key without waking us is noticed within

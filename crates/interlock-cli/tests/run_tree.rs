@@ -285,7 +285,14 @@ fn a_signal_ignored_at_start_stays_ignored_for_interlock_and_the_command() {
 fn sigtstp_stops_the_command_and_interlock_and_sigcont_resumes_both() {
     let d = LockDir::new();
     // The command waits for a line on stdin, not for a time that a loaded machine might outlast.
-    let mut p = start(&d.url(), "x", "echo $$; read line; echo finished $line");
+    // interlock gets a process group of its own, with its parent (this test) outside it, so the
+    // group is never orphaned (a SIGTSTP to an orphaned group is ignored, by the kernel and by
+    // interlock), even when the test itself runs in an orphaned group (started in the background
+    // by a shell that has exited).
+    let mut c = interlock();
+    c.args(["run", "-u", &d.url(), "x", "--", "sh", "-c", "echo $$; read line; echo finished $line"]);
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
+    let mut p = Proc::spawn(c);
     let child: u32 = p.line().parse().unwrap();
     p.signal(Signal::TSTP);
     let deadline = Instant::now() + cli_support::LONG;

@@ -21,6 +21,8 @@ pub mod servers;
 pub use backends::file::FileHarness;
 pub use backends::memory::MemoryHarness;
 pub use backends::redis::RedisHarness;
+pub use backends::redis_cluster::RedisClusterHarness;
+pub use backends::redis_tls::RedisTlsHarness;
 pub use backends::redlock::RedlockHarness;
 pub use harness::Harness;
 

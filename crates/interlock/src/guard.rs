@@ -215,6 +215,35 @@ impl Guard {
         }
     }
 
+    /// For a forked child: lets go of a guard its parent took, without releasing the lock. The
+    /// lock stays the parent's; the child no longer keeps it alive (on the file backend its
+    /// inherited copies of the lock's descriptors are closed, so the lock does not outlive the
+    /// parent inside the child). Nothing of the guard runs in the child: not its release, not its
+    /// monitor, not its runtime, whose threads are not in the child.
+    ///
+    /// Dropping or releasing such a guard in the child instead would unlock the parent's lock on
+    /// the file backend (`flock(LOCK_UN)` acts on the open file description both processes
+    /// share), or act on the parent's connection on a network backend.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> interlock::Result<()> {
+    /// let locks = interlock::connect("memory://").await?;
+    /// let guard = locks.mutex("job")?.lock().await?;
+    /// // ... in the child after fork():
+    /// guard.forget_after_fork();
+    /// # Ok(()) }
+    /// ```
+    pub fn forget_after_fork(mut self) {
+        if let Some(held) = self.held.take() {
+            held.raw.forget_after_fork();
+            // Its monitor task, local queue place and provider belong to the parent's runtime.
+            std::mem::forget(held);
+        }
+        std::mem::forget(self);
+    }
+
     /// Releases the lock and reports how it went.
     ///
     /// # Errors

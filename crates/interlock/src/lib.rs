@@ -25,7 +25,7 @@
 //! |---|---|---|---|---|
 //! | file (default) | `file:///var/lock/myapp`, `file://` | `flock(2)` on `DIR/NAME` | the kernel, at once | built |
 //! | memory | `memory://[SPACE]` | in-process state | process exit | built |
-//! | Redis | `redis://[user[:pass]@]host:6379/0` | `SET key token NX PX lease` | lease expiry | built (feature `redis`; `rediss://` not yet) |
+//! | Redis | `redis://[user[:pass]@]host:6379/0` | `SET key token NX PX lease` | lease expiry | built (feature `redis`; also `rediss://` and `redis+cluster://`) |
 //! | Redlock | `redlock://h1:6379,h2:6379,h3:6379` | the same key on a majority | lease expiry | built (feature `redlock`; no semaphores) |
 //! | ZooKeeper | `zk://h1:2181,h2:2181/locks` | ephemeral sequential znode | session expiry | planned |
 //! | etcd | `etcd://h1:2379,h2:2379` | key with a lease | lease expiry | planned |

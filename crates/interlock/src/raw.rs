@@ -267,6 +267,14 @@ pub trait RawHeld: Send + Sync + Debug + 'static {
     fn duplicate_fds(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
         Ok(Vec::new())
     }
+
+    /// Called in a forked child for a lock its parent holds (see [`crate::Guard::forget_after_fork`]):
+    /// lets go of this process's copy of whatever holds the lock, WITHOUT releasing it, which
+    /// would release the parent's lock. The file backend closes its inherited descriptors (an
+    /// `flock` unlock from the child would unlock the parent's open file description). The
+    /// default does nothing: the caller forgets the object, leaving the parent's lock, its
+    /// connection and its session alone.
+    fn forget_after_fork(&self) {}
 }
 
 /// A backend: makes raw holders from requests.

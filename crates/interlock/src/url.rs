@@ -210,6 +210,27 @@ pub const CONNECT_TIMEOUT: &str = "connect_timeout";
 /// Options every backend accepts, taken by the core rather than the backend.
 pub const COMMON_OPTIONS: &[&str] = &[CONNECT_TIMEOUT];
 
+/// The URL a program uses when it names none and `$INTERLOCK_URL` is unset or blank: the file
+/// backend in the private per-user default directory (see [`crate::connect`]).
+pub const DEFAULT_URL: &str = "file://";
+
+/// The URL a program uses when it names none: a non-blank `$INTERLOCK_URL`, else [`DEFAULT_URL`].
+/// The `interlock` command and the Python package both resolve their default this way, so a
+/// script and the program it runs agree on where their locks live.
+///
+/// # Examples
+///
+/// ```
+/// let url = interlock::url::default_url();
+/// assert!(url == interlock::url::DEFAULT_URL || std::env::var("INTERLOCK_URL").is_ok());
+/// ```
+pub fn default_url() -> String {
+    match std::env::var("INTERLOCK_URL") {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => DEFAULT_URL.to_owned(),
+    }
+}
+
 fn non_empty(s: String) -> Option<String> {
     if s.is_empty() { None } else { Some(s) }
 }

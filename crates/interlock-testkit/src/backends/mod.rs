@@ -8,4 +8,6 @@
 pub mod file;
 pub mod memory;
 pub mod redis;
+pub mod redis_cluster;
+pub mod redis_tls;
 pub mod redlock;

@@ -15,6 +15,8 @@
 
 mod ports;
 pub mod redis;
+pub mod redis_cluster;
+pub mod redis_tls;
 pub mod resp;
 mod server;
 mod spawn;

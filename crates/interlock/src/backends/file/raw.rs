@@ -186,6 +186,21 @@ impl Drop for LockedFile {
     }
 }
 
+impl LockedFile {
+    /// Closes this process's descriptor WITHOUT unlocking: in a forked child, whose descriptor
+    /// shares the open file description (and so the lock) with its parent's. The lock stays
+    /// with the parent's descriptor.
+    fn close_without_unlock(mut self) {
+        match File::open("/dev/null") {
+            // The lock file is closed here; the `/dev/null` put in its place is what our `Drop`
+            // then "unlocks" and closes.
+            Ok(null) => drop(std::mem::replace(&mut self.0, null)),
+            // Rather keep the descriptor open than unlock the parent's lock.
+            Err(_) => std::mem::forget(self),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct FileHeld {
     /// The lock (or permit) file and, for semaphores, the metadata file; `None` once released.
@@ -213,6 +228,22 @@ impl RawHeld for FileHeld {
         self.release_now();
         // A file lock cannot be lost while we hold the descriptor.
         Box::pin(async { Ok(true) })
+    }
+
+    fn forget_after_fork(&self) {
+        // `try_lock`: a thread of the parent may have held the mutex at the fork, and it is not
+        // here to unlock it; then the descriptors stay open (the lock is still never unlocked).
+        let files = match self.files.try_lock() {
+            Ok(mut files) => files.take(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().take(),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        if let Some((file, meta)) = files {
+            file.close_without_unlock();
+            if let Some(meta) = meta {
+                meta.close_without_unlock();
+            }
+        }
     }
 
     fn duplicate_fds(&self) -> io::Result<Vec<OwnedFd>> {

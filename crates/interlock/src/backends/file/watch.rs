@@ -28,7 +28,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex as StdMutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use std::time::Duration;
 
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
@@ -95,22 +95,43 @@ struct Slot {
     idle_events: u32,
 }
 
-static WATCHER: OnceLock<Option<Watcher>> = OnceLock::new();
+/// The watcher of this process: `(pid, watcher)`, `None` in the second place when inotify or its
+/// thread could not start. A forked child finds its parent's pid here: the parent's dispatcher
+/// thread is not in the child (and the parent's state may have been locked by it at the fork), so
+/// the child starts a watcher of its own and never touches the parent's.
+static WATCHER: StdMutex<Option<(u32, Option<&'static Watcher>)>> = StdMutex::new(None);
 
-/// The process's watcher, started on first use; `None` when inotify is unavailable (then waiters
-/// fall back to [`DEGRADED_RECHECK`], and a warning is logged once).
+/// The process's watcher, started on first use (and again in a forked child); `None` when
+/// inotify is unavailable (then waiters fall back to [`DEGRADED_RECHECK`], and a warning is
+/// logged once per process).
 pub(crate) fn watcher() -> Option<&'static Watcher> {
-    let w = WATCHER
-        .get_or_init(|| match inotify::init(CreateFlags::CLOEXEC) {
-            Ok(fd) => Some(Watcher { fd, state: StdMutex::new(State::default()) }),
-            Err(e) => {
-                tracing::warn!(error = %e, "inotify unavailable; file-lock waiters will re-check every {DEGRADED_RECHECK:?}");
-                None
+    let pid = std::process::id();
+    // `try_lock`: a thread of the parent may have held it at a fork, and it is not in the child
+    // to unlock it. The lock is only ever held for a moment; a child that finds it held forever
+    // waits in re-check mode instead of hanging.
+    let mut slot = None;
+    for _ in 0..1000 {
+        match WATCHER.try_lock() {
+            Ok(guard) => {
+                slot = Some(guard);
+                break;
             }
-        })
-        .as_ref()?;
-    static STARTED: OnceLock<bool> = OnceLock::new();
-    let started = *STARTED.get_or_init(|| {
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                slot = Some(p.into_inner());
+                break;
+            }
+            Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
+        }
+    }
+    let mut slot = slot?;
+    if let Some((owner, w)) = *slot
+        && owner == pid
+    {
+        return w;
+    }
+    // First use in this process. A parent's watcher (after a fork) is left as it is: leaked.
+    let w = start().map(|w| &*Box::leak(Box::new(w)));
+    let started = w.filter(|&w| {
         match std::thread::Builder::new().name("interlock-inotify".into()).spawn(move || w.dispatch()) {
             Ok(_) => true,
             Err(e) => {
@@ -119,7 +140,18 @@ pub(crate) fn watcher() -> Option<&'static Watcher> {
             }
         }
     });
-    started.then_some(w)
+    *slot = Some((pid, started));
+    started
+}
+
+fn start() -> Option<Watcher> {
+    match inotify::init(CreateFlags::CLOEXEC) {
+        Ok(fd) => Some(Watcher { fd, state: StdMutex::new(State::default()) }),
+        Err(e) => {
+            tracing::warn!(error = %e, "inotify unavailable; file-lock waiters will re-check every {DEGRADED_RECHECK:?}");
+            None
+        }
+    }
 }
 
 impl Watcher {

@@ -1,4 +1,7 @@
 //! `redis://[user[:password]@]host[:port][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR]`
+//! and `redis+cluster://[user[:password]@]host:port,host:port,...[?the same options]` (seed
+//! nodes of a Redis Cluster; no database but 0); `rediss://` and `rediss+cluster://` over TLS
+//! (`&ca=PATH&cert=PATH&key=PATH`).
 
 use std::time::Duration;
 
@@ -16,8 +19,13 @@ pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a `redis://` URL says.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct RedisConfig {
+    /// The server, or the first seed node of a cluster.
     pub host: String,
     pub port: u16,
+    /// A Redis Cluster (`redis+cluster://`): `nodes` are its seed nodes (`host`/`port` the first).
+    pub cluster: bool,
+    /// Every host of the URL (one for `redis://`), in order.
+    pub nodes: Vec<(String, u16)>,
     pub db: i64,
     pub user: Option<String>,
     pub password: Option<String>,
@@ -28,6 +36,24 @@ pub(crate) struct RedisConfig {
     pub command_timeout: Duration,
     /// The URL with its password redacted, for messages.
     pub shown: String,
+    /// `rediss://`: TLS, with these certificates.
+    pub tls: Option<TlsFiles>,
+}
+
+/// What `rediss://` trusts and presents: PEM files read when the URL is parsed.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    /// `?ca=PATH`: the CA certificates to trust instead of the system's.
+    pub ca: Option<Vec<u8>>,
+    /// `?cert=PATH&key=PATH`: a client certificate chain and its private key.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Says which files were given, never their contents (the client key is a secret).
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles").field("ca", &self.ca.is_some()).field("client", &self.client.is_some()).finish()
+    }
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -37,36 +63,43 @@ impl std::fmt::Debug for RedisConfig {
             .field("prefix", &self.prefix)
             .field("lease", &self.lease)
             .field("command_timeout", &self.command_timeout)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
 
-pub(crate) const OPTIONS: &[&str] = &["prefix", "lease", "renew", "command_timeout"];
+/// The scheme of a Redis Cluster URL.
+pub(crate) const CLUSTER_SCHEME: &str = "redis+cluster";
+/// The scheme of a Redis Cluster URL over TLS.
+pub(crate) const TLS_CLUSTER_SCHEME: &str = "rediss+cluster";
+
+pub(crate) const OPTIONS: &[&str] = &["prefix", "lease", "renew", "command_timeout", "ca", "cert", "key"];
 
 impl RedisConfig {
     pub(crate) fn from_url(url: &LockUrl) -> Result<Self> {
-        if url.scheme() == "rediss" {
-            return Err(Error::Unsupported {
-                backend: super::BACKEND_NAME,
-                operation: "`rediss://` (TLS) is not supported by this build: the redis crate's TLS needs a rustls \
-                            crypto provider (ring or aws-lc-rs), which compiles C code, and is not built in yet; \
-                            use `redis://` over a trusted network or a TLS tunnel"
-                    .into(),
-            });
-        }
+        let tls = url.scheme() == "rediss" || url.scheme() == TLS_CLUSTER_SCHEME;
         // Without `//` everything would be the path, a user and password included: refuse it
         // without repeating it (messages never echo URL parts that may hold a secret).
         if url.hosts().is_empty() && !url.path().is_empty() && !url.path().starts_with('/') {
             return Err(url.invalid("write redis://[user[:password]@]host[:port][/db]"));
         }
-        let (host, port) = match url.hosts() {
-            [] => ("127.0.0.1".to_owned(), DEFAULT_PORT),
-            [h] => split_host_port(h).map_err(|why| url.invalid(why))?,
-            _ => {
-                return Err(url
-                    .invalid("redis:// takes one host (several independent masters are Redlock: redlock://h1,h2,h3)"));
+        let cluster = url.scheme() == CLUSTER_SCHEME || url.scheme() == TLS_CLUSTER_SCHEME;
+        let nodes: Vec<(String, u16)> = match url.hosts() {
+            [] => vec![("127.0.0.1".to_owned(), DEFAULT_PORT)],
+            [h] => vec![split_host_port(h).map_err(|why| url.invalid(why))?],
+            _ if !cluster => {
+                return Err(url.invalid(
+                    "redis:// takes one host (a Redis Cluster is redis+cluster://h1:p1,h2:p2,...; several \
+                     independent masters are Redlock: redlock://h1,h2,h3)",
+                ));
             }
+            hosts => hosts
+                .iter()
+                .map(|h| split_host_port(h))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|why| url.invalid(why))?,
         };
+        let (host, port) = nodes[0].clone();
         let db = match url.path().trim_start_matches('/') {
             "" => 0,
             d => d
@@ -75,12 +108,41 @@ impl RedisConfig {
                 .filter(|n| *n >= 0)
                 .ok_or_else(|| url.invalid("the path must be a database number (redis://host:6379/0)"))?,
         };
+        if cluster && db != 0 {
+            return Err(
+                url.invalid("a Redis Cluster has only database 0: remove the `/DB` path (redis+cluster://h1:p1,h2:p2)")
+            );
+        }
         let mut opts = url.options();
         let prefix = opts.take("prefix").unwrap_or_default().to_owned();
         let lease = opts.take_duration("lease")?;
         let renew = opts.take_duration("renew")?;
         let command_timeout = opts.take_duration("command_timeout")?.unwrap_or(DEFAULT_COMMAND_TIMEOUT);
+        let files = ["ca", "cert", "key"].map(|k| opts.take(k).map(str::to_owned));
         opts.finish(OPTIONS)?;
+        let tls = match (tls, files) {
+            (false, [None, None, None]) => None,
+            (false, _) => {
+                return Err(
+                    url.invalid("options `ca`, `cert` and `key` are for TLS: write rediss:// or rediss+cluster://")
+                );
+            }
+            (true, [ca, cert, key]) => {
+                let read = |what: &str, path: String| {
+                    std::fs::read(&path).map_err(|e| url.invalid(format!("cannot read the {what} file {path:?}: {e}")))
+                };
+                let client = match (cert, key) {
+                    (Some(c), Some(k)) => Some((read("client certificate (cert)", c)?, read("client key (key)", k)?)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(
+                            url.invalid("options `cert` and `key` go together (a client certificate and its key)")
+                        );
+                    }
+                };
+                Some(TlsFiles { ca: ca.map(|p| read("CA (ca)", p)).transpose()?, client })
+            }
+        };
         if command_timeout < Duration::from_millis(1) {
             return Err(url.invalid("option `command_timeout` must be at least 1ms"));
         }
@@ -90,6 +152,8 @@ impl RedisConfig {
         Ok(RedisConfig {
             host,
             port,
+            cluster,
+            nodes,
             db,
             user: url.user().map(str::to_owned),
             password: url.password().map(str::to_owned),
@@ -97,6 +161,7 @@ impl RedisConfig {
             lease,
             command_timeout,
             shown: url.redacted().to_owned(),
+            tls,
         })
     }
 }
@@ -159,6 +224,25 @@ mod tests {
         let c = cfg("redis://:pw@[::1]:7000").unwrap();
         assert_eq!((c.host.as_str(), c.port, c.user, c.password.as_deref()), ("::1", 7000, None, Some("pw")));
         assert_eq!(cfg("redis://[::1]").unwrap().port, 6379);
+        assert!(!cfg("redis://h").unwrap().cluster);
+        assert_eq!(cfg("redis://h").unwrap().tls, None);
+        let c = cfg("rediss://:pw@h:6380/2").unwrap();
+        assert_eq!((c.port, c.db, c.tls), (6380, 2, Some(TlsFiles { ca: None, client: None })));
+    }
+
+    #[test]
+    fn parses_cluster_seeds() {
+        let c = cfg("redis+cluster://app:s3cret@h1:7000,h2:7001,[::1]:7002/0?prefix=p:&lease=5s").unwrap();
+        assert!(c.cluster);
+        let nodes: Vec<(&str, u16)> = c.nodes.iter().map(|(h, p)| (h.as_str(), *p)).collect();
+        assert_eq!(nodes, [("h1", 7000), ("h2", 7001), ("::1", 7002)]);
+        assert_eq!((c.host.as_str(), c.port, c.db, c.prefix.as_str()), ("h1", 7000, 0, "p:"));
+        assert_eq!((c.user.as_deref(), c.password.as_deref()), (Some("app"), Some("s3cret")));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let c = cfg("rediss+cluster://h1:7000,h2:7001").unwrap();
+        assert!(c.cluster && c.tls.is_some() && c.nodes.len() == 2);
+        let c = cfg("redis+cluster://h1").unwrap();
+        assert_eq!(c.nodes, [("h1".to_owned(), 6379)]);
     }
 
     #[test]
@@ -178,8 +262,22 @@ mod tests {
             let e = cfg(url).unwrap_err().to_string();
             assert!(e.contains(why), "{url}: {e}");
         }
-        let e = cfg("rediss://:pw@h").unwrap_err();
-        assert!(matches!(e, Error::Unsupported { backend: "redis", .. }), "{e}");
-        assert!(e.to_string().contains("TLS") && !e.to_string().contains("pw"), "{e}");
+        for (url, why) in [
+            ("redis+cluster://h1:7000,h2:7001/1", "only database 0"),
+            ("redis+cluster://h1:7000,h2:x", "the port must be"),
+            ("redis+cluster://h1:7000,,h2", "empty"),
+            ("redis+cluster://h1:7000?db=1", "unknown option"),
+        ] {
+            let e = cfg(url).map(drop).unwrap_err().to_string();
+            assert!(e.contains(why), "{url}: {e}");
+        }
+        for (url, why) in [
+            ("redis://h?ca=/etc/hostname", "for TLS"),
+            ("rediss://h?cert=/etc/hostname", "go together"),
+            ("rediss://:pw@h?ca=/nonexistent/ca.pem", "cannot read the CA (ca) file \"/nonexistent/ca.pem\""),
+        ] {
+            let e = cfg(url).map(drop).unwrap_err().to_string();
+            assert!(e.contains(why) && !e.contains("pw@"), "{url}: {e}");
+        }
     }
 }

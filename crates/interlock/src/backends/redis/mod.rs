@@ -6,12 +6,13 @@
 //! | what holds the lock | the key `prefix + name` with a random token, `PX lease`; renewed in the background (compare-and-`PEXPIRE`) |
 //! | released on holder crash by | lease expiry (default 10 s, `?lease=`) |
 //! | primitives | mutex and write lock (the key), read lock (a ZSET of readers, the key holds [`READERS_VALUE`]), semaphore (a ZSET of permit holders); every holder expires on its own lease |
-//! | fencing | `INCR` of `{KEY}:fence` in the acquiring script (one round trip); a counter that is missing (first use, restart without persistence) starts at the server clock in µs |
+//! | fencing | the next value of `{KEY}:fence` in the acquiring script (one round trip): the counter plus one, never below the server clock in µs, so a counter lost or behind (restart without persistence, failover) still gives increasing tokens |
 //! | lost locks | a renewal that finds the key gone or someone else's, or the lease running out by the local clock |
 //! | waiting | FIFO queue per lock; the release hands the lock to the head waiter (sets the key to its token) and pushes to that waiter's own list, where it blocks in `BLPOP` on a connection of its own; re-check at the holder's remaining TTL and every 500 ms at most (peer tools release without waking us) |
 //! | writer starvation | a reader never passes a writer queued ahead of it |
 //! | interop | redis-py `Lock(name)` (`SET name token NX`, PX only with a timeout), python-redis-lock (`?prefix=lock:`), pottery and redlock-py on one master (`?prefix=redlock:` for pottery), any `SET name v NX [PX]` peer: the same key, compare-and-delete release (docs/backends/redis.md#interop) |
-//! | limits | `rediss://` (TLS) not built yet; one server (see Redlock for several) |
+//! | TLS | `rediss://`, `rediss+cluster://` (rustls, ring): the system's roots or `?ca=PATH`, a client certificate with `?cert=PATH&key=PATH` |
+//! | limits | one server, or one Redis Cluster (`redis+cluster://`; a failover can lose a lock) |
 //!
 //! Keys (pinned by golden tests) are in `docs/backends/redis.md`, with the whole page.
 //!
@@ -51,8 +52,9 @@ pub(crate) const BACKEND_NAME: &str = "redis";
 pub(crate) const BACKEND: Backend = Backend {
     name: BACKEND_NAME,
     title: "Redis",
-    schemes: &["redis", "rediss"],
-    url_form: "redis://[user[:pass]@]host[:port][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR]",
+    schemes: &["redis", "rediss", "redis+cluster", "rediss+cluster"],
+    url_form: "redis[s]://[user[:pass]@]host[:port][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR\
+               &ca=PATH&cert=PATH&key=PATH], redis[s]+cluster://[user[:pass]@]h1:p1,h2:p2,...[?the same options]",
     holds: "SET key token NX PX lease",
     feature: Some("redis"),
     docs: "docs/backends/redis.md",
@@ -90,6 +92,23 @@ pub fn lock_key(prefix: &str, name: &str) -> String {
     keys::lock_key(prefix, name)
 }
 
+/// The start of every side key (fencing counter, readers, queue, wake-up lists, semaphore) of
+/// lock `name` with key prefix `prefix`: `{KEY}` for a key without `}` (`KEY` = `prefix +
+/// name`), otherwise `{TAG}LEN:KEY` with the key's own Redis Cluster hash tag, or a short tag of
+/// its slot, so that every key of one lock lives in the lock key's cluster slot. The side keys
+/// are this followed by `:fence`, `:readers`, `:q`, `:qx`, `:wake:...`, `:sem`, `:sem:...` (see
+/// docs/backends/redis.md, "Keys").
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(interlock::redis::side_key_base("", "deploy"), "{deploy}");
+/// assert_eq!(interlock::redis::side_key_base("", "user{42}"), "{42}8:user{42}");
+/// ```
+pub fn side_key_base(prefix: &str, name: &str) -> String {
+    keys::side_base(&lock_key(prefix, name))
+}
+
 /// How often, at most, a waiter re-checks a lock without a wake-up (a peer tool released it
 /// without waking interlock's waiters): 500 ms.
 pub const RECHECK: Duration = Duration::from_millis(500);
@@ -103,7 +122,7 @@ const _: () = assert!(RECHECK.as_millis() == raw::RECHECK.as_millis());
 #[derive(Debug)]
 pub struct FloorConnection {
     config: config::RedisConfig,
-    conn: redis::aio::MultiplexedConnection,
+    conn: raw::Conn,
 }
 
 #[cfg(feature = "redis")]

@@ -1,17 +1,26 @@
 //! The `redis://` backend: one `ConnectionManager` (a multiplexed connection that reconnects)
 //! for every command of the provider, and a dedicated connection per waiting acquisition for its
 //! blocking `BLPOP`, never the shared one.
+//!
+//! `redis+cluster://`: the same with the `redis` crate's cluster connection (it maps slots to
+//! nodes, follows `MOVED` / `ASK` and reconnects) in place of the `ConnectionManager`, and a
+//! cluster connection of its own per waiter, so that a blocking `BLPOP` only ever holds up its
+//! own waiter's connection to the node of its slot.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisConnectionInfo, RedisError,
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline,
+    RedisConnectionInfo, RedisError, RedisFuture, Value,
 };
 
-use super::config::RedisConfig;
+use super::config::{RedisConfig, TlsFiles};
 use super::keys::{self, Keys, READERS_VALUE};
 use super::scripts;
 use crate::error::{Error, Result};
@@ -35,13 +44,72 @@ pub(crate) const REGISTRATION: Duration = Duration::from_secs(4);
 /// At most this many idle waiter connections are kept for the next waiter.
 const IDLE_WAITER_CONNECTIONS: usize = 4;
 
+/// A connection to Redis: the provider's shared one (a `ConnectionManager`, or a cluster
+/// connection), or a waiter's own (a plain multiplexed connection, or a cluster connection).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Manager(ConnectionManager),
+    Plain(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Manager(_) => "Conn::Manager",
+            Conn::Plain(_) => "Conn::Plain",
+            Conn::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Manager(c) => c.req_packed_command(cmd),
+            Conn::Plain(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Manager(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Plain(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Manager(c) => c.get_db(),
+            Conn::Plain(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How the provider opens connections.
+#[derive(Clone)]
+enum Clients {
+    Single(Box<Client>),
+    /// The client of the waiters' cluster connections: no reply bound of its own (a `BLPOP`
+    /// blocks on purpose; the waiter bounds each wait itself). The shared connection has one.
+    Cluster(Box<ClusterClient>),
+}
+
 /// The `redis://` backend.
 pub(crate) struct RedisProvider {
-    client: Client,
-    conn: ConnectionManager,
+    clients: Clients,
+    conn: Conn,
     config: RedisConfig,
     /// Dedicated connections for blocking waits, idle.
-    idle: StdMutex<Vec<MultiplexedConnection>>,
+    idle: StdMutex<Vec<Conn>>,
 }
 
 impl std::fmt::Debug for RedisProvider {
@@ -55,6 +123,9 @@ impl RedisProvider {
     /// `Error::Auth` and an unreachable server `Error::Unavailable`, here rather than at the first
     /// acquisition.
     pub(crate) async fn connect(config: RedisConfig) -> Result<RedisProvider> {
+        if config.cluster {
+            return Self::connect_cluster(config).await;
+        }
         let client = client(&config)?;
         // A plain connection first: it fails at once (the ConnectionManager would retry a refused
         // password with backoff). It becomes the first idle waiter connection.
@@ -71,22 +142,46 @@ impl RedisProvider {
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
             .await
             .map_err(|e| map_err(&config, "connect", e))?;
-        Ok(RedisProvider { client, conn, config, idle: StdMutex::new(vec![first]) })
+        Ok(RedisProvider {
+            clients: Clients::Single(Box::new(client)),
+            conn: Conn::Manager(conn),
+            config,
+            idle: StdMutex::new(vec![Conn::Plain(first)]),
+        })
+    }
+
+    /// `redis+cluster://`: a cluster connection from the seed nodes (the first that answers
+    /// gives the slot map), checked with a `PING` to every master.
+    async fn connect_cluster(config: RedisConfig) -> Result<RedisProvider> {
+        let shared = cluster_client(&config, Some(config.command_timeout))?;
+        let waiters = cluster_client(&config, None)?;
+        let mut conn = shared.get_async_connection().await.map_err(|e| map_err(&config, "connect", e))?;
+        let ping = RoutingInfo::MultiNode((redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters, None));
+        conn.route_command(redis::cmd("PING"), ping).await.map_err(|e| map_err(&config, "PING", e))?;
+        Ok(RedisProvider {
+            clients: Clients::Cluster(Box::new(waiters)),
+            conn: Conn::Cluster(conn),
+            config,
+            idle: StdMutex::new(Vec::new()),
+        })
     }
 
     /// A connection of its own for one blocking wait.
-    async fn waiter_connection(&self) -> Result<MultiplexedConnection> {
+    async fn waiter_connection(&self) -> Result<Conn> {
         if let Some(c) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(c);
         }
-        self.client
-            .get_multiplexed_async_connection_with_config(&waiter_config(&self.config))
-            .await
-            .map_err(|e| map_err(&self.config, "connect a waiter", e))
+        match &self.clients {
+            Clients::Single(client) => {
+                client.get_multiplexed_async_connection_with_config(&waiter_config(&self.config)).await.map(Conn::Plain)
+            }
+            Clients::Cluster(waiters) => waiters.get_async_connection().await.map(Conn::Cluster),
+        }
+        .map_err(|e| map_err(&self.config, "connect a waiter", e))
     }
 
     /// Keeps a waiter connection whose last command completed, for the next waiter.
-    fn keep_idle(&self, c: MultiplexedConnection) {
+    fn keep_idle(&self, c: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < IDLE_WAITER_CONNECTIONS {
             idle.push(c);
@@ -103,7 +198,7 @@ impl RedisProvider {
         // Armed before the first request: if we are dropped with it in flight, the lock may be
         // ours on the server (and our place in the queue), and the undo removes both.
         let undo = Cleanup::new(op.clone().undo(self.conn.clone(), member.clone(), self.config.clone()));
-        let mut waiter: Option<MultiplexedConnection> = None;
+        let mut waiter: Option<Conn> = None;
         // The send time of the last attempt that found the lock busy: a release can hand the lock
         // to this waiter only after that attempt ran, so the lease counts from no earlier.
         let mut busy_sent = Instant::now();
@@ -158,6 +253,16 @@ impl RedisProvider {
                         Ok(Ok(popped)) => {
                             waiter = Some(c);
                             popped.map(|(_, fence)| (fence, busy_sent))
+                        }
+                        // On a cluster, the wait may end with a redirection (its slot moved while
+                        // it waited: Redis unblocks it with MOVED) or a node that went away: the
+                        // loop's next attempt finds out, on a new connection (the cluster client
+                        // follows the slot), and fails there if the cluster is down. A short
+                        // pause keeps a failing node from making this a busy loop.
+                        Ok(Err(e)) if self.config.cluster => {
+                            tracing::debug!(error = %op.map_err(&self.config, "wait", e), "cluster wait ended early; re-checking");
+                            tokio::time::sleep(Duration::from_millis(20).min(timeout)).await;
+                            None
                         }
                         Ok(Err(e)) => return Err(op.map_err(&self.config, "wait", e)),
                         // No answer in time: that connection is dropped, the next wait opens another.
@@ -245,7 +350,11 @@ impl RedisProvider {
     }
 }
 
-fn client(config: &RedisConfig) -> Result<Client> {
+fn connection_info(config: &RedisConfig, host: &str, port: u16) -> Result<ConnectionInfo> {
+    let addr = match config.tls {
+        Some(_) => ConnectionAddr::TcpTls { host: host.to_owned(), port, insecure: false, tls_params: None },
+        None => ConnectionAddr::Tcp(host.to_owned(), port),
+    };
     let mut redis = RedisConnectionInfo::default().set_db(config.db).set_skip_set_lib_name();
     if let Some(u) = &config.user {
         redis = redis.set_username(u);
@@ -253,11 +362,61 @@ fn client(config: &RedisConfig) -> Result<Client> {
     if let Some(p) = &config.password {
         redis = redis.set_password(p);
     }
-    let info = ConnectionAddr::Tcp(config.host.clone(), config.port)
-        .into_connection_info()
-        .map_err(|e| map_err(config, "connect", e))?
-        .set_redis_settings(redis);
-    Client::open(info).map_err(|e| map_err(config, "connect", e))
+    Ok(addr.into_connection_info().map_err(|e| map_err(config, "connect", e))?.set_redis_settings(redis))
+}
+
+fn client(config: &RedisConfig) -> Result<Client> {
+    let info = connection_info(config, &config.host, config.port)?;
+    let Some(tls) = &config.tls else {
+        return Client::open(info).map_err(|e| map_err(config, "connect", e));
+    };
+    match tls_certificates(tls) {
+        None => Client::open(info).map_err(|e| map_err(config, "connect", e)),
+        Some(certs) => Client::build_with_tls(info, certs).map_err(|e| map_err(config, "TLS setup", e)),
+    }
+}
+
+/// The CA and client certificate of `?ca=`, `?cert=`, `?key=` (`None`: the system's roots, no
+/// client certificate). Installs the crypto provider first.
+fn tls_certificates(tls: &TlsFiles) -> Option<redis::TlsCertificates> {
+    // rustls needs a process-wide crypto provider: ring's, unless the program installed one.
+    // rustls 0.23.48 deprecates it for lacking post-quantum key exchange (X25519MLKEM768), which
+    // Redis cannot use anyway (it needs OpenSSL 3.5; Debian 12's Redis has 3.0); ring builds in
+    // a fraction of aws-lc-rs's time and without cmake.
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if tls.ca.is_none() && tls.client.is_none() {
+        return None;
+    }
+    Some(redis::TlsCertificates {
+        client_tls: tls
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+        root_cert: tls.ca.clone(),
+    })
+}
+
+/// A client of the cluster of `config`'s seed nodes; `response_timeout` bounds each reply
+/// (`None`: no bound of the client's own).
+fn cluster_client(config: &RedisConfig, response_timeout: Option<Duration>) -> Result<ClusterClient> {
+    let seeds =
+        config.nodes.iter().map(|(host, port)| connection_info(config, host, *port)).collect::<Result<Vec<_>>>()?;
+    let mut builder = ClusterClient::builder(seeds)
+        .connection_timeout(config.command_timeout)
+        // Follow MOVED / ASK / TRYAGAIN and reconnect a few times, then report the error.
+        .retries(3)
+        .min_retry_wait(10)
+        .max_retry_wait(500);
+    builder = match response_timeout {
+        // `command_timeout` bounds a command with its retries and redirections, as its name says.
+        Some(t) => builder.response_timeout(t).overall_response_timeout(Some(t)),
+        None => builder.response_timeout(Duration::from_secs(24 * 3600)).overall_response_timeout(None),
+    };
+    if let Some(certs) = config.tls.as_ref().and_then(tls_certificates) {
+        builder = builder.certs(certs);
+    }
+    builder.build().map_err(|e| map_err(config, "connect", e))
 }
 
 /// Waiter connections: no response timeout of the client's own (a `BLPOP` blocks on purpose);
@@ -266,7 +425,7 @@ fn waiter_config(config: &RedisConfig) -> AsyncConnectionConfig {
     AsyncConnectionConfig::new().set_connection_timeout(Some(config.command_timeout)).set_response_timeout(None)
 }
 
-async fn ping(c: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+async fn ping(c: &mut impl ConnectionLike) -> redis::RedisResult<()> {
     redis::cmd("PING").query_async::<redis::Value>(c).await.map(drop)
 }
 
@@ -279,7 +438,12 @@ fn backend_error(message: String) -> Error {
 pub(crate) fn map_err(config: &RedisConfig, what: &str, e: RedisError) -> Error {
     let text = e.to_string().replace(['\r', '\n'], " ");
     let code = e.code().unwrap_or("");
-    let server = format!("{}:{}", config.host, config.port);
+    let server = if config.cluster {
+        let seeds: Vec<String> = config.nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+        format!("cluster {}", seeds.join(","))
+    } else {
+        format!("{}:{}", config.host, config.port)
+    };
     // The server's NOAUTH can come back wrapped (as the answer to the connection's SELECT).
     let lower = text.to_ascii_lowercase();
     if e.kind() == ErrorKind::AuthenticationFailed
@@ -293,19 +457,103 @@ pub(crate) fn map_err(config: &RedisConfig, what: &str, e: RedisError) -> Error 
             source: Some(Box::new(e)),
         };
     }
+    if let Some(why) = tls_refusal(&e) {
+        return Error::Auth {
+            backend: BACKEND,
+            message: format!("{server}: {what}: TLS: {why}"),
+            source: Some(Box::new(e)),
+        };
+    }
+    // A redirection that comes back to us: the cluster client followed it as far as it could,
+    // and the node that serves the slot does not answer (or the slot is between nodes).
+    if let Some((host, port)) = e.redirect_node() {
+        return Error::Unavailable {
+            backend: BACKEND,
+            message: format!(
+                "{server}: {what}: the cluster node that serves the key's slot ({host}:{port}) does not answer ({text})"
+            ),
+            source: Some(Box::new(e)),
+        };
+    }
     if e.is_io_error()
         || e.is_timeout()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || matches!(code, "LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN")
     {
+        // Over TLS 1.3, a server that wants a client certificate rejects the client after the
+        // handshake: its alert is lost when the first command's write finds the connection
+        // closed. Say so on the connection's first command.
+        let hint = match &config.tls {
+            Some(tls) if tls.client.is_none() && e.is_connection_dropped() && (what == "PING" || what == "connect") => {
+                " (over TLS, a server that wants a client certificate closes the connection after the handshake: \
+                 give one with ?cert=PATH&key=PATH)"
+            }
+            _ => "",
+        };
         return Error::Unavailable {
             backend: BACKEND,
-            message: format!("{server}: {what}: {text}"),
+            message: format!("{server}: {what}: {text}{hint}"),
             source: Some(Box::new(e)),
         };
     }
     Error::Backend { backend: BACKEND, message: format!("{server}: {what}: {text}"), source: Some(Box::new(e)) }
+}
+
+/// The TLS handshake failed for a reason that retrying cannot fix: the server's certificate is
+/// not trusted, or the server refused ours. Found in the error's sources (rustls's error, inside
+/// an I/O error).
+fn tls_refusal(e: &RedisError) -> Option<String> {
+    use rustls::AlertDescription as A;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        // The redis crate keeps its I/O error in an `Arc` (which is itself an `Error`).
+        let s: &(dyn std::error::Error + 'static) = match s.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>() {
+            Some(inner) => &**inner,
+            None => s,
+        };
+        let tls = s.downcast_ref::<rustls::Error>().or_else(|| {
+            s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+        });
+        match tls {
+            Some(rustls::Error::InvalidCertificate(why)) => {
+                return Some(format!(
+                    "the server's certificate is not trusted ({why:?}): give the CA that signed it with ?ca=PATH"
+                ));
+            }
+            Some(rustls::Error::AlertReceived(
+                alert @ (A::CertificateRequired
+                | A::BadCertificate
+                | A::UnknownCA
+                | A::AccessDenied
+                | A::CertificateUnknown),
+            )) => {
+                return Some(format!(
+                    "the server refused this client ({alert:?}): it wants a client certificate that its CA signed (?cert=PATH&key=PATH)"
+                ));
+            }
+            _ => {}
+        }
+        source = s.source();
+    }
+    // The cluster client reports a failed first connection as text ("Failed to create initial
+    // connections - Io: invalid peer certificate: ..."), without the error as a source.
+    let text = e.to_string();
+    if let Some(i) = text.find("invalid peer certificate") {
+        return Some(format!(
+            "the server's certificate is not trusted ({}): give the CA that signed it with ?ca=PATH",
+            &text[i..]
+        ));
+    }
+    let alerts = ["CertificateRequired", "BadCertificate", "UnknownCA", "AccessDenied", "CertificateUnknown"];
+    if text.contains("received fatal alert") && alerts.iter().any(|a| text.contains(a)) {
+        return Some(format!(
+            "the server refused this client ({text}): it wants a client certificate that its CA signed (?cert=PATH&key=PATH)"
+        ));
+    }
+    None
 }
 
 /// A fresh random token: 32 hex digits (128 bits from the kernel).
@@ -369,7 +617,7 @@ impl Op {
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         which: Script,
-        conn: &mut ConnectionManager,
+        conn: &mut impl ConnectionLike,
         member: &str,
         config: &RedisConfig,
     ) -> redis::RedisResult<T> {
@@ -379,7 +627,7 @@ impl Op {
     async fn invoke_lease<T: redis::FromRedisValue>(
         &self,
         which: Script,
-        conn: &mut ConnectionManager,
+        conn: &mut impl ConnectionLike,
         member: &str,
         _config: &RedisConfig,
         lease_ms: u64,
@@ -413,7 +661,7 @@ impl Op {
 
     /// The undo of a cancelled acquisition: releases the lock if it became ours, and removes our
     /// place in the queue (waking the next waiter when the lock is free).
-    async fn undo(self, mut conn: ConnectionManager, member: String, config: RedisConfig) {
+    async fn undo(self, mut conn: Conn, member: String, config: RedisConfig) {
         let r: redis::RedisResult<i64> = self.invoke(Script::Release, &mut conn, &member, &config).await;
         if let Err(e) = r {
             tracing::debug!(error = %self.map_err(&config, "undo", e), "undo of a cancelled acquisition failed; the lease and the queue registration expire on their own");
@@ -446,7 +694,7 @@ fn duration_ms(d: Duration) -> u64 {
 
 /// A lock held on Redis.
 struct RedisHeld {
-    conn: ConnectionManager,
+    conn: Conn,
     config: RedisConfig,
     op: Op,
     fence: u64,
@@ -527,8 +775,15 @@ impl RawProvider for RedisProvider {
     }
 }
 
-/// A plain connection for `interlock bench`'s floors (see `super::FloorConnection`).
-pub(crate) async fn floor_connection(config: &RedisConfig) -> Result<MultiplexedConnection> {
+/// A plain connection for `interlock bench`'s floors (see `super::FloorConnection`); on a
+/// cluster, a cluster connection whose `PING`s go to the master of slot 0.
+pub(crate) async fn floor_connection(config: &RedisConfig) -> Result<Conn> {
+    if config.cluster {
+        let client = cluster_client(config, Some(config.command_timeout))?;
+        let mut c = Conn::Cluster(client.get_async_connection().await.map_err(|e| map_err(config, "connect", e))?);
+        floor_ping(config, &mut c).await?;
+        return Ok(c);
+    }
     let client = client(config)?;
     let mut c = client
         .get_multiplexed_async_connection_with_config(
@@ -539,9 +794,16 @@ pub(crate) async fn floor_connection(config: &RedisConfig) -> Result<Multiplexed
         .await
         .map_err(|e| map_err(config, "connect", e))?;
     ping(&mut c).await.map_err(|e| map_err(config, "PING", e))?;
-    Ok(c)
+    Ok(Conn::Plain(c))
 }
 
-pub(crate) async fn floor_ping(config: &RedisConfig, c: &mut MultiplexedConnection) -> Result<()> {
-    ping(c).await.map_err(|e| map_err(config, "PING", e))
+pub(crate) async fn floor_ping(config: &RedisConfig, c: &mut Conn) -> Result<()> {
+    let r = match c {
+        Conn::Cluster(c) => {
+            let slot0 = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(0, SlotAddr::Master)));
+            c.route_command(redis::cmd("PING"), slot0).await.map(drop)
+        }
+        c => ping(c).await,
+    };
+    r.map_err(|e| map_err(config, "PING", e))
 }

@@ -83,6 +83,9 @@ impl RedlockConfig {
             .into_iter()
             .map(|(host, port)| RedisConfig {
                 shown: format!("{host}:{port}"),
+                cluster: false,
+                nodes: vec![(host.clone(), port)],
+                tls: None,
                 host,
                 port,
                 db,

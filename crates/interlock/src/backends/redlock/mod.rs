@@ -121,7 +121,7 @@ pub fn lock_key(prefix: &str, name: &str) -> String {
 #[cfg(feature = "redlock")]
 #[derive(Debug)]
 pub struct FloorConnections {
-    conns: Vec<(crate::backends::redis::config::RedisConfig, ::redis::aio::MultiplexedConnection)>,
+    conns: Vec<(crate::backends::redis::config::RedisConfig, crate::backends::redis::raw::Conn)>,
 }
 
 #[cfg(feature = "redlock")]

@@ -784,7 +784,7 @@ impl RawProvider for RedlockProvider {
 /// Plain connections to every master of a `redlock://` URL, for `interlock bench`'s floor.
 pub(crate) async fn floor_connections(
     config: &RedlockConfig,
-) -> Result<Vec<(RedisConfig, redis::aio::MultiplexedConnection)>> {
+) -> Result<Vec<(RedisConfig, crate::backends::redis::raw::Conn)>> {
     let mut out = Vec::new();
     for c in &config.masters {
         let conn = crate::backends::redis::raw::floor_connection(c).await.map_err(rebrand)?;

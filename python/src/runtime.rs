@@ -1,0 +1,276 @@
+//! The process's tokio runtime, and the one way Python waits for the async core.
+//!
+//! One runtime per process (one worker thread) runs every provider's backend work, lease renewals
+//! and waits. A forked child has none of its parent's threads: the runtime records the pid that
+//! built it, and a child builds its own on first use, leaving the parent's copy untouched (it is
+//! leaked, never dropped: dropping it would signal threads that do not exist here).
+//!
+//! Everything here is called with the GIL held and never waits while holding a lock, so a
+//! `fork()` made from Python (which holds the GIL) cannot happen while one of these locks is held.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyModule;
+
+/// How often a waiting thread takes the GIL back to run Python's signal handlers, so that Ctrl-C
+/// (`KeyboardInterrupt`) interrupts a wait within this time.
+const SLICE: Duration = Duration::from_millis(20);
+
+/// A runtime and the process that built it.
+#[derive(Debug)]
+pub(crate) struct Rt {
+    pid: u32,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Rt {
+    /// Enters the runtime, so that guards dropped and futures polled here find it.
+    pub(crate) fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.rt.enter()
+    }
+
+    /// Aborts `task` and waits until it is gone: its future dropped (the acquisition it ran
+    /// cancelled, its local queue place and backend waiter undone) or finished. So when a
+    /// cancelled call returns, nothing of it is left, not even for a moment.
+    pub(crate) fn cancel(&self, py: Python<'_>, task: tokio::task::JoinHandle<()>) {
+        task.abort();
+        // Without the GIL: the task may be handing a result to Python at this moment.
+        py.detach(|| {
+            let _ = self.rt.block_on(task);
+        });
+    }
+
+    /// True when this runtime was built by this process (not inherited through `fork`).
+    pub(crate) fn is_ours(&self) -> bool {
+        self.pid == std::process::id()
+    }
+}
+
+static RUNTIME: Mutex<Option<Arc<Rt>>> = Mutex::new(None);
+
+/// This process's runtime, built on first use (and again in a forked child).
+pub(crate) fn runtime(_py: Python<'_>) -> PyResult<Arc<Rt>> {
+    let pid = std::process::id();
+    let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(rt) = slot.as_ref().filter(|rt| rt.pid == pid) {
+        return Ok(rt.clone());
+    }
+    if let Some(parents) = slot.take() {
+        // Inherited through fork: its worker threads live only in the parent.
+        std::mem::forget(parents);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("interlock-py")
+        .enable_all()
+        .build()
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start interlock's runtime: {e}")))?;
+    let rt = Arc::new(Rt { pid, rt });
+    *slot = Some(rt.clone());
+    Ok(rt)
+}
+
+/// Runs `fut` to completion for a Python caller, on the calling thread: first polled once inline
+/// (an uncontended lock costs no more), then driven by `Runtime::block_on` without the GIL, in
+/// slices of [`SLICE`], taking the GIL back between slices to run signal handlers. The waiting
+/// thread is woken directly by whatever wakes the acquisition (the file watcher, a socket), with
+/// no hop through the runtime's worker. An exception from a handler (`KeyboardInterrupt`) drops
+/// the future right there, inside the runtime: the core is cancel-safe, so when the exception
+/// reaches Python nothing of the acquisition is left held or queued.
+pub(crate) fn wait<T, F>(py: Python<'_>, rt: &Rt, fut: F) -> PyResult<T>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut fut = Box::pin(fut);
+    {
+        let _enter = rt.enter();
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            return Ok(v);
+        }
+    }
+    if tokio::runtime::Handle::try_current().is_ok() {
+        // Called from inside some tokio runtime (another extension's thread, say), where
+        // `block_on` is not allowed: the work runs on our worker instead.
+        return wait_on_worker(py, rt, fut);
+    }
+    loop {
+        let (done, back) = py.detach(move || {
+            let done = rt.rt.block_on(async { tokio::time::timeout(SLICE, fut.as_mut()).await.ok() });
+            (done, fut)
+        });
+        fut = back;
+        if let Some(v) = done {
+            return Ok(v);
+        }
+        if let Err(interrupted) = py.check_signals() {
+            let _enter = rt.enter();
+            drop(fut);
+            return Err(interrupted);
+        }
+    }
+}
+
+/// [`wait`] for a caller inside another tokio runtime: `fut` runs as a task on our runtime while
+/// this thread waits on a channel without the GIL, in slices, running signal handlers between
+/// them; an exception from one aborts the task and waits until it is gone.
+fn wait_on_worker<T, F>(py: Python<'_>, rt: &Rt, fut: Pin<Box<F>>) -> PyResult<T>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = sync_channel(1);
+    let task = rt.rt.spawn(async move {
+        let v = fut.await;
+        // The receiver may be gone (the caller was interrupted): `v` is dropped here, inside the
+        // runtime.
+        let _ = tx.send(v);
+    });
+    let mut rx = rx;
+    loop {
+        let (got, back) = py.detach(move || (rx.recv_timeout(SLICE), rx));
+        rx = back;
+        match got {
+            Ok(v) => return Ok(v),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(PyRuntimeError::new_err("interlock's runtime stopped while waiting"));
+            }
+        }
+        if let Err(interrupted) = py.check_signals() {
+            rt.cancel(py, task);
+            // A result sent before the abort took effect is dropped inside the runtime.
+            let _enter = rt.enter();
+            drop(rx);
+            return Err(interrupted);
+        }
+    }
+}
+
+/// Starts `fut` for an asyncio caller and returns an asyncio future of `loop_` that completes with
+/// `convert(output)` (or its exception). An output ready at once (an uncontended lock) completes
+/// the future here, on the loop's thread. Otherwise the work runs as a task on the runtime, and a
+/// thread of the runtime's blocking pool (never its worker, so waiting for the GIL there stalls
+/// no lock work) hands the outcome to the loop with `loop.call_soon_threadsafe`. Cancelling the
+/// asyncio future aborts the task, which drops the work (the core is cancel-safe); an outcome
+/// that arrives for a cancelled future is dropped on the loop's thread (a guard is then released).
+pub(crate) fn start_async<'py, T, F, C>(
+    py: Python<'py>,
+    rt: &Arc<Rt>,
+    fut: F,
+    convert: C,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+    C: FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
+{
+    static ASYNCIO: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    static DELIVER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let asyncio = ASYNCIO.get_or_try_init(py, || PyModule::import(py, "asyncio").map(Bound::unbind))?.bind(py);
+    let deliver = DELIVER
+        .get_or_try_init(py, || {
+            PyModule::import(py, "interlock._aio").and_then(|m| m.getattr("_deliver")).map(Bound::unbind)
+        })?
+        .clone_ref(py);
+    let event_loop = asyncio.call_method0("get_running_loop")?;
+    let future = event_loop.call_method0("create_future")?;
+    let mut fut = Box::pin(fut);
+    {
+        let _enter = rt.enter();
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            match convert(py, v) {
+                Ok(value) => future.call_method1("set_result", (value,))?,
+                Err(e) => future.call_method1("set_exception", (e.into_value(py),))?,
+            };
+            return Ok(future);
+        }
+    }
+    let (event_loop, target) = (event_loop.unbind(), future.clone().unbind());
+    let task = rt.rt.spawn(async move {
+        let v = fut.await;
+        let handed = tokio::task::spawn_blocking(move || {
+            with_python(|py| {
+                let (value, error) = match convert(py, v) {
+                    Ok(value) => (value, None),
+                    Err(e) => (py.None(), Some(e.into_value(py))),
+                };
+                // A closed loop refuses: the outcome is dropped here (a guard is released).
+                let _ = event_loop.call_method1(py, "call_soon_threadsafe", (deliver, target, value, error));
+            })
+        });
+        let _ = handed.await;
+    });
+    future.call_method1("add_done_callback", (Canceller { rt: rt.clone(), task: Mutex::new(Some(task)) },))?;
+    Ok(future)
+}
+
+/// The done-callback of an asyncio future made by [`start_async`]: a cancelled future aborts the
+/// runtime task that would complete it.
+#[pyclass(module = "interlock._interlock", frozen)]
+#[derive(Debug)]
+pub struct Canceller {
+    rt: Arc<Rt>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[pymethods]
+impl Canceller {
+    fn __call__(&self, py: Python<'_>, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task
+            && future.call_method0("cancelled")?.is_truthy()?
+        {
+            // Waits for the task to be gone (microseconds: one poll on the worker), so that
+            // nothing of the cancelled acquisition is left when the cancelled task resumes.
+            self.rt.cancel(py, task);
+        }
+        Ok(())
+    }
+}
+
+/// Set by [`_shutdown`] when the interpreter exits: threads of the runtime no longer enter Python.
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+/// Threads of the runtime inside [`with_python`] right now.
+static IN_PYTHON: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `f` with the GIL on a thread of the runtime, unless the interpreter is shutting down
+/// (then `f` is dropped unrun; its Python references are released by PyO3 later, or never, at
+/// exit). A thread that is still inside Python when the interpreter finalizes would touch freed
+/// objects: [`_shutdown`], run by `atexit`, waits for the ones inside.
+fn with_python<F: FnOnce(Python<'_>)>(f: F) {
+    IN_PYTHON.fetch_add(1, Ordering::SeqCst);
+    if !SHUTTING_DOWN.load(Ordering::SeqCst) {
+        Python::attach(f);
+    }
+    IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// The `atexit` hook: from now on no thread of the runtime enters Python, and the ones inside
+/// (handing an outcome to an event loop) are waited for, a few seconds at most, without the GIL
+/// so that they can finish.
+#[pyfunction]
+pub(crate) fn _shutdown(py: Python<'_>) {
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
+    let ours = RUNTIME.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|rt| rt.is_ours());
+    if !ours {
+        // No runtime in this process (a forked child that never used interlock): no thread of
+        // ours can be in Python; a count inherited from the parent means nothing here.
+        return;
+    }
+    py.detach(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while IN_PYTHON.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}

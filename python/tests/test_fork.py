@@ -1,0 +1,260 @@
+"""Fork safety: a lock held when the process forks stays the parent's; the child reconnects.
+
+Each case forks from a fresh helper process (never from the pytest process itself, which has
+threads of its own), with os.fork (Python's at-fork hooks run), with libc's fork() called
+directly (no hook runs: what uwsgi does), and through multiprocessing's fork start method.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import interlock
+
+from conftest import python_child
+
+# Prelude of the helper processes: `fork()` is os.fork, or libc's fork when argv[2] == "libc"
+# (then no Python at-fork hook runs in the child, as under uwsgi); `lock_fds()` lists this
+# process's descriptors open on files of the lock directory.
+PRELUDE = """
+import ctypes, os, sys, time, interlock
+url, how = sys.argv[1], sys.argv[2]
+lock_dir = url[len("file://"):]
+def fork():
+    if how == "libc":
+        return ctypes.CDLL(None, use_errno=True).fork()
+    return os.fork()
+def lock_fds():
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(lock_dir + "/"):
+            out.append(os.path.basename(target))
+    return sorted(out)
+def report(*words):
+    print(*words, flush=True)
+"""
+
+
+def helper(code: str, url: str, how: str) -> subprocess.Popen:
+    return python_child(PRELUDE + textwrap.dedent(code), url, how)
+
+
+def lines(p: subprocess.Popen, timeout: float = 60) -> list:
+    out, err = p.communicate(timeout=timeout)
+    assert p.returncode == 0, err
+    return out.split()
+
+
+@pytest.mark.parametrize("how", ["os", "libc"])
+def test_a_guard_held_at_fork_is_not_held_by_the_child(url, how):
+    p = helper(
+        """
+        locks = interlock.connect(url)
+        m = locks.mutex("job")
+        g = m.acquire()
+        pid = fork()
+        if pid == 0:
+            try:
+                # Before any use of interlock in the child: with os.fork the hook already
+                # closed the inherited descriptors; with libc's fork nothing has run yet.
+                report("child-fds-before", len(lock_fds()))
+                report("lost", g.lost, "held", g.held)
+                try:
+                    g.release()
+                    report("release-ok")
+                except interlock.LockLost as e:
+                    report("release-LockLost", "parent" in str(e) or "forked" in str(e))
+                # The parent still holds it: the child's release did not unlock it.
+                report("child-try", m.acquire(blocking=False) is None and "held" or "free")
+                report("child-fds-after", len(lock_fds()))
+                # The child's connection is its own and works: another lock, and a timed wait.
+                with locks.mutex("other") as o:
+                    report("other", o.held)
+                try:
+                    m.acquire(timeout=0.2)
+                except interlock.Timeout:
+                    report("child-timeout")
+            finally:
+                sys.stdout.flush()
+                os._exit(0)
+        os.waitpid(pid, 0)
+        report("parent-held", g.held, "lost", g.lost)
+        g.release()
+        report("parent-released")
+        """,
+        url,
+        how,
+    )
+    out = lines(p)
+    expected_before = "0" if how == "os" else "1"
+    assert out == [
+        "child-fds-before", expected_before,
+        "lost", "True", "held", "False",
+        "release-LockLost", "True",
+        "child-try", "held",
+        "child-fds-after", "0",
+        "other", "True",
+        "child-timeout",
+        "parent-held", "True", "lost", "False",
+        "parent-released",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["os", "libc"])
+def test_the_lock_does_not_outlive_its_holder_in_a_child(locks, url, how):
+    # The holder forks a child that lives on, then the holder is killed: the lock must be free at
+    # once, although the child inherited the holder's lock descriptor.
+    p = helper(
+        """
+        locks = interlock.connect(url)
+        g = locks.mutex("job").acquire()
+        pid = fork()
+        if pid == 0:
+            locks.mutex("unrelated")      # any use of interlock in the child (libc fork: no hook)
+            report("child", os.getpid())
+            time.sleep(60)
+            os._exit(0)
+        sys.stdin.readline()
+        """,
+        url,
+        how,
+    )
+    child = None
+    try:
+        out = p.stdout.readline().split()
+        assert out[0] == "child"
+        child = int(out[1])
+        assert locks.mutex("job").acquire(blocking=False) is None  # the holder has it
+        p.kill()
+        p.wait()
+        g = locks.mutex("job").acquire(timeout=10)
+        assert g is not None
+        g.release()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if child:
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_provider_made_before_fork_reconnects_in_the_child(url):
+    p = helper(
+        """
+        import fcntl, threading
+        locks = interlock.connect(url)
+        m = locks.mutex("job")
+        # The parent waits for the lock once before the fork (a descriptor of its own held by
+        # fcntl.flock in a thread for a moment), so its runtime and its file watcher (a thread
+        # of its own) are running when it forks: the child must use neither.
+        fd = os.open(os.path.join(lock_dir, "job"), os.O_RDONLY | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        def unlock_later():
+            time.sleep(0.3); os.close(fd)
+        t = threading.Thread(target=unlock_later); t.start()
+        with m:
+            pass
+        t.join()
+        h = m.acquire()              # held by the parent across the fork
+        pid = fork()
+        if pid == 0:
+            try:
+                # A wait in the child on a lock the parent holds: it must wake when the parent
+                # releases (the child's own runtime and file watcher, not the parent's).
+                t0 = time.monotonic()
+                g = m.acquire(timeout=20)
+                report("child-got", g.fencing_token > h.fencing_token, round(time.monotonic() - t0) < 15)
+                g.release()
+            finally:
+                os._exit(0)
+        time.sleep(0.5)
+        h.release()
+        _, status = os.waitpid(pid, 0)
+        report("status", status)
+        """,
+        url,
+        "os",
+    )
+    assert lines(p) == ["child-got", "True", "True", "status", "0"]
+
+
+def test_multiprocessing_fork_pool_counts_exactly(url, lock_dir):
+    counter = lock_dir / "counter"
+    counter.write_text("0")
+    p = helper(
+        """
+        import multiprocessing
+        locks = interlock.connect(url)           # made before the pool forks its workers
+        m = locks.mutex("counter")
+        path = os.path.join(lock_dir, "counter")
+        def work(_):
+            for _ in range(25):
+                with m:
+                    with open(path) as f:
+                        n = int(f.read())
+                    time.sleep(0.0005)
+                    with open(path, "w") as f:
+                        f.write(str(n + 1))
+            return os.getpid()
+        if __name__ == "__main__":
+            with m:                              # held by the parent while the pool forks
+                ctx = multiprocessing.get_context("fork")
+                pool = ctx.Pool(8)
+            pids = pool.map(work, range(8))
+            pool.close(); pool.join()
+            report("workers", len(set(pids)) > 1)
+        """,
+        url,
+        "os",
+    )
+    assert lines(p, timeout=120) == ["workers", "True"]
+    assert int(counter.read_text()) == 200
+
+
+@pytest.mark.parametrize("how", ["os", "libc"])
+def test_redis_guard_held_at_fork(redis_url, how):
+    # On a network backend the child must not touch the parent's connection: the parent's lock
+    # stays held and its release afterwards is clean (not LockLost).
+    p = helper(
+        """
+        locks = interlock.connect(url)
+        m = locks.mutex("job-" + how)
+        g = m.acquire()
+        pid = fork()
+        if pid == 0:
+            try:
+                report("lost", g.lost)
+                try:
+                    g.release()
+                except interlock.LockLost:
+                    report("release-LockLost")
+                report("child-try", m.acquire(blocking=False) is None and "held" or "free")
+                with locks.mutex("other-" + how) as o:
+                    report("other", o.held)
+            finally:
+                sys.stdout.flush()
+                os._exit(0)
+        os.waitpid(pid, 0)
+        report("parent-lost", g.lost)
+        g.release()
+        g2 = m.acquire(blocking=False)
+        report("after", g2 is not None and g2.fencing_token > g.fencing_token)
+        """,
+        redis_url,
+        how,
+    )
+    assert lines(p) == [
+        "lost", "True", "release-LockLost", "child-try", "held", "other", "True",
+        "parent-lost", "False", "after", "True",
+    ]  # fmt: skip
