@@ -426,9 +426,9 @@ fn unknown_schemes_and_malformed_urls_are_64() {
 
 #[test]
 fn a_backend_not_built_is_69_and_names_it() {
-    let line = run(&["run", "-u", "redlock://127.0.0.1:1", "job", "--", "true"]).fails_with(69);
-    assert!(line.to_lowercase().contains("redlock"), "{line}");
-    for url in ["zk://127.0.0.1:1/locks", "etcd://127.0.0.1:1", "postgres://u@127.0.0.1:1/db"] {
+    let line = run(&["run", "-u", "zk://127.0.0.1:1/locks", "job", "--", "true"]).fails_with(69);
+    assert!(line.to_lowercase().contains("zookeeper"), "{line}");
+    for url in ["etcd://127.0.0.1:1", "postgres://u@127.0.0.1:1/db"] {
         run(&["hold", "-u", url, "job"]).fails_with(69);
     }
 }

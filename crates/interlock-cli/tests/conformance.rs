@@ -36,6 +36,17 @@ macro_rules! redis_tls_harness {
     };
 }
 
+/// A namespace of the shared group of `$n` private redis-server masters (skipped as above).
+#[cfg(feature = "redlock")]
+macro_rules! redlock_harness {
+    ($n:expr) => {
+        match interlock_testkit::RedlockHarness::new(env!("CARGO_BIN_EXE_interlock"), $n) {
+            Some(h) => h,
+            None => return,
+        }
+    };
+}
+
 interlock_testkit::conformance_suite!(memory, interlock_testkit::MemoryHarness::new());
 interlock_testkit::conformance_suite!(file, interlock_testkit::FileHarness::new(env!("CARGO_BIN_EXE_interlock")));
 #[cfg(feature = "redis")]
@@ -44,6 +55,10 @@ interlock_testkit::conformance_suite!(redis, redis_harness!());
 interlock_testkit::conformance_suite!(redis_cluster, redis_cluster_harness!());
 #[cfg(feature = "redis")]
 interlock_testkit::conformance_suite!(redis_tls, redis_tls_harness!());
+#[cfg(feature = "redlock")]
+interlock_testkit::conformance_suite!(redlock, redlock_harness!(3));
+#[cfg(feature = "redlock")]
+interlock_testkit::conformance_suite!(redlock5, redlock_harness!(5));
 interlock_testkit::conformance_suite!(
     memory_latency,
     interlock_testkit::MemoryHarness::with_latency(std::time::Duration::from_millis(2))

@@ -23,6 +23,7 @@ pub use backends::memory::MemoryHarness;
 pub use backends::redis::RedisHarness;
 pub use backends::redis_cluster::RedisClusterHarness;
 pub use backends::redis_tls::RedisTlsHarness;
+pub use backends::redlock::RedlockHarness;
 pub use harness::Harness;
 
 /// True when missing tools or servers must fail the tests (`INTERLOCK_TEST_REQUIRE=1`, as in CI).

@@ -26,7 +26,7 @@
 //! | file (default) | `file:///var/lock/myapp`, `file://` | `flock(2)` on `DIR/NAME` | the kernel, at once | built |
 //! | memory | `memory://[SPACE]` | in-process state | process exit | built |
 //! | Redis | `redis://[user[:pass]@]host:6379/0` | `SET key token NX PX lease` | lease expiry | built (feature `redis`; also `rediss://` and `redis+cluster://`) |
-//! | Redlock | `redlock://h1:6379,h2:6379,h3:6379` | the same key on a majority | lease expiry | planned |
+//! | Redlock | `redlock://h1:6379,h2:6379,h3:6379` | the same key on a majority | lease expiry | built (feature `redlock`; no semaphores) |
 //! | ZooKeeper | `zk://h1:2181,h2:2181/locks` | ephemeral sequential znode | session expiry | planned |
 //! | etcd | `etcd://h1:2379,h2:2379` | key with a lease | lease expiry | planned |
 //! | MySQL / MariaDB | `mysql://user:pass@host:3306/db` | `GET_LOCK(name)` | connection close | planned |
@@ -74,7 +74,7 @@ mod provider;
 pub mod raw;
 pub mod url;
 
-pub use backends::{file, memory, redis};
+pub use backends::{file, memory, redis, redlock};
 pub use error::{BoxError, Error, Result};
 pub use guard::Guard;
 pub use name::{LockName, MAX_NAME_LEN};

@@ -10,3 +10,4 @@ pub mod memory;
 pub mod redis;
 pub mod redis_cluster;
 pub mod redis_tls;
+pub mod redlock;

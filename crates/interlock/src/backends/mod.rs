@@ -10,6 +10,7 @@
 pub mod file;
 pub mod memory;
 pub mod redis;
+pub mod redlock;
 
 use std::fmt;
 use std::sync::Arc;
@@ -118,15 +119,7 @@ pub static BACKENDS: &[Backend] = &[
     file::BACKEND,
     memory::BACKEND,
     redis::BACKEND,
-    Backend::planned(
-        "redlock",
-        "redis",
-        "Redlock",
-        &["redlock"],
-        "redlock://h1:6379,h2:6379,h3:6379",
-        "the same key on a majority of masters",
-        TEN_SECONDS,
-    ),
+    redlock::BACKEND,
     Backend::planned(
         "zookeeper",
         "zookeeper",

@@ -9,6 +9,7 @@
 //! | file | `flock(LOCK_EX)` + `flock(LOCK_UN)` on an open descriptor; also open+flock+unlock+close, what `flock(1)` does per call | C processes, blocking `flock` on an open descriptor | two processes handing a raw blocking `flock` back and forth (the kernel wakes the waiter) | open+`flock` N files, then close them | W processes blocked in `flock` (the kernel queues them) |
 //! | memory | `tokio::sync::Mutex` lock + unlock (RwLock / Semaphore for those modes) | C tasks on one `tokio::sync::Mutex` | two threads handing a `tokio::sync::Mutex` back and forth | N `tokio::sync::Mutex` guards | W tasks on one `tokio::sync::Mutex` |
 //! | redis | 2 × `PING` (acquire + release at best), and 1 × `PING` | C tasks, a connection each, on one `tokio::sync::Mutex`: `PING`, critical section, `PING` | two threads handing a `tokio::sync::Mutex`, the new holder sends one `PING` | none | W tasks on one `tokio::sync::Mutex`, a `PING` per turn |
+//! | redlock | 2 × a `PING` round (one `PING` to every master at once, all answers awaited), and 1 × | as redis, with rounds | as redis, with one round | none | as redis, a round per turn |
 //!
 //! Waiter *tasks* use the `tokio::sync::Mutex` floor on every backend ([`task_waiters`]).
 
@@ -16,6 +17,8 @@ mod file;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redlock")]
+mod redlock;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -90,6 +93,8 @@ static FLOORS: &[&Floors] = &[
     &memory::FLOORS,
     #[cfg(feature = "redis")]
     &redis::FLOORS,
+    #[cfg(feature = "redlock")]
+    &redlock::FLOORS,
 ];
 
 fn floors_of(target: &Target) -> Option<&'static Floors> {

@@ -173,7 +173,7 @@ impl Drop for PrivateServer {
 }
 
 /// Starts `redis-server` on a free loopback port in a temporary directory, without persistence.
-fn start_server() -> Result<StartedServer, Failure> {
+pub(super) fn start_server() -> Result<StartedServer, Failure> {
     let dir = tempfile::Builder::new()
         .prefix("interlock-bench-redis-")
         .tempdir()

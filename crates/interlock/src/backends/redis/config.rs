@@ -167,7 +167,7 @@ impl RedisConfig {
 }
 
 /// `host`, `host:port`, `[v6]`, `[v6]:port`.
-fn split_host_port(h: &str) -> std::result::Result<(String, u16), String> {
+pub(crate) fn split_host_port(h: &str) -> std::result::Result<(String, u16), String> {
     let (host, port) = if let Some(rest) = h.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or("an IPv6 address needs its closing `]`")?;
         match after {
@@ -191,7 +191,7 @@ fn split_host_port(h: &str) -> std::result::Result<(String, u16), String> {
 }
 
 /// The message of a lease error without its "invalid argument: " prefix, for an `InvalidUrl`.
-fn lease_reason(e: Error) -> String {
+pub(crate) fn lease_reason(e: Error) -> String {
     match e {
         Error::InvalidArgument(msg) => msg,
         other => other.to_string(),

@@ -28,10 +28,10 @@
 //! ```
 
 #[cfg(feature = "redis")]
-mod config;
+pub(crate) mod config;
 mod keys;
 #[cfg(feature = "redis")]
-mod raw;
+pub(crate) mod raw;
 #[cfg(feature = "redis")]
 mod scripts;
 

@@ -557,7 +557,7 @@ fn tls_refusal(e: &RedisError) -> Option<String> {
 }
 
 /// A fresh random token: 32 hex digits (128 bits from the kernel).
-fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let mut buf = [0u8; 16];
     if rustix::rand::getrandom(&mut buf, rustix::rand::GetRandomFlags::empty()).map_or(true, |n| n < 16) {
         // No kernel randomness (never seen on Linux): unique by process, time and a counter,

@@ -1,0 +1,335 @@
+//! The redlock backend's own fault cases, beyond the conformance suite (which runs on 3 and on 5
+//! masters in tests/conformance.rs): masters killed (a minority, then a majority), a holder
+//! killed or stopped, masters restarted, the fencing write-back, peers holding a minority or a
+//! quorum, bad URLs and credentials, unreachable masters, a key of the wrong type, and what a
+//! cancelled or timed-out acquisition leaves (nothing but the counters, no subscriber). Each
+//! case uses a namespace of the shared private masters, or a group of its own when it breaks
+//! them; never a server on a standard port.
+#![cfg(feature = "redlock")]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use interlock::{AcquireOptions, Error};
+use interlock_testkit::process::Hold;
+use interlock_testkit::servers::PortLease;
+use interlock_testkit::servers::redis::{RedisGroup, RedisOptions};
+use interlock_testkit::servers::resp::Resp;
+use interlock_testkit::unique;
+use interlock_testkit::{Harness, RedlockHarness};
+
+const BIN: &str = env!("CARGO_BIN_EXE_interlock");
+const EVENTUALLY: Duration = Duration::from_secs(20);
+
+fn shared(n: usize) -> Option<RedlockHarness> {
+    RedlockHarness::new(BIN, n)
+}
+
+fn own(n: usize) -> Option<RedlockHarness> {
+    RedlockHarness::own_group(BIN, n)
+}
+
+fn one_line(e: &Error) -> String {
+    let s = e.to_string();
+    assert!(!s.contains('\n'), "not one line: {s:?}");
+    s
+}
+
+/// `GET` of `key` on master `i` (in the harness's database), as a number.
+fn get_int(h: &RedlockHarness, i: usize, key: &str) -> Option<i64> {
+    h.group().member(i).cmd(h.ns().db, &["GET", key]).expect("GET").text().and_then(|t| t.parse().ok())
+}
+
+/// With 5 masters: 2 killed, a held lock keeps being renewed by the other 3 and new locks are
+/// taken and released; a third killed, acquire fails with `Unavailable` (naming the quorum)
+/// within its timeout, and the held guard reports its loss once its lease ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_masters_two_killed_locks_go_on_three_killed_unavailable_and_lost() {
+    let Some(h) = own(5) else { return };
+    let url = format!("{}&command_timeout=1s", h.url());
+    let p = interlock::connect(&url).await.unwrap();
+    let lease = Duration::from_millis(1500);
+    let opts = || AcquireOptions::forever().lease(lease);
+    let held = p.mutex(unique("held")).unwrap().lock_with(opts()).await.unwrap().unwrap();
+    assert_eq!(h.kill_members(2).await, Some(5));
+    let name = unique("after2");
+    let mut last = 0;
+    for _ in 0..5 {
+        let g = p.mutex(&name).unwrap().lock_timeout(EVENTUALLY).await.expect("a lock with 3 of 5 masters");
+        let t = g.fencing_token().unwrap();
+        assert!(t > last, "tokens go on increasing with 2 masters down");
+        last = t;
+        g.release().await.expect("released on the 3 left");
+    }
+    tokio::time::sleep(lease * 2).await;
+    assert!(!held.is_lost(), "a lock renewed by 3 of 5 masters was lost");
+    // A new provider connects with 2 masters down.
+    let q = interlock::connect(&url).await.expect("connect with a quorum up");
+    assert!(q.mutex(&name).unwrap().try_lock().await.unwrap().is_some());
+
+    assert!(h.kill_members(1).await.is_some());
+    let started = Instant::now();
+    let timeout = Duration::from_secs(3);
+    let e = p.mutex(unique("after3")).unwrap().lock_timeout(timeout).await.unwrap_err();
+    assert!(matches!(e, Error::Unavailable { backend: "redlock", .. }), "{e:?}");
+    let s = one_line(&e);
+    assert!(s.contains("of 5 masters answered, 3 needed"), "{s}");
+    assert!(started.elapsed() <= timeout + Duration::from_secs(2), "took {:?}", started.elapsed());
+    tokio::time::timeout(EVENTUALLY, held.lost()).await.expect("the held guard reports its loss");
+    assert!(held.release().await.unwrap_err().is_lock_lost());
+}
+
+/// The conformance minority case on groups of their own, 3 and 5 masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn minority_of_members_killed_keeps_locks_3() {
+    let Some(h) = own(3) else { return };
+    interlock_testkit::conformance::minority_of_members_killed_keeps_locks(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn minority_of_members_killed_keeps_locks_5() {
+    let Some(h) = own(5) else { return };
+    interlock_testkit::conformance::minority_of_members_killed_keeps_locks(&h).await;
+}
+
+/// The conformance restart case on a group of its own: every master restarted without
+/// persistence; every holder reports the loss, the providers go on, tokens keep increasing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_masters_restarted_signals_lost_to_every_holder() {
+    let Some(h) = own(3) else { return };
+    interlock_testkit::conformance::server_restart_signals_lost_to_every_holder(&h).await;
+}
+
+/// `kill -9` of an `interlock hold` holder: a waiter of another process gets the lock within the
+/// lease plus one renewal period (plus slack), with a higher token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_holder_frees_the_lock_within_lease_plus_one_renewal() {
+    let Some(h) = shared(3) else { return };
+    let name = unique("kill9");
+    let lease = Duration::from_millis(1500);
+    let hold = Hold::start(h.bin().unwrap(), &h.url(), &name, &["--lease", "1500ms"]).await;
+    let token = hold.token.unwrap();
+    let p = h.provider().await;
+    let m = p.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { m.lock_timeout(EVENTUALLY).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished());
+    let killed = Instant::now();
+    hold.kill9().await;
+    let g = waiter.await.unwrap().expect("the waiter gets the lock after the holder's lease");
+    let took = killed.elapsed();
+    assert!(took <= lease + lease / 3 + Duration::from_secs(2), "took {took:?}: more than lease + renewal + slack");
+    assert!(g.fencing_token().unwrap() > token);
+    g.release().await.unwrap();
+}
+
+/// SIGSTOP of an `interlock hold` past its lease, then SIGCONT, on 5 masters: another process
+/// took the lock with a higher token, and the stopped holder reports the loss (exit 75) without
+/// freeing the new holder's lock (the conformance case, on a group of 5 of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigstop_holder_past_its_lease_reports_lost_on_5_masters() {
+    let Some(h) = own(5) else { return };
+    interlock_testkit::conformance::paused_holder_reports_lost_on_resume(&h).await;
+}
+
+/// The fencing write-back: after an acquisition, a majority of masters have a counter at least
+/// the guard's token; a master whose counter is far ahead (restarted with a clock ahead) pulls
+/// the tokens up, never down; and tokens keep increasing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fencing_token_is_the_quorum_max_written_back_to_a_majority() {
+    let Some(h) = shared(3) else { return };
+    let name = unique("writeback");
+    let fence = format!("{{{}}}:fence", h.key(&name));
+    let p = h.provider().await;
+    let m = p.mutex(&name).unwrap();
+    let g = m.lock().await.unwrap();
+    let t1 = g.fencing_token().unwrap();
+    let at_least = (0..3).filter(|i| get_int(&h, *i, &fence).is_some_and(|c| c >= t1 as i64)).count();
+    assert!(at_least >= 2, "the token {t1} is on {at_least} of 3 counters");
+    g.release().await.unwrap();
+    // Master 0's counter jumps far ahead.
+    let ahead = t1 + 1_000_000;
+    h.group().member(0).cmd(h.ns().db, &["SET", &fence, &ahead.to_string()]).unwrap();
+    let mut last = t1;
+    for _ in 0..10 {
+        let g = m.lock().await.unwrap();
+        let t = g.fencing_token().unwrap();
+        assert!(t > last, "token {t} after {last}");
+        last = t;
+        g.release().await.unwrap();
+    }
+    // The two others follow once master 0 was part of a quorum: then the counters agree again.
+    assert!(last > ahead || (0..3).filter(|i| get_int(&h, *i, &fence) == Some(last as i64)).count() >= 2);
+}
+
+/// A peer's key on one master of three (a minority) does not stop us; on two (a quorum) it
+/// does, until the peer deletes it (no publish: found by the re-check) .
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_on_a_minority_does_not_exclude_us_on_a_quorum_it_does() {
+    let Some(h) = shared(3) else { return };
+    let name = unique("peer");
+    let key = h.key(&name);
+    let db = h.ns().db;
+    let set = |i: usize| h.group().member(i).cmd(db, &["SET", &key, "peer", "NX", "PX", "60000"]).unwrap();
+    assert_eq!(set(0).text().as_deref(), Some("OK"));
+    let p = h.provider().await;
+    let m = p.mutex(&name).unwrap();
+    let g = m.try_lock().await.unwrap().expect("a peer on 1 of 3 masters leaves us a quorum");
+    g.release().await.unwrap();
+    assert_eq!(set(1).text().as_deref(), Some("OK"));
+    assert!(m.try_lock().await.unwrap().is_none(), "a peer on 2 of 3 masters excludes us");
+    let waiter = {
+        let m = m.clone();
+        tokio::spawn(async move { m.lock_timeout(EVENTUALLY).await })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!waiter.is_finished());
+    for i in 0..2 {
+        h.group().member(i).cmd(db, &["DEL", &key]).unwrap();
+    }
+    let deleted = Instant::now();
+    let g = waiter.await.unwrap().expect("ours after the peer's DEL");
+    assert!(deleted.elapsed() < interlock::redlock::RECHECK + Duration::from_secs(2), "{:?}", deleted.elapsed());
+    // While we hold, the peer's SET NX fails on every master.
+    for i in 0..3 {
+        assert_eq!(set(i), Resp::Nil, "master {i}");
+    }
+    g.release().await.unwrap();
+}
+
+/// Acquisitions that time out or are cancelled (mutex, read lock, a waiting writer) leave
+/// nothing on any master but the fencing counter: no key, no reader, no waiting writer, and no
+/// subscriber on the lock's channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelled_and_timed_out_acquisitions_leave_nothing_on_any_master() {
+    let Some(h) = shared(3) else { return };
+    let name = unique("leftover");
+    let (p1, p2) = (h.provider().await, h.provider().await);
+    let r = p1.rwlock(&name).unwrap().read().await.unwrap();
+    let t = p2.mutex(&name).unwrap().lock_timeout(Duration::from_millis(300)).await;
+    assert!(matches!(t, Err(Error::Timeout { .. })), "{t:?}");
+    let w = p2.rwlock(&name).unwrap();
+    let waiter = tokio::spawn(async move { w.write().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let key = h.key(&name);
+    let channel = format!("{{{key}}}:released");
+    let writers = format!("{{{key}}}:writers");
+    let numsub = |i: usize| match h.group().member(i).cmd(0, &["PUBSUB", "NUMSUB", &channel]).unwrap() {
+        Resp::Array(a) => a.get(1).and_then(Resp::int).unwrap_or(-1),
+        other => panic!("{other:?}"),
+    };
+    assert!((0..3).all(|i| numsub(i) >= 1), "the waiter subscribed on every master");
+    assert!((0..3).any(|i| h.group().member(i).cmd(h.ns().db, &["EXISTS", &writers]).unwrap().int() == Some(1)));
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    r.release().await.unwrap();
+    let expected = vec![format!("{{{key}}}:fence")];
+    let deadline = Instant::now() + EVENTUALLY;
+    for i in 0..3 {
+        loop {
+            let keys: Vec<String> = h.ns().keys_on(i).unwrap().into_iter().filter(|k| k.contains(&name)).collect();
+            if keys == expected && numsub(i) == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "left behind on master {i}: {keys:?}, {} subscriber(s)", numsub(i));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A key of another type at the lock's name on the masters is not a lock: one line, no wait,
+/// nothing held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_of_the_wrong_type_is_a_clear_error() {
+    let Some(h) = shared(3) else { return };
+    let name = unique("wrongtype");
+    h.cmd_all(&["HSET", &h.key(&name), "field", "value"]);
+    let p = h.provider().await;
+    let errors = [
+        p.mutex(&name).unwrap().try_lock().await.map(drop).unwrap_err(),
+        p.mutex(&name).unwrap().lock_timeout(Duration::from_secs(2)).await.map(drop).unwrap_err(),
+        p.rwlock(&name).unwrap().read_timeout(Duration::from_secs(2)).await.map(drop).unwrap_err(),
+        p.status(&name).await.map(drop).unwrap_err(),
+    ];
+    for e in errors {
+        assert!(matches!(e, Error::Backend { backend: "redlock", .. }), "{e:?}");
+        assert!(one_line(&e).contains("not a lock"), "{e}");
+    }
+}
+
+/// A wrong password, and none where one is required, are `Auth` from `connect`, one line,
+/// without the password; the right one works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_password_is_an_auth_error() {
+    let opts = RedisOptions { password: Some("right-pw-123".into()), ..Default::default() };
+    let Some(g) = RedisGroup::start_or_skip(3, &opts) else { return };
+    let hosts: Vec<String> = g.members().iter().map(|r| format!("127.0.0.1:{}", r.port())).collect();
+    let hosts = hosts.join(",");
+    for url in [format!("redlock://:wrong-pw-456@{hosts}/1"), format!("redlock://{hosts}/1")] {
+        let e = interlock::connect(&url).await.unwrap_err();
+        assert!(matches!(e, Error::Auth { backend: "redlock", .. }), "{url}: {e:?}");
+        let s = one_line(&e);
+        assert!(!s.contains("wrong-pw") && !s.contains("right-pw"), "{s}");
+        assert!(!format!("{e:?}").contains("wrong-pw"), "{e:?}");
+    }
+    let p = interlock::connect(&format!("redlock://:right-pw-123@{hosts}/1")).await.expect("the right password");
+    p.mutex("x").unwrap().try_lock().await.unwrap().unwrap().release().await.unwrap();
+}
+
+/// Fewer than 3 masters, or one named twice: `InvalidUrl` naming the rule, without the password.
+/// Masters where nothing listens: `Unavailable` from `connect`, one line, and exit 69 from the CLI
+/// with one line naming the backend and no password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_urls_and_unreachable_masters_are_one_line_errors() {
+    for url in ["redlock://:pw-1@127.0.0.1:1", "redlock://:pw-1@a:1,b:1", "redlock://:pw-1@a:1,b:1,a:1"] {
+        let e = interlock::connect(url).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidUrl { .. }), "{url}: {e:?}");
+        let s = one_line(&e);
+        assert!(!s.contains("pw-1") && (s.contains("at least 3") || s.contains("twice")), "{s}");
+    }
+    let ports: Vec<PortLease> = (0..3).map(|_| PortLease::reserve()).collect();
+    let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{}", p.port())).collect();
+    let url = format!("redlock://:pw-2@{}/0", hosts.join(","));
+    let started = Instant::now();
+    let e = interlock::connect(&url).await.unwrap_err();
+    assert!(matches!(e, Error::Unavailable { backend: "redlock", .. }), "{e:?}");
+    let s = one_line(&e);
+    assert!(s.contains("0 of 3 masters answered, 2 needed") && !s.contains("pw-2"), "{s}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let out = Command::new(BIN)
+        .args(["run", "-u", &url, "job", "--", "true"])
+        .env_remove("INTERLOCK_LOG")
+        .output()
+        .expect("run interlock");
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("redlock") && !stderr.contains("pw-2"), "{stderr}");
+}
+
+/// A release that frees the lock publishes on the lock's channel on every master (what wakes
+/// interlock's waiters), seen by a plain subscriber of each master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_publishes_on_every_master() {
+    let Some(h) = shared(3) else { return };
+    let name = unique("publish");
+    let channel = format!("{{{}}}:released", h.key(&name));
+    let mut conns: Vec<redis::Connection> = h
+        .group()
+        .members()
+        .iter()
+        .map(|r| redis::Client::open(format!("redis://127.0.0.1:{}/", r.port())).unwrap().get_connection().unwrap())
+        .collect();
+    let mut subs: Vec<redis::PubSub<'_>> = conns.iter_mut().map(|c| c.as_pubsub()).collect();
+    for s in &mut subs {
+        s.subscribe(&channel).expect("SUBSCRIBE");
+        s.set_read_timeout(Some(EVENTUALLY)).unwrap();
+    }
+    let p = h.provider().await;
+    let g = p.mutex(&name).unwrap().lock().await.unwrap();
+    g.release().await.unwrap();
+    for (i, s) in subs.iter_mut().enumerate() {
+        let msg = s.get_message().unwrap_or_else(|e| panic!("master {i}: {e}"));
+        assert_eq!(msg.get_channel_name(), channel, "master {i}");
+    }
+}

@@ -1,0 +1,187 @@
+//! `redlock://`: the Redlock algorithm over N independent Redis masters (3 or more, usually 3
+//! or 5): the redis backend's key on each master, granted when a quorum (`N/2 + 1`) set it, with
+//! fencing tokens that are the quorum's maximum written back to a majority.
+//!
+//! | property | value |
+//! |---|---|
+//! | what holds the lock | the key `prefix + name` with this holder's token and `PX lease` on a quorum of masters |
+//! | validity | lease − time the acquiring round took − drift (1% of the lease + 2 ms), by the local monotonic clock; renewed by quorum |
+//! | released on holder crash by | lease expiry (default 10 s) |
+//! | primitives | mutex, read-write lock (per master: readers in a ZSET with per-holder expiry; a waiting writer keeps new readers out); no semaphores |
+//! | fencing | each master `INCR`s its own counter `{K}:fence` in the acquire script; the token is the quorum's maximum, written back (set-if-greater, while the lock is held there) to a majority before the guard is returned |
+//! | lost locks | a renewal round where too many masters say the lock is not ours, or no quorum extended it before the validity ran out |
+//! | waiting | waiters queue per master (ranked by their own start time, the same everywhere; FIFO among writers); a release that frees the lock PUBLISHes the first waiting writer on `{K}:released`, where waiters subscribe (RESP3) before the attempt that precedes their wait; after a split vote, the next wake-up or a random jitter; re-check at the holder's TTL and every 500 ms at most |
+//! | interop | redlock-py (`Redlock([...]).lock(name, ttl)`) and pottery's `Redlock` (`?prefix=redlock:`) on the same masters |
+//! | limits | at least 3 masters; no semaphores; no TLS; see `docs/backends/redlock.md` |
+//!
+//! The whole page, with the fencing argument and its assumptions, is `docs/backends/redlock.md`.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> interlock::Result<()> {
+//! let locks = interlock::connect("redlock://10.0.0.1:6379,10.0.0.2:6379,10.0.0.3:6379?lease=30s").await?;
+//! let guard = locks.mutex("nightly")?.lock().await?;   // the key `nightly` on at least 2 of the 3
+//! let token = guard.fencing_token();                   // never goes back (docs: "Fencing")
+//! guard.release().await?;
+//! # let _ = token; Ok(()) }
+//! ```
+
+#[cfg(feature = "redlock")]
+mod config;
+mod keys;
+#[cfg(feature = "redlock")]
+mod raw;
+#[cfg(feature = "redlock")]
+mod scripts;
+#[cfg(feature = "redlock")]
+mod wake;
+
+use std::time::Duration;
+
+#[cfg(feature = "redlock")]
+use super::Connected;
+use super::{Availability, Backend};
+use crate::raw::Capabilities;
+#[cfg(feature = "redlock")]
+use crate::{error::Result, raw::BoxFuture, url::LockUrl};
+
+pub(crate) const BACKEND_NAME: &str = "redlock";
+
+/// The Redlock backend's registry entry.
+pub(crate) const BACKEND: Backend = Backend {
+    name: BACKEND_NAME,
+    title: "Redlock",
+    schemes: &["redlock"],
+    url_form: "redlock://[user[:pass]@]h1[:port],h2[:port],h3[:port][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR]",
+    holds: "the same key on a majority of masters",
+    feature: Some("redlock"),
+    docs: "docs/backends/redlock.md",
+    default_lease: Some(crate::provider::DEFAULT_LEASE),
+    capabilities: Capabilities::new(true, true, true).without_semaphore(),
+    availability: if cfg!(feature = "redlock") { Availability::Built } else { Availability::FeatureOff },
+    connect: CONNECT,
+};
+
+#[cfg(feature = "redlock")]
+const CONNECT: Option<super::Connect> = Some(connect);
+#[cfg(not(feature = "redlock"))]
+const CONNECT: Option<super::Connect> = None;
+
+#[cfg(feature = "redlock")]
+fn connect(url: &LockUrl) -> BoxFuture<'_, Result<Connected>> {
+    Box::pin(async move {
+        let config = config::RedlockConfig::from_url(url)?;
+        let lease = config.lease;
+        let provider = raw::RedlockProvider::connect(config).await?;
+        Ok((std::sync::Arc::new(provider) as _, lease))
+    })
+}
+
+/// The fewest masters a `redlock://` URL may name: 3 (one master is `redis://`; two survive no
+/// failure, so they are refused too).
+pub const MIN_MASTERS: usize = 3;
+
+/// How often, at most, a waiter re-checks a lock without a wake-up (a peer tool released it
+/// without publishing, or a master's connection dropped): 500 ms, plus a random jitter of up to
+/// 50 ms.
+pub const RECHECK: Duration = Duration::from_millis(500);
+
+#[cfg(feature = "redlock")]
+const _: () = {
+    assert!(RECHECK.as_millis() == raw::RECHECK.as_millis());
+    assert!(MIN_MASTERS == config::MIN_MASTERS);
+};
+
+/// The quorum of `masters` masters: `masters / 2 + 1`.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(interlock::redlock::quorum(3), 2);
+/// assert_eq!(interlock::redlock::quorum(5), 3);
+/// ```
+pub fn quorum(masters: usize) -> usize {
+    masters / 2 + 1
+}
+
+/// The key that lock `name` uses on every master: the redis backend's, `prefix + name`.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(interlock::redlock::lock_key("redlock:", "deploy"), "redlock:deploy");
+/// ```
+pub fn lock_key(prefix: &str, name: &str) -> String {
+    keys::Keys::new(prefix, name).lock
+}
+
+/// Plain connections to every master of a `redlock://` URL, for measurements next to
+/// interlock's (the floor of `interlock bench`: one `PING` to every master at once). Not a lock.
+#[cfg(feature = "redlock")]
+#[derive(Debug)]
+pub struct FloorConnections {
+    conns: Vec<(crate::backends::redis::config::RedisConfig, crate::backends::redis::raw::Conn)>,
+}
+
+#[cfg(feature = "redlock")]
+impl FloorConnections {
+    /// Connects (and authenticates) to every master of `url`.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::connect`], when any master cannot be reached.
+    pub async fn open(url: &str) -> Result<FloorConnections> {
+        let config = config::RedlockConfig::from_url(&LockUrl::parse(url)?)?;
+        Ok(FloorConnections { conns: raw::floor_connections(&config).await? })
+    }
+
+    /// How many masters.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// True with no masters (never: a URL names at least [`MIN_MASTERS`]).
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// One `PING` to every master at once; returns when all answered (the slowest of the N
+    /// round trips).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Unavailable`] when a master does not answer.
+    pub async fn ping_all(&mut self) -> Result<()> {
+        let pings: Vec<_> =
+            self.conns.iter_mut().map(|(c, conn)| Box::pin(crate::backends::redis::raw::floor_ping(c, conn))).collect();
+        for r in join_all(pings).await {
+            r?;
+        }
+        Ok(())
+    }
+}
+
+/// Polls every future until all are done (the workspace has no `futures` dependency).
+#[cfg(feature = "redlock")]
+async fn join_all<F: std::future::Future + Unpin>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<Option<F>> = futs.into_iter().map(Some).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if let Some(fut) = f {
+                match std::pin::Pin::new(fut).poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *o = Some(v);
+                        *f = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}

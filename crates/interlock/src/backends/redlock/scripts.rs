@@ -1,0 +1,19 @@
+//! The Lua scripts (in `scripts/`), each with `common.lua` prepended; each runs on one master,
+//! sent with `EVALSHA`, and with `EVAL` when the master does not know it (first use, restart).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! script {
+    ($name:ident, $file:literal) => {
+        pub(crate) static $name: LazyLock<Script> =
+            LazyLock::new(|| Script::new(concat!(include_str!("scripts/common.lua"), include_str!($file))));
+    };
+}
+
+script!(ACQUIRE, "scripts/acquire.lua");
+script!(WRITEBACK, "scripts/writeback.lua");
+script!(RENEW, "scripts/renew.lua");
+script!(RELEASE, "scripts/release.lua");
+script!(STATUS, "scripts/status.lua");
