@@ -1,4 +1,5 @@
-//! The Lua scripts (in `scripts/`), each with `common.lua` prepended; sent with `EVALSHA`, and
+//! The Lua scripts (in `scripts/`), each with `clock_fence.lua` (the server clock and the fencing
+//! counter, shared with the redlock backend) and `common.lua` prepended; sent with `EVALSHA`, and
 //! with `EVAL` when the server does not know them (first use, after a restart).
 
 use std::sync::LazyLock;
@@ -7,8 +8,13 @@ use redis::Script;
 
 macro_rules! script {
     ($name:ident, $file:literal) => {
-        pub(crate) static $name: LazyLock<Script> =
-            LazyLock::new(|| Script::new(concat!(include_str!("scripts/common.lua"), include_str!($file))));
+        pub(crate) static $name: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("scripts/clock_fence.lua"),
+                include_str!("scripts/common.lua"),
+                include_str!($file)
+            ))
+        });
     };
 }
 

@@ -1,7 +1,8 @@
 //! Lock names to keys on each master (pinned by the golden tests below). The lock key is the
 //! redis backend's, `prefix + name` verbatim (what redlock-py uses, and pottery with prefix
 //! `redlock:`), so those tools and interlock exclude each other on every master. interlock's own
-//! side keys live under the hash tag `{prefix + name}`, as the redis backend's do:
+//! side keys start as the redis backend's do: `{prefix + name}` for a lock key without `}`, the lock
+//! key's own hash tag otherwise (see the redis backend's keys), so all of them share one slot:
 //!
 //! | key | type | what |
 //! |---|---|---|
@@ -34,7 +35,7 @@ pub(crate) struct Keys {
 impl Keys {
     pub(crate) fn new(prefix: &str, name: &str) -> Keys {
         let lock = crate::backends::redis::lock_key(prefix, name);
-        let tag = format!("{{{lock}}}");
+        let tag = crate::backends::redis::side_base(&lock);
         Keys {
             fence: format!("{tag}:fence"),
             readers: format!("{tag}:readers"),
@@ -70,5 +71,8 @@ mod tests {
         let k = Keys::new("redlock:", "jobs/x ü");
         assert_eq!((k.lock.as_str(), k.fence.as_str()), ("redlock:jobs/x ü", "{redlock:jobs/x ü}:fence"));
         assert_eq!(READERS_VALUE, "interlock:readers");
+        // A name with its own hash tag: the side keys follow it, as the redis backend's do.
+        let k = Keys::new("", "a{b}c");
+        assert_eq!((k.lock.as_str(), k.fence.as_str()), ("a{b}c", "{b}5:a{b}c:fence"));
     }
 }

@@ -1,5 +1,6 @@
-//! The Lua scripts (in `scripts/`), each with `common.lua` prepended; each runs on one master,
-//! sent with `EVALSHA`, and with `EVAL` when the master does not know it (first use, restart).
+//! The Lua scripts (in `scripts/`), each with the redis backend's `clock_fence.lua` (the server
+//! clock and the fencing counter, the same on both backends) and `common.lua` prepended; each
+//! runs on one master, sent with `EVALSHA`, and with `EVAL` when the master does not know it (first use, restart).
 
 use std::sync::LazyLock;
 
@@ -7,8 +8,13 @@ use redis::Script;
 
 macro_rules! script {
     ($name:ident, $file:literal) => {
-        pub(crate) static $name: LazyLock<Script> =
-            LazyLock::new(|| Script::new(concat!(include_str!("scripts/common.lua"), include_str!($file))));
+        pub(crate) static $name: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("../redis/scripts/clock_fence.lua"),
+                include_str!("scripts/common.lua"),
+                include_str!($file)
+            ))
+        });
     };
 }
 

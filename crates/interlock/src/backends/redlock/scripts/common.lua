@@ -3,35 +3,6 @@
 -- tag {K}. Side 'w' is a mutex or write lock (K holds the token), 'r' a read lock (K holds the
 -- readers' marker, the readers are a ZSET token -> expiry in server ms).
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-
--- The fencing counter of this master: INCR, or, when missing (first use, a master restarted
--- without persistence), the master's clock in microseconds.
-local function init_fence(key)
-  local v = now_us()
-  redis.call('SET', key, string.format('%.0f', v))
-  return v
-end
-
-local function bump_fence(key)
-  if redis.call('EXISTS', key) == 0 then return init_fence(key) end
-  return redis.call('INCR', key)
-end
-
-local function current_fence(key)
-  local v = redis.call('GET', key)
-  if not v then return init_fence(key) end
-  return tonumber(v)
-end
-
 -- The remaining time of the longest holder of a ZSET (member -> expiry ms), or nil when empty.
 local function longest(zset, now)
   local top = redis.call('ZRANGE', zset, -1, -1, 'WITHSCORES')

@@ -6,6 +6,5 @@ local key, fence, readers = KEYS[1], KEYS[2], KEYS[3]
 local token, t, side, marker = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if not is_lock_type(key) then return 0 end
 if not holds(key, readers, token, side, marker, now_ms()) then return 0 end
-local c = tonumber(redis.call('GET', fence) or '0')
-if c < tonumber(t) then redis.call('SET', fence, t) end
+if read_fence(fence) < tonumber(t) then set_fence(fence, tonumber(t)) end
 return 1
