@@ -38,7 +38,6 @@ mod scripts;
 use std::time::Duration;
 
 pub use keys::READERS_VALUE;
-#[cfg(feature = "redlock")]
 pub(crate) use keys::side_base;
 
 #[cfg(feature = "redis")]

@@ -17,6 +17,7 @@
 
 #![cfg_attr(not(feature = "redlock"), allow(dead_code))]
 
+#[cfg_attr(not(feature = "redlock"), allow(unused_imports))]
 pub use crate::backends::redis::READERS_VALUE;
 
 /// The keys of one lock on every master.
