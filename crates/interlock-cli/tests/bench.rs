@@ -170,3 +170,59 @@ fn a_plot_that_cannot_be_written_is_an_io_error() {
     assert!(out.stderr.lines().last().unwrap().starts_with("interlock: cannot write the plot"), "{}", out.stderr);
     drop(d);
 }
+
+/// `--start-server` starts what the URL's scheme needs (one server, a 3-master cluster, Redlock
+/// masters) through the testkit, benches it, and stops it.
+#[cfg(feature = "redlock")]
+#[test]
+fn start_server_starts_what_the_scheme_needs() {
+    if !cli_support::require_tool("redis-server", &["--version"]) {
+        return;
+    }
+    for (url, shown) in [
+        ("redis://", "redis://127.0.0.1:"),
+        ("redis+cluster://", "redis+cluster://127.0.0.1:"),
+        ("redlock://a,b,c,d,e", "redlock://127.0.0.1:"),
+    ] {
+        let out = run(&["bench", "-u", url, "--start-server", "--duration", "0.2", "--json", "uncontended"]);
+        out.succeeds();
+        let v = json(&out);
+        let bench_url = v["url"].as_str().unwrap();
+        assert!(bench_url.starts_with(shown), "{url}: benched {bench_url}");
+        if url.starts_with("redlock") {
+            assert_eq!(bench_url.matches(',').count(), 4, "five masters, as the URL named: {bench_url}");
+        }
+    }
+    let out = run(&["bench", "-u", "rediss://h", "--start-server", "uncontended"]);
+    assert!(out.fails_with(64).contains("--start-server"), "{}", out.stderr);
+}
+
+/// A `kill -9` of the bench does not leave its `--start-server` server running (parent-death
+/// signal from the testkit).
+#[cfg(feature = "redis")]
+#[test]
+fn start_server_dies_with_a_killed_bench() {
+    use std::io::{BufRead, BufReader};
+    if !cli_support::require_tool("redis-server", &["--version"]) {
+        return;
+    }
+    let mut c = cli_support::interlock();
+    c.args(["bench", "-u", "redis://", "--start-server", "--duration", "60", "uncontended"]);
+    c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let pid: u32 = loop {
+        let line = lines.next().expect("the bench names its server").unwrap();
+        if let Some(rest) = line.strip_prefix("interlock bench: started redis-server (pid ") {
+            break rest.split(')').next().unwrap().parse().unwrap();
+        }
+    };
+    assert!(interlock_testkit::servers::pid_alive(pid));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while interlock_testkit::servers::pid_alive(pid) {
+        assert!(std::time::Instant::now() < deadline, "redis-server {pid} outlived the killed bench");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

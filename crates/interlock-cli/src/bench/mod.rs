@@ -135,7 +135,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
 
-    /// Start a private server for backends that need one (file and memory need none)
+    /// Start private servers for backends that need them (file and memory need none): one
+    /// redis-server for redis://, a 3-master cluster for redis+cluster://, 3 masters (or as many
+    /// as the URL names) for redlock://; they never outlive the bench
     #[arg(long)]
     pub start_server: bool,
 
@@ -167,7 +169,7 @@ pub async fn bench(args: BenchArgs) -> Outcome {
     let starter = floor::floors_for_url(&url).and_then(|f| f.start_server);
     // Kept until the end of the run: dropping it stops the server.
     let server = match (args.start_server, starter) {
-        (true, Some(start)) => Some(start()?),
+        (true, Some(start)) => Some(start(&url)?),
         _ => None,
     };
     if let Some(s) = &server {

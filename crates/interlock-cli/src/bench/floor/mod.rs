@@ -66,11 +66,15 @@ pub struct Floors {
     pub handoff: for<'a> fn(&'a Target, u64, Pace) -> Floor<'a, Option<HandoffFloor>>,
     /// The many-locks floor.
     pub many_locks: fn(&Target, u64) -> Result<Option<ManyFloor>, Failure>,
-    /// `--start-server`: starts a private server (free loopback port, temporary directory) and
-    /// returns its URL and a handle that stops it when dropped; `None` for backends that need no
-    /// server.
-    pub start_server: Option<fn() -> Result<StartedServer, Failure>>,
+    /// `--start-server`: starts private servers for the URL given (its scheme says which: one
+    /// server, a cluster, several masters), through the testkit (leased loopback ports, temporary
+    /// directories, never outliving the bench), and returns the URL to bench and a handle that
+    /// stops them when dropped; `None` for backends that need no server.
+    pub start_server: Option<StartServer>,
 }
+
+/// `--start-server` of one backend: the URL given in, the servers started out.
+pub type StartServer = fn(&str) -> Result<StartedServer, Failure>;
 
 /// A private server started for one `interlock bench` run: its URL, and what stops it on drop.
 pub struct StartedServer {

@@ -4,14 +4,11 @@
 //! hear of the release over the network once); contended and waiters hold a `tokio::sync::Mutex`
 //! for a `PING` (plus the same critical section), so the floor pays one round trip per turn.
 //!
-//! `--start-server` starts a private `redis-server` (no persistence, loopback, a free port, a
-//! temporary directory) and kills it, by its pid, when the bench ends. It is this binary's own
-//! code, not the testkit's (which the binary does not depend on): if the bench is killed with
-//! SIGKILL the server is left running (stop it by the pid the bench printed in its notes).
+//! `--start-server` starts a private `redis-server`, or a private 3-master Redis Cluster for
+//! `redis+cluster://`, through the testkit's servers (leased loopback ports, temporary
+//! directories, no persistence), and stops them by pid when the bench ends; they get SIGKILL as
+//! their parent-death signal, so a `kill -9` of the bench does not leave them running.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -159,83 +156,48 @@ async fn handoff(target: &Target, holds: u64, pace: Pace) -> Result<Option<Hando
     Ok(Some(("tokio::sync::Mutex + one PING by the new holder, 2 threads".into(), holds)))
 }
 
-/// The private server of `--start-server`: killed by its pid, and its directory removed, on drop.
-struct PrivateServer {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for PrivateServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// `--start-server` for `redis://` (one private `redis-server`) and `redis+cluster://` (a private
+/// cluster of three masters), started through the testkit: leased loopback ports, a temporary
+/// directory, no persistence, SIGKILL as their parent-death signal and a reaper that removes
+/// what is left, so they never outlive this run, even after a `kill -9` of the bench.
+pub(super) fn start_server(url: &str) -> Result<StartedServer, Failure> {
+    use interlock_testkit::servers::redis::{Redis, RedisOptions};
+    use interlock_testkit::servers::redis_cluster::RedisCluster;
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    match scheme {
+        "redis" => {
+            let server = Redis::start(&RedisOptions::default()).map_err(start_failure)?;
+            let pid = server.pid().map_or_else(|| "?".to_owned(), |p| p.to_string());
+            eprintln!("interlock bench: started redis-server (pid {pid}) on 127.0.0.1:{}", server.port());
+            Ok(StartedServer { url: server.url(0), _stop_on_drop: Box::new(server) })
+        }
+        "redis+cluster" => {
+            let cluster = RedisCluster::start(3).map_err(start_failure)?;
+            eprintln!("interlock bench: started a 3-master Redis Cluster at {}", cluster.url());
+            Ok(StartedServer { url: cluster.url(), _stop_on_drop: Box::new(cluster) })
+        }
+        _ => Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "--start-server starts `redis://` and `redis+cluster://` servers, not `{scheme}://` ones: start it yourself"
+            ),
+        )),
     }
 }
 
-/// Starts `redis-server` on a free loopback port in a temporary directory, without persistence.
-pub(super) fn start_server() -> Result<StartedServer, Failure> {
-    let dir = tempfile::Builder::new()
-        .prefix("interlock-bench-redis-")
-        .tempdir()
-        .map_err(|e| Failure::io("cannot create a directory for redis-server", e))?;
-    let mut last = String::new();
-    // A port found free can be taken by someone else before the server binds it: try a few.
-    for _ in 0..5 {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| Failure::io("cannot find a free port", e))?
-            .port();
-        let log = dir.path().join("redis.log");
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no", "--protected-mode", "yes"])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Failure::new(
-                    exit::UNAVAILABLE,
-                    "--start-server: redis-server is not installed (Debian: apt-get install redis-server)",
-                ),
-                _ => Failure::io("cannot start redis-server", e),
-            })?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                last = format!("redis-server exited ({status}) on port {port}");
-                break;
-            }
-            if pong(port) {
-                let pid = child.id();
-                eprintln!("interlock bench: started redis-server (pid {pid}) on 127.0.0.1:{port}");
-                return Ok(StartedServer {
-                    url: format!("redis://127.0.0.1:{port}/0"),
-                    _stop_on_drop: Box::new(PrivateServer { child, _dir: dir }),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        if last.is_empty() {
-            last = format!("redis-server did not answer PING on port {port} within 10 s");
+/// A testkit start error as one line: a missing program says how to install it.
+pub(super) fn start_failure(e: interlock_testkit::servers::StartError) -> Failure {
+    match e {
+        interlock_testkit::servers::StartError::Missing { program } => Failure::new(
+            exit::UNAVAILABLE,
+            format!("--start-server: {program} is not installed (Debian: apt-get install redis-server)"),
+        ),
+        e => {
+            let text = e.to_string();
+            Failure::new(
+                exit::UNAVAILABLE,
+                format!("--start-server: {}", text.lines().next().unwrap_or("cannot start")),
+            )
         }
     }
-    Err(Failure::new(exit::UNAVAILABLE, format!("--start-server: {last}")))
-}
-
-/// True when a Redis on `port` answers `PING` with `+PONG`.
-fn pong(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
-        return false;
-    }
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).is_ok() && line.trim_end() == "+PONG"
 }

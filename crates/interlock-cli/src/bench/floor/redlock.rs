@@ -160,20 +160,16 @@ async fn handoff(target: &Target, holds: u64, pace: Pace) -> Result<Option<Hando
     Ok(Some(("tokio::sync::Mutex + one PING round by the new holder, 2 threads".into(), holds)))
 }
 
-/// Starts [`MASTERS`] private `redis-server`s and returns the `redlock://` URL of all of them.
-fn start_servers() -> Result<StartedServer, Failure> {
-    let mut hosts = Vec::new();
-    let mut stops: Vec<Box<dyn std::any::Any>> = Vec::new();
-    for _ in 0..MASTERS {
-        let s = super::redis::start_server()?;
-        let host = s
-            .url
-            .strip_prefix("redis://")
-            .and_then(|rest| rest.split('/').next())
-            .ok_or_else(|| Failure::new(exit::UNAVAILABLE, "--start-server: unexpected redis URL"))?
-            .to_owned();
-        hosts.push(host);
-        stops.push(s._stop_on_drop);
-    }
-    Ok(StartedServer { url: format!("redlock://{}/0", hosts.join(",")), _stop_on_drop: Box::new(stops) })
+/// Starts private `redis-server`s through the testkit (see the redis floor's `start_server`):
+/// as many as the URL names hosts when that is 3 or more, else [`MASTERS`], and returns the
+/// `redlock://` URL of all of them.
+fn start_servers(url: &str) -> Result<StartedServer, Failure> {
+    use interlock_testkit::servers::redis::{RedisGroup, RedisOptions};
+    let named = url.split_once("://").map_or("", |(_, rest)| rest).split(['/', '?']).next().unwrap_or("");
+    let n = named.split(',').filter(|h| !h.is_empty()).count();
+    let n = if n >= 3 { n } else { MASTERS };
+    let group = RedisGroup::start(n, &RedisOptions::default()).map_err(super::redis::start_failure)?;
+    let hosts: Vec<String> = group.members().iter().map(|m| format!("127.0.0.1:{}", m.port())).collect();
+    eprintln!("interlock bench: started {n} redis-server masters on {}", hosts.join(","));
+    Ok(StartedServer { url: format!("redlock://{}/0", hosts.join(",")), _stop_on_drop: Box::new(group) })
 }
