@@ -38,6 +38,12 @@ fn bad_arguments_are_usage_errors_on_one_line() {
         &["--waiter-kind", "thread"],
         &["--mode", "exclusive"],
         &["--mode", "semaphore:0"],
+        &["--hold", "11ms..1ms"],
+        &["--hold", "1ms.."],
+        &["--hold", "..1ms"],
+        &["--hold", "1ms..2ms..3ms"],
+        &["--hold", "soon"],
+        &["--hold", "1ms..1h"],
         &["unknown-workload"],
     ] {
         let mut args = vec!["bench", "-u", url.as_str()];
@@ -123,6 +129,30 @@ fn json_has_every_workload_and_the_floors() {
     let notes = v["notes"].as_array().unwrap();
     assert!(notes.iter().any(|n| n.as_str().unwrap().contains("--start-server")), "{notes:?}");
     // Every lock, fencing and floor file of the run is gone.
+    assert_eq!(walk(&d.dir), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn a_hold_range_applies_to_ours_and_the_floor() {
+    let d = LockDir::new();
+    let out = bench(&d.url(), &["contended", "handoff", "--clients", "2", "--hold", "1ms..3ms", "--json"]);
+    out.succeeds();
+    let v = json(&out);
+    let c = &v["contended"][0];
+    assert_eq!(c["hold"], "1 ms to 3 ms (uniform)", "{c}");
+    assert_eq!((c["exclusion"].as_str(), c["floor"]["exclusion"].as_str()), (Some("ok"), Some("ok")), "{c}");
+    // Each acquisition holds at least 1 ms, so 2 clients in 0.3 s make at most about 300.
+    for ops in [c["acquisitions"].as_u64().unwrap(), c["floor"]["ops_per_sec"].as_f64().unwrap() as u64 * 3 / 10] {
+        assert!(ops > 0 && ops <= 330, "{c}");
+    }
+    let h = &v["handoff"];
+    assert_eq!(h["hold"], "1 ms to 3 ms (uniform)", "{h}");
+    assert_eq!(h["ours"]["overlaps"], 0, "{h}");
+    assert!(h["floor"]["gap"]["p50_ns"].is_u64(), "{h}");
+    // A single time keeps working, and the table says what was held.
+    let out = bench("memory://", &["contended", "--clients", "2", "--hold", "500us"]);
+    out.succeeds();
+    assert!(out.stdout.contains("hold 500 µs"), "{}", out.stdout);
     assert_eq!(walk(&d.dir), Vec::<std::path::PathBuf>::new());
 }
 

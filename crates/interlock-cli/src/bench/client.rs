@@ -23,6 +23,7 @@ use clap::{Args, ValueEnum};
 
 use super::counter::Counter;
 use super::handoff::Pace;
+use super::holdtime::HoldTime;
 use super::mode::Mode;
 use super::{contended, floor, handoff, many_locks, waiters};
 use crate::acquire;
@@ -79,9 +80,15 @@ pub struct ClientArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub holds: u64,
 
-    /// handoff, waiter: how long to hold the lock, in microseconds
+    /// handoff, waiter, contended: how long to hold the lock, in microseconds (the shortest hold
+    /// when --hold-max-us is larger)
     #[arg(long, value_name = "US", default_value_t = 0)]
     pub hold_us: u64,
+
+    /// handoff, contended: the longest hold, in microseconds; each hold is drawn uniformly from
+    /// --hold-us to this
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    pub hold_max_us: u64,
 
     /// handoff: how long to pause after a release before trying again, in microseconds
     #[arg(long, value_name = "US", default_value_t = 0)]
@@ -111,7 +118,10 @@ pub fn main(args: ClientArgs) -> Outcome {
 
 async fn run(args: ClientArgs) -> Outcome {
     let lock_err = |e: interlock::Error| Failure::from_lock(&e, exit::CONFLICT_DEFAULT);
-    let pace = Pace { hold: Duration::from_micros(args.hold_us), pause: Duration::from_micros(args.pause_us) };
+    let pace = Pace {
+        hold: HoldTime::from_micros(args.hold_us, args.hold_max_us),
+        pause: Duration::from_micros(args.pause_us),
+    };
     if matches!(args.job, Job::HandoffFloor | Job::ContendedFloor | Job::WaiterFloor) {
         return run_floor(&args, pace).await;
     }
@@ -123,7 +133,8 @@ async fn run(args: ClientArgs) -> Outcome {
             let duration = args.duration.ok_or_else(|| Failure::usage("contended needs --duration"))?;
             let counter = Counter::open(path, args.no_lock)?;
             barrier().await?;
-            let (count, elapsed, attempts) = contended::client_loop(&handle, &counter, duration, args.no_lock).await?;
+            let (count, elapsed, attempts) =
+                contended::client_loop(&handle, &counter, duration, args.no_lock, pace.hold, true).await?;
             say(&format!("done {count} {elapsed} {attempts}\n"))?;
         }
         Job::Handoff => {
@@ -135,7 +146,7 @@ async fn run(args: ClientArgs) -> Outcome {
             barrier().await?;
             let before = interlock::file::lock_attempts();
             say("going\n")?;
-            let acquired = waiters::wait_once(&handle, pace.hold, true).await?;
+            let acquired = waiters::wait_once(&handle, pace.hold.draw(), true).await?;
             let attempts = interlock::file::lock_attempts().saturating_sub(before);
             say(&format!("done {attempts} {acquired}\n"))?;
         }
@@ -164,14 +175,14 @@ async fn run_floor(args: &ClientArgs, pace: Pace) -> Outcome {
             let duration = args.duration.ok_or_else(|| Failure::usage("contended-floor needs --duration"))?;
             let counter = Counter::open(counter, false)?;
             barrier().await?;
-            let (count, elapsed, _) = contended::flock_client_loop(&file, &counter, duration)?;
+            let (count, elapsed, _) = contended::flock_client_loop(&file, &counter, duration, pace.hold)?;
             say(&format!("done {count} {elapsed} 0\n"))?;
             Ok(0)
         }
         _ => {
             barrier().await?;
             say("going\n")?;
-            let acquired = floor::flock_wait_once(&file, pace.hold)?;
+            let acquired = floor::flock_wait_once(&file, pace.hold.draw())?;
             say(&format!("done 0 {acquired}\n"))?;
             Ok(0)
         }

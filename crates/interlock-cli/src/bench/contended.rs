@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::clock::{now_ns, ns};
 use super::counter::Counter;
 use super::floor;
+use super::holdtime::HoldTime;
 use super::mode::{Handle, Mode};
 use super::report::{self, Section};
 use super::spawn::{self, Clients};
@@ -49,6 +50,8 @@ pub struct Contended {
     pub counter: u64,
     /// `ok`, `VIOLATED`, or `n/a` (shared modes let several holders in on purpose).
     pub exclusion: String,
+    /// How long each client kept the lock (`--hold`; `0 ms` by default), ours and the floor alike.
+    pub hold: String,
     /// True when the clients ran without the lock (`--no-lock`, a test of the check itself).
     pub no_lock: bool,
     /// File backend: non-blocking `flock` attempts per acquisition, all clients together (1 means
@@ -81,6 +84,8 @@ pub struct ContendedFloor {
 pub type ClientResult = (u64, u64, u64);
 
 /// One client's loop; returns its acquisitions, the nanoseconds it ran and its lock attempts.
+/// Between reading the counter and writing it back, the client keeps the lock for `hold` (a
+/// blocking sleep when `blocking`, for a client alone on its thread; else a tokio sleep).
 ///
 /// # Errors
 ///
@@ -90,6 +95,8 @@ pub async fn client_loop(
     counter: &Counter,
     duration: Duration,
     no_lock: bool,
+    hold: HoldTime,
+    blocking: bool,
 ) -> Result<ClientResult, Failure> {
     let lock_err = |e: interlock::Error| Failure::from_lock(&e, exit::CONFLICT_DEFAULT);
     let attempts = interlock::file::lock_attempts();
@@ -99,6 +106,13 @@ pub async fn client_loop(
     loop {
         let guard = if no_lock { None } else { Some(handle.acquire().await.map_err(lock_err)?) };
         let value = counter.read()?;
+        if !hold.is_zero() {
+            if blocking {
+                std::thread::sleep(hold.draw());
+            } else {
+                tokio::time::sleep(hold.draw()).await;
+            }
+        }
         counter.write(value.saturating_add(1))?;
         if let Some(guard) = guard {
             guard.release().await.map_err(lock_err)?;
@@ -163,6 +177,7 @@ pub async fn run(
     no_lock: bool,
     uncontended_ops: Option<f64>,
 ) -> Result<Contended, Failure> {
+    let hold = target.hold;
     let (_tmp, path) = counter_file()?;
     let name = target.name("contended");
     let results: Vec<ClientResult> = if target.cross_process {
@@ -170,6 +185,7 @@ pub async fn run(
             let mut a: Vec<String> = vec!["--job".into(), "contended".into(), "--name".into(), name.clone()];
             a.extend(["--mode".into(), mode.to_string(), "--counter".into(), path.display().to_string()]);
             a.extend(["--duration".into(), duration.as_secs_f64().to_string()]);
+            a.extend(hold.args());
             if no_lock {
                 a.push("--no-lock".into());
             }
@@ -184,7 +200,7 @@ pub async fn run(
         for _ in 0..clients {
             let handle = mode.handle(&target.new_provider().await?, &name).map_err(|e| Failure::from_lock(&e, 1))?;
             let counter = Counter::open(&path, no_lock)?;
-            tasks.spawn(async move { client_loop(&handle, &counter, duration, no_lock).await });
+            tasks.spawn(async move { client_loop(&handle, &counter, duration, no_lock, hold, false).await });
         }
         let mut out = Vec::new();
         while let Some(r) = tasks.join_next().await {
@@ -236,6 +252,7 @@ pub async fn run(
         fairness,
         counter,
         exclusion: exclusion.into(),
+        hold: hold.to_string(),
         no_lock,
         lock_attempts_per_acquisition,
         vs_floor: floor.as_ref().and_then(|f| ratio(ops_per_sec, f.ops_per_sec)),
@@ -266,7 +283,11 @@ pub async fn floor_processes(
 /// # Errors
 ///
 /// 74 for the counter file.
-pub async fn floor_tasks(clients: u32, duration: Duration) -> Result<(Vec<ClientResult>, u64), Failure> {
+pub async fn floor_tasks(
+    clients: u32,
+    duration: Duration,
+    hold: HoldTime,
+) -> Result<(Vec<ClientResult>, u64), Failure> {
     let (_tmp, path) = counter_file()?;
     let mutex = std::sync::Arc::new(tokio::sync::Mutex::new(()));
     let mut tasks = tokio::task::JoinSet::new();
@@ -278,7 +299,11 @@ pub async fn floor_tasks(clients: u32, duration: Duration) -> Result<(Vec<Client
             let mut count = 0u64;
             loop {
                 let guard = mutex.lock().await;
-                counter.write(counter.read()?.saturating_add(1))?;
+                let value = counter.read()?;
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold.draw()).await;
+                }
+                counter.write(value.saturating_add(1))?;
                 drop(guard);
                 count += 1;
                 if now_ns() >= end {
@@ -300,13 +325,22 @@ pub async fn floor_tasks(clients: u32, duration: Duration) -> Result<(Vec<Client
 /// # Errors
 ///
 /// 74 for `flock` or the counter file.
-pub fn flock_client_loop(file: &std::fs::File, counter: &Counter, duration: Duration) -> Result<ClientResult, Failure> {
+pub fn flock_client_loop(
+    file: &std::fs::File,
+    counter: &Counter,
+    duration: Duration,
+    hold: HoldTime,
+) -> Result<ClientResult, Failure> {
     let start = now_ns();
     let end = start.saturating_add(ns(duration));
     let mut count = 0u64;
     loop {
         floor::flock(file, rustix::fs::FlockOperation::LockExclusive)?;
-        counter.write(counter.read()?.saturating_add(1))?;
+        let value = counter.read()?;
+        if !hold.is_zero() {
+            std::thread::sleep(hold.draw());
+        }
+        counter.write(value.saturating_add(1))?;
         floor::flock(file, rustix::fs::FlockOperation::Unlock)?;
         count += 1;
         if now_ns() >= end {
@@ -386,12 +420,15 @@ pub fn section(runs: &[Contended], duration: Duration) -> Section {
     let mut notes = Vec::new();
     if let Some(r) = runs.first() {
         notes.push(format!(
-            "each client: acquire, read the counter file, write it + 1, release; {:.1} s per client count; mode {}",
+            "each client: acquire, read the counter file, hold {}, write it + 1, release (ours and the floor alike); {:.1} s per client count; mode {}",
+            r.hold,
             duration.as_secs_f64(),
             r.mode
         ));
         if let Some(f) = &r.floor {
             notes.push(format!("floor: {}", f.what));
+        } else if r.hold != HoldTime::ZERO.to_string() {
+            notes.push("no floor: this backend's contended floor does not keep the lock for --hold yet".into());
         }
         notes.push(
             "÷ uncontended: against the uncontended workload, which has no critical section; ÷ 1 client: against \

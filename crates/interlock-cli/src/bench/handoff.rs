@@ -4,7 +4,8 @@
 //! processes. Next to it, the backend's own handoff floor (for files: the kernel handing a blocking
 //! `flock` from one process to the other).
 //!
-//! Pacing makes every release a handoff to a waiting peer: a holder holds [`HOLD`], and after a
+//! Pacing makes every release a handoff to a waiting peer: a holder holds [`HOLD`] (or `--hold`, a
+//! time or a range drawn anew for every hold, the same for ours and the floor), and after a
 //! release pauses [`PAUSE`] before trying again, so the peer (which started waiting during the
 //! previous hold) gets the lock, and this client is waiting again long before the peer releases.
 //! Only an acquisition whose predecessor release was by the *other* client counts.
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 use super::clock::now_ns;
 use super::floor;
+use super::holdtime::HoldTime;
 use super::mode::{Handle, Mode};
 use super::report::{self, Section};
 use super::spawn::{self, Clients};
@@ -22,7 +24,7 @@ use super::stats::{Samples, Summary, ratio};
 use super::target::Target;
 use crate::exit::{self, Failure};
 
-/// How long a holder holds the lock.
+/// How long a holder holds the lock unless `--hold` says otherwise.
 pub const HOLD: Duration = Duration::from_micros(1000);
 /// How long a client pauses after a release before trying again.
 pub const PAUSE: Duration = Duration::from_micros(200);
@@ -33,39 +35,34 @@ pub type Hold = (u64, u64);
 /// How a client paces its holds.
 #[derive(Clone, Copy, Debug)]
 pub struct Pace {
-    /// Time held.
-    pub hold: Duration,
+    /// Time held (drawn afresh for every hold when it is a range).
+    pub hold: HoldTime,
     /// Time between a release and the next attempt.
     pub pause: Duration,
 }
 
 impl Pace {
-    /// The default pacing.
-    pub fn standard() -> Pace {
-        Pace { hold: HOLD, pause: PAUSE }
+    /// The default pacing, with `hold` (`--hold`) in place of [`HOLD`] when given.
+    pub fn standard(hold: Option<HoldTime>) -> Pace {
+        Pace { hold: hold.unwrap_or(HoldTime::fixed(HOLD)), pause: PAUSE }
     }
 
     /// The `bench-client` flags for `holds` holds at this pace.
     pub fn args(&self, holds: u64) -> Vec<String> {
-        vec![
-            "--holds".into(),
-            holds.to_string(),
-            "--hold-us".into(),
-            self.hold.as_micros().to_string(),
-            "--pause-us".into(),
-            self.pause.as_micros().to_string(),
-        ]
+        let mut a = vec!["--holds".into(), holds.to_string(), "--pause-us".into(), self.pause.as_micros().to_string()];
+        a.extend(self.hold.args());
+        a
     }
 
     /// A generous bound on how long `holds` holds by two clients can take.
     pub fn limit(&self, holds: u64) -> Duration {
-        let per = (self.hold + self.pause) * 20;
+        let per = (self.hold.max + self.pause) * 20;
         per.saturating_mul(u32::try_from(holds).unwrap_or(u32::MAX)) + Duration::from_secs(60)
     }
 
-    /// Sleeps the hold time, blocking the thread (precise; for a client alone on its thread).
+    /// Sleeps one hold time, blocking the thread (precise; for a client alone on its thread).
     pub fn hold_blocking(&self) {
-        std::thread::sleep(self.hold);
+        std::thread::sleep(self.hold.draw());
     }
 
     /// Sleeps the pause, blocking the thread.
@@ -91,6 +88,9 @@ pub struct Handoff {
     pub ratio_p50: Option<f64>,
     /// Set when the workload could not run in this mode.
     pub skipped: Option<String>,
+    /// How long each client held the lock, the same for ours and the floor (`1 ms`, or
+    /// `1 ms to 11 ms (uniform)` with `--hold 1ms..11ms`).
+    pub hold: String,
 }
 
 /// The gaps of one series of handoffs.
@@ -124,7 +124,7 @@ pub async fn hold_loop(handle: &Handle, holds: u64, pace: Pace, blocking: bool) 
         if blocking {
             pace.hold_blocking()
         } else {
-            tokio::time::sleep(pace.hold).await
+            tokio::time::sleep(pace.hold.draw()).await
         }
         let released = now_ns();
         guard.release().await.map_err(lock_err)?;
@@ -164,7 +164,7 @@ pub fn gaps(what: &str, clients: &[Vec<Hold>]) -> Gaps {
 /// # Errors
 ///
 /// The library's errors; a client's failure.
-pub async fn run(target: &Target, mode: Mode, wanted: u64) -> Result<Handoff, Failure> {
+pub async fn run(target: &Target, mode: Mode, wanted: u64, hold: Option<HoldTime>) -> Result<Handoff, Failure> {
     let clients = if target.cross_process { "processes" } else { "threads" };
     let mut result = Handoff {
         mode: mode.to_string(),
@@ -174,6 +174,7 @@ pub async fn run(target: &Target, mode: Mode, wanted: u64) -> Result<Handoff, Fa
         floor: None,
         ratio_p50: None,
         skipped: None,
+        hold: String::new(),
     };
     if !mode.exclusive() {
         result.skipped = Some(format!(
@@ -181,7 +182,8 @@ pub async fn run(target: &Target, mode: Mode, wanted: u64) -> Result<Handoff, Fa
         ));
         return Ok(result);
     }
-    let pace = Pace::standard();
+    let pace = Pace::standard(hold);
+    result.hold = pace.hold.to_string();
     // Two clients alternate, so each needs about half the holds; a margin covers the first and
     // last holds, which are no handoffs.
     let holds = wanted / 2 + wanted / 10 + 20;
@@ -231,9 +233,9 @@ impl Handoff {
             notes.push(s.clone());
         } else {
             notes.push(format!(
-                "2 {} on one name; holder holds {} µs, pauses {} µs after a release so the peer is always waiting",
+                "2 {} on one name (ours and the floor alike); holder holds {}, pauses {} µs after a release so the peer is always waiting",
                 self.clients,
-                HOLD.as_micros(),
+                self.hold,
                 PAUSE.as_micros()
             ));
             if self.ours.handoffs < self.wanted {

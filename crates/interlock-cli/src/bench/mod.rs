@@ -13,6 +13,7 @@ mod contended;
 mod counter;
 mod floor;
 mod handoff;
+mod holdtime;
 mod many_locks;
 mod mode;
 mod plot;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use self::holdtime::HoldTime;
 use self::mode::Mode;
 use self::progress::Progress;
 use self::report::{Machine, Report};
@@ -46,10 +48,11 @@ pub const HELP: &str = "\
 Workloads (default: all, in this order):
   uncontended  one client takes and releases one lock in a loop (async API): ops/s, p50/p99/max
   contended    C clients (processes; tasks for memory://) on one name, each for SECS: acquire, read a
-               counter file, write it + 1, release. Total ops/s, min/max acquisitions per client,
+               counter file, hold --hold (default 0), write it + 1, release. Total ops/s, min/max acquisitions per client,
                and a check that the counter equals the acquisitions counted
-  handoff      2 clients alternate on one name: gap from the holder's release to the waiting peer
-               holding the lock (CLOCK_MONOTONIC, across processes): p50/p99/max
+  handoff      2 clients alternate on one name, each holding --hold (default 1ms): gap from the
+               holder's release to the waiting peer holding the lock (CLOCK_MONOTONIC, across
+               processes): p50/p99/max
   many-locks   one process holds N distinct locks: time to take them all, memory per held lock,
                time to release them all
   waiters      W waiters queue on one name and are released one after another: backend operations
@@ -59,7 +62,8 @@ Every figure is shown next to the backend's floor, measured in the same run, and
 it: file: a raw flock(LOCK_EX)+flock(LOCK_UN) pair on an open descriptor (and open+flock+unlock+close,
 what flock(1) does per call), and two processes handing a raw blocking flock back and forth;
 memory: tokio::sync::Mutex. Lock names are bench-<pid>-<workload>, so a bench never touches real
-locks; their files are removed at the end. --mode applies to uncontended, contended and handoff.
+locks; their files are removed at the end. --mode applies to uncontended, contended and handoff;
+--hold (1ms, or 1ms..11ms drawn uniformly per hold) to contended and handoff, floor alike.
 
 Exit status:
   0   everything measured, no exclusion violation
@@ -123,6 +127,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "KIND", value_enum, default_value = "process")]
     pub waiter_kind: WaiterKind,
 
+    /// handoff, contended: how long each client keeps the lock, a time or a range drawn anew for
+    /// every hold, e.g. 1ms or 1ms..11ms; the floor's clients keep it alike [default: handoff 1ms,
+    /// contended 0]
+    #[arg(long, value_name = "DUR[..DUR]", value_parser = HoldTime::parse)]
+    pub hold: Option<HoldTime>,
+
     /// The primitive: mutex, read, write or semaphore:N
     #[arg(long, value_name = "MODE", default_value = "mutex", value_parser = Mode::parse)]
     pub mode: Mode,
@@ -175,7 +185,8 @@ pub async fn bench(args: BenchArgs) -> Outcome {
     if let Some(s) = &server {
         url.clone_from(&s.url);
     }
-    let target = Target::connect(&url).await?;
+    let mut target = Target::connect(&url).await?;
+    target.hold = args.hold.unwrap_or(HoldTime::ZERO);
     let mut workloads = args.workloads.clone();
     if workloads.is_empty() {
         workloads = Workload::value_variants().to_vec();
@@ -252,7 +263,7 @@ async fn run_all(
             }
             Workload::Handoff => {
                 progress.step(format!("handoff, {} handoffs, ours then the floor", args.handoffs));
-                let h = handoff::run(target, args.mode, args.handoffs).await?;
+                let h = handoff::run(target, args.mode, args.handoffs, args.hold).await?;
                 report.violations.extend(h.violations());
                 report.handoff = Some(h);
             }

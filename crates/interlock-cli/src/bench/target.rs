@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use interlock::Provider;
 
+use super::holdtime::HoldTime;
 use crate::acquire;
 use crate::exit::Failure;
 
@@ -22,6 +23,8 @@ pub struct Target {
     pub lock_dir: Option<PathBuf>,
     /// True when locks are visible to other processes (clients can then be processes).
     pub cross_process: bool,
+    /// contended: how long a client keeps the lock (`--hold`), ours and the floor's clients alike.
+    pub hold: HoldTime,
     prefix: String,
 }
 
@@ -51,6 +54,7 @@ impl Target {
             backend,
             lock_dir,
             cross_process,
+            hold: HoldTime::ZERO,
             prefix: format!("bench-{}", std::process::id()),
         })
     }

@@ -59,6 +59,7 @@ async fn contended(target: &Target, clients: u32, duration: Duration) -> Result<
             .into_iter()
             .chain([path.display().to_string(), "--counter".into(), counter.display().to_string()])
             .chain(["--duration".into(), duration.as_secs_f64().to_string()])
+            .chain(target.hold.args())
             .collect()
     };
     let (results, counter) = contended::floor_processes(clients, duration, args).await?;

@@ -7,6 +7,7 @@ use super::{ContendedFloor, Floors, HandoffFloor, ManyFloor, task_waiters};
 use crate::bench::clock::{self, now_ns};
 use crate::bench::contended;
 use crate::bench::handoff::Pace;
+use crate::bench::holdtime::HoldTime;
 use crate::bench::mode::Mode;
 use crate::bench::spawn;
 use crate::bench::stats::{Measured, Samples};
@@ -16,7 +17,7 @@ use crate::exit::Failure;
 pub(super) const FLOORS: Floors = Floors {
     backend: "memory",
     uncontended: |_, mode, d| Box::pin(async move { Ok(vec![uncontended(mode, d).await]) }),
-    contended: |_, clients, d| Box::pin(contended(clients, d)),
+    contended: |t, clients, d| Box::pin(contended(clients, d, t.hold)),
     waiters: |_, w, _| Box::pin(task_waiters(w)),
     handoff: |_, holds, pace| Box::pin(async move { handoff(holds, pace) }),
     many_locks,
@@ -60,8 +61,8 @@ async fn uncontended(mode: Mode, duration: Duration) -> Measured {
     Measured::new(what, samples, start.elapsed().as_secs_f64())
 }
 
-async fn contended(clients: u32, duration: Duration) -> Result<Option<ContendedFloor>, Failure> {
-    let (results, counter) = contended::floor_tasks(clients, duration).await?;
+async fn contended(clients: u32, duration: Duration, hold: HoldTime) -> Result<Option<ContendedFloor>, Failure> {
+    let (results, counter) = contended::floor_tasks(clients, duration, hold).await?;
     Ok(Some(("tokio::sync::Mutex shared by the tasks, same critical section".into(), results, counter)))
 }
 

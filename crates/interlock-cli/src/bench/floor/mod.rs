@@ -91,6 +91,9 @@ pub fn floors_for_url(url: &str) -> Option<&'static Floors> {
     FLOORS.iter().copied().find(|f| f.backend == backend.name)
 }
 
+/// The backends whose contended floor keeps the lock for [`Target::hold`] as ours does.
+pub const HOLD_AWARE: &[&str] = &["file", "memory"];
+
 /// Every backend's floors.
 static FLOORS: &[&Floors] = &[
     &file::FLOORS,
@@ -125,6 +128,9 @@ pub async fn uncontended(target: &Target, mode: Mode, duration: Duration) -> Res
 /// As for starting and collecting clients; 74 for the counter file.
 pub async fn contended(target: &Target, clients: u32, duration: Duration) -> Result<Option<ContendedFloor>, Failure> {
     match floors_of(target) {
+        // A floor that would not hold the lock as long as ours did is no floor: none rather than a
+        // wrong ratio.
+        Some(f) if !target.hold.is_zero() && !HOLD_AWARE.contains(&f.backend) => Ok(None),
         Some(f) => (f.contended)(target, clients, duration).await,
         None => Ok(None),
     }

@@ -30,13 +30,15 @@ pub(crate) struct FileProvider {
     /// Permission bits our read-write files (fencing counters, semaphore metadata) must have so
     /// that everyone who can create files in the directory can also use them (see [`open_in_dir`]).
     share: u32,
+    /// The fencing counters' descriptors kept open between acquisitions.
+    fences: fence::Cache,
 }
 
 impl FileProvider {
     pub(crate) fn new(config: FileConfig) -> Self {
         let dir_mode =
             std::fs::metadata(&config.dir).map_or(0o700, |m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
-        FileProvider { dir: config.dir, share: share_mode(dir_mode) }
+        FileProvider { dir: config.dir, share: share_mode(dir_mode), fences: fence::Cache::default() }
     }
 
     async fn acquire_inner(&self, req: Request, wait: Wait) -> Result<Option<Arc<dyn RawHeld>>> {
@@ -65,10 +67,10 @@ impl FileProvider {
         // own; permit holders of one semaphore bump theirs concurrently, so that one is locked.
         let fence_path = self.dir.join(fence_file);
         let token = if !bump {
-            fence::current(&fence_path)?
+            fence::current(&fence_path, &self.fences)?
         } else {
             let lock = if meta.is_some() { fence::Lock::Own { try_only } } else { fence::Lock::Held };
-            match fence::bump(&fence_path, self.share, lock).await? {
+            match fence::bump(&fence_path, self.share, lock, &self.fences).await? {
                 Some(token) => token,
                 None => return Ok(None),
             }
