@@ -233,6 +233,18 @@ mod on_redis {
         }
     }
 
+    /// On a Redis Cluster the stock stays in files (the demo's plain connection does not speak
+    /// the cluster protocol), and the lock still sells exactly the stock.
+    #[test]
+    fn on_a_cluster_the_stock_is_kept_in_files() {
+        let Some(cluster) = interlock_testkit::servers::redis_cluster::RedisCluster::start_or_skip(3) else { return };
+        let out = run(&["demo", "flash-sale", "-u", &cluster.url(), "--buyers", "6", "--stock", "2"]);
+        out.succeeds();
+        assert_eq!(field(&out, "sold"), 2, "{}", out.stdout);
+        assert_eq!(field(&out, "oversold"), 0);
+        assert!(!out.stdout.contains("interlock-demo:flash-sale:"), "no stock key in the cluster: {}", out.stdout);
+    }
+
     #[test]
     fn without_the_lock_the_buyers_oversell() {
         let Some(server) = redis::shared() else { return };

@@ -274,10 +274,12 @@ enum Stock {
 
 impl Stock {
     /// The parent's: a fresh private directory (removed when the [`StateDir`] is dropped), or on
-    /// `redis://` a fresh namespace of the lock's Redis.
+    /// `redis://` a fresh namespace of the lock's Redis. The other Redis forms (`rediss://`,
+    /// `redis+cluster://`) keep the stock in files: the demo's plain connection speaks neither TLS
+    /// nor the cluster protocol.
     async fn create(url: &str, provider: &interlock::Provider) -> Result<(Stock, Option<StateDir>), Failure> {
         #[cfg(feature = "redis")]
-        if provider.backend() == "redis" {
+        if provider.backend() == "redis" && url.starts_with("redis://") {
             let ns = redis_stock::new_namespace(url)?;
             return Ok((Stock::Redis(redis_stock::RedisStock::connect(url, &ns).await?), None));
         }
