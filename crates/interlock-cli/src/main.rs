@@ -129,10 +129,13 @@ fn main() -> ExitCode {
         // A bench client runs on its own single-threaded runtime, so hundreds of them stay light.
         Command::BenchClient(args) => bench::client::main(args),
         // `run` and `hold` wait on one lock and one command: one thread does, and `run` forks a
-        // smaller process for it.
+        // smaller process for it. Nothing else needs that thread while it waits for the lock, so
+        // a wait without a deadline may block it in the kernel (file backend).
         other @ (Command::Run(_) | Command::Hold(_)) => {
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime.block_on(dispatch(other, run_name_given)),
+                Ok(runtime) => {
+                    interlock::blocking::on_waiting_thread(|| runtime.block_on(dispatch(other, run_name_given)))
+                }
                 Err(e) => Err(exit::Failure::io("cannot start the async runtime", e)),
             }
         }

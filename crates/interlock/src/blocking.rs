@@ -5,6 +5,11 @@
 //! Calling it from inside an async runtime is refused with [`Error::Unsupported`] rather than
 //! deadlocking or panicking; use the async API there.
 //!
+//! A caller that waits forever for a file lock waits in `flock(2)` on its own thread: the
+//! kernel's wake-up of that thread is the only one between a release and the caller holding the
+//! lock. (Async callers, and callers with a deadline, wait on a pool thread instead; see
+//! docs/backends/file.md.)
+//!
 //! # Examples
 //!
 //! ```
@@ -76,6 +81,65 @@ impl Drop for Runtime {
     }
 }
 
+thread_local! {
+    /// True while this thread runs a blocking call's future itself (inside [`Runtime::block_on`]).
+    static BLOCKING_CALLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True when the future being polled runs on the thread of a blocking-facade caller, which may
+/// block in a system call (nothing else runs on that thread meanwhile). Backends use it to wait
+/// in the kernel without a helper thread when there is no deadline.
+pub(crate) fn caller_may_block() -> bool {
+    BLOCKING_CALLER.with(std::cell::Cell::get)
+}
+
+/// Runs `f` with this thread marked as one that does nothing else while it waits for a lock: an
+/// acquisition without a deadline, polled on this thread while `f` runs, may then block the
+/// thread in the kernel (the file backend's blocking `flock`), which saves a thread hand-off per
+/// handoff of the lock. The blocking API does this for its callers.
+///
+/// Use it around the `block_on` of a program whose main future waits for a lock and has nothing
+/// else to do meanwhile (as `interlock run` and `interlock hold` do). Tasks of a current-thread
+/// runtime do not run while the thread is blocked; a multi-thread runtime's workers do.
+///
+/// # Examples
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let url = format!("file://{}", dir.path().display());
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// let token = interlock::blocking::on_waiting_thread(|| {
+///     rt.block_on(async {
+///         let locks = interlock::connect(&url).await?;
+///         let guard = locks.mutex("nightly")?.lock().await?; // may block this thread in flock(2)
+///         let token = guard.fencing_token();
+///         guard.release().await?;
+///         Ok::<_, interlock::Error>(token)
+///     })
+/// })?;
+/// assert_eq!(token, Some(1));
+/// # Ok::<(), interlock::Error>(())
+/// ```
+pub fn on_waiting_thread<R>(f: impl FnOnce() -> R) -> R {
+    let _mark = CallerMayBlock::enter();
+    f()
+}
+
+/// Marks this thread a blocking caller until dropped.
+struct CallerMayBlock(bool);
+
+impl CallerMayBlock {
+    fn enter() -> Self {
+        CallerMayBlock(BLOCKING_CALLER.with(|c| c.replace(true)))
+    }
+}
+
+impl Drop for CallerMayBlock {
+    fn drop(&mut self) {
+        BLOCKING_CALLER.with(|c| c.set(self.0));
+    }
+}
+
 impl Runtime {
     fn block_on<F: Future>(&self, f: F) -> Result<F::Output> {
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -85,7 +149,10 @@ impl Runtime {
             });
         }
         match &self.0 {
-            Some(rt) => Ok(rt.block_on(f)),
+            Some(rt) => {
+                let _mark = CallerMayBlock::enter();
+                Ok(rt.block_on(f))
+            }
             None => Err(Error::Unsupported {
                 backend: "blocking",
                 operation: "this provider's runtime was shut down".into(),

@@ -296,3 +296,139 @@ async fn a_try_does_not_wait_for_a_semaphores_internal_files() {
         drop(sem.try_acquire().await.unwrap().expect("free again"));
     }
 }
+
+/// A peer holding `dir/name` exclusively, as `flock(1)` would; unlocks when dropped.
+fn peer_holding(dir: &Path, name: &str) -> File {
+    let f = File::create(dir.join(name)).unwrap();
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    f
+}
+
+/// A waiter that gave up (deadline) leaves a wait blocked in the kernel; when the lock comes to
+/// it, it is unlocked at once (a "ghost" hold), so a peer waiting behind it gets the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_wait_in_the_kernel_passes_the_lock_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path()).await;
+    let holder = peer_holding(tmp.path(), "ghost");
+    let before = interlock::file::ghost_stats();
+    let e = p.mutex("ghost").unwrap().lock_timeout(Duration::from_millis(50)).await.unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    // A second peer queues in the kernel behind our abandoned wait.
+    let path = tmp.path().join("ghost");
+    let second = std::thread::spawn(move || {
+        let f = File::open(path).unwrap();
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        f
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(holder);
+    let second = tokio::task::spawn_blocking(move || second.join().unwrap()).await.unwrap();
+    let after = interlock::file::ghost_stats();
+    assert!(after.holds > before.holds, "the abandoned wait got the lock and let it go: {before:?} {after:?}");
+    assert!(after.longest < Duration::from_secs(1), "{after:?}");
+    assert!(p.mutex("ghost").unwrap().try_lock().await.unwrap().is_none(), "the second peer holds it");
+    drop(second);
+    drop(p.mutex("ghost").unwrap().try_lock().await.unwrap().expect("free once the peer is gone"));
+}
+
+/// A new waiter of the same process takes over an abandoned wait on the same file (keeping its
+/// place in the kernel's queue) instead of queueing a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_waiter_adopts_an_abandoned_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path()).await;
+    let holder = peer_holding(tmp.path(), "adopt");
+    let m = p.mutex("adopt").unwrap();
+    assert!(m.lock_timeout(Duration::from_millis(30)).await.is_err());
+    let before = interlock::file::ghost_stats();
+    let m2 = m.clone();
+    let waiter = tokio::spawn(async move { m2.lock_timeout(EVENTUALLY).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(interlock::file::ghost_stats().adopted > before.adopted);
+    drop(holder);
+    let g = waiter.await.unwrap().expect("the adopting waiter gets the lock");
+    let other = provider(tmp.path()).await;
+    assert!(other.mutex("adopt").unwrap().try_lock().await.unwrap().is_none(), "and holds it");
+    drop(g);
+}
+
+/// More waits than the pool's threads (64): the rest wait with inotify, and every one gets its lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_past_the_pool_bound_still_get_their_locks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path()).await;
+    let n = 80;
+    let holders: Vec<File> = (0..n).map(|i| peer_holding(tmp.path(), &format!("many-{i}"))).collect();
+    let mut waiters = Vec::new();
+    for i in 0..n {
+        let m = p.mutex(format!("many-{i}")).unwrap();
+        waiters.push(tokio::spawn(async move { m.lock_timeout(EVENTUALLY).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(holders);
+    for w in waiters {
+        drop(w.await.unwrap().expect("acquired"));
+    }
+}
+
+/// The blocking API waits forever on the caller's own thread, in the kernel.
+#[test]
+fn the_blocking_api_waits_in_the_kernel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = interlock::blocking::connect(&format!("file://{}", tmp.path().display())).unwrap();
+    let holder = peer_holding(tmp.path(), "b");
+    let m = p.mutex("b").unwrap();
+    let waiter = std::thread::spawn(move || {
+        let g = m.lock().unwrap();
+        let token = g.fencing_token();
+        g.release().unwrap();
+        token
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!waiter.is_finished());
+    drop(holder);
+    assert_eq!(waiter.join().unwrap(), Some(1));
+}
+
+/// A provider reuses a released lock file's descriptor for its next guard; a descriptor that was
+/// handed out (`lock_fds`, as `interlock run` does) is never reused: a process still holding the
+/// copy must not share the next guard's open file description (it would "lock" it too).
+#[tokio::test]
+async fn a_handed_out_descriptor_is_never_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path()).await;
+    let m = p.mutex("out").unwrap();
+    let g = m.lock().await.unwrap();
+    let fds = g.lock_fds().unwrap();
+    g.release().await.unwrap();
+    let g2 = m.lock().await.unwrap();
+    let copy = fds.first().expect("one descriptor");
+    let e = rustix::fs::flock(copy, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+    assert_eq!(e, Err(rustix::io::Errno::WOULDBLOCK), "the copy is another open file description");
+    drop(g2);
+}
+
+/// A kept descriptor whose file was deleted meanwhile is noticed: the provider locks the file at
+/// the path, never the orphan.
+#[tokio::test]
+async fn a_kept_descriptor_of_a_deleted_file_is_not_trusted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path()).await;
+    let m = p.mutex("gone").unwrap();
+    m.lock().await.unwrap().release().await.unwrap();
+    std::fs::remove_file(tmp.path().join("gone")).unwrap();
+    let peer = peer_holding(tmp.path(), "gone");
+    assert!(m.try_lock().await.unwrap().is_none(), "the peer holds the file at the path");
+    drop(peer);
+    let g = m.try_lock().await.unwrap().expect("free");
+    assert!(
+        rustix::fs::flock(
+            File::open(tmp.path().join("gone")).unwrap(),
+            rustix::fs::FlockOperation::NonBlockingLockExclusive
+        )
+        .is_err(),
+        "our guard holds the file at the path"
+    );
+    drop(g);
+}

@@ -5,7 +5,7 @@
 //! | job | lines |
 //! |---|---|
 //! | `contended`, `contended-floor` | `done <acquisitions> <elapsed ns> <lock attempts>` |
-//! | `handoff`, `handoff-floor` | `hold <acquired ns> <released ns>` per hold, then `done` |
+//! | `handoff`, `handoff-blocking`, `handoff-floor` | `hold <acquired ns> <released ns>` per hold, then `done` |
 //! | `waiter`, `waiter-floor` | `going` just before it starts waiting, then `done <lock attempts> <acquired ns>` |
 //! | `many-locks` | `note <text>` remarks, then `done <held> <take ns> <release ns> <rss before> <rss after>` |
 //!
@@ -39,6 +39,8 @@ pub enum Job {
     ContendedFloor,
     /// Take and release the lock, pacing so the peer is always waiting at a release.
     Handoff,
+    /// `handoff` through the blocking API (`interlock::blocking`), mutex only.
+    HandoffBlocking,
     /// The same with raw blocking `flock` on `--file` (the kernel's own handoff).
     HandoffFloor,
     /// Wait once for the lock, hold it briefly, release it.
@@ -109,6 +111,10 @@ pub struct ClientArgs {
 ///
 /// The library's code for lock errors, 74 for local I/O, 64 for missing flags.
 pub fn main(args: ClientArgs) -> Outcome {
+    if args.job == Job::HandoffBlocking {
+        // The blocking API refuses to run inside an async runtime.
+        return handoff_blocking(&args);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -155,9 +161,38 @@ async fn run(args: ClientArgs) -> Outcome {
             let lines = many_locks::hold_many(&provider, &args.name, args.locks).await?;
             say(&lines.iter().map(|l| format!("{l}\n")).collect::<String>())?;
         }
-        Job::HandoffFloor | Job::ContendedFloor | Job::WaiterFloor => {}
+        Job::HandoffFloor | Job::ContendedFloor | Job::WaiterFloor | Job::HandoffBlocking => {}
     }
     Ok(0)
+}
+
+/// `handoff` through the blocking API: the caller's own thread waits (in the kernel, on the
+/// file backend), as a program without an async runtime does.
+fn handoff_blocking(args: &ClientArgs) -> Outcome {
+    let lock_err = |e: interlock::Error| Failure::from_lock(&e, exit::CONFLICT_DEFAULT);
+    if args.mode != Mode::Mutex {
+        return Err(Failure::usage("handoff-blocking takes --mode mutex"));
+    }
+    let pace = Pace {
+        hold: HoldTime::from_micros(args.hold_us, args.hold_max_us),
+        pause: Duration::from_micros(args.pause_us),
+    };
+    let provider = interlock::blocking::connect(&acquire::resolve_url(None)).map_err(lock_err)?;
+    let mutex = provider.mutex(&args.name).map_err(lock_err)?;
+    say("ready\n")?;
+    // The start barrier: stdin closes.
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    let mut holds = Vec::with_capacity(usize::try_from(args.holds).unwrap_or(0));
+    for _ in 0..args.holds {
+        let guard = mutex.lock().map_err(lock_err)?;
+        let acquired = super::clock::now_ns();
+        pace.hold_blocking();
+        let released = super::clock::now_ns();
+        guard.release().map_err(lock_err)?;
+        holds.push((acquired, released));
+        pace.pause_blocking();
+    }
+    report_holds(&holds)
 }
 
 /// A client of a file floor: raw `flock` on `--file`, no interlock lock.

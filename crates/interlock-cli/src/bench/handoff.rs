@@ -82,6 +82,9 @@ pub struct Handoff {
     pub wanted: u64,
     /// Ours.
     pub ours: Gaps,
+    /// Ours through the blocking API, where it waits differently (the file backend: on the
+    /// caller's thread, in the kernel).
+    pub blocking: Option<Gaps>,
     /// The floor, if the backend has one.
     pub floor: Option<Gaps>,
     /// Our p50 ÷ the floor's p50.
@@ -171,6 +174,7 @@ pub async fn run(target: &Target, mode: Mode, wanted: u64, hold: Option<HoldTime
         clients: clients.into(),
         wanted,
         ours: gaps("", &[]),
+        blocking: None,
         floor: None,
         ratio_p50: None,
         skipped: None,
@@ -188,9 +192,9 @@ pub async fn run(target: &Target, mode: Mode, wanted: u64, hold: Option<HoldTime
     // last holds, which are no handoffs.
     let holds = wanted / 2 + wanted / 10 + 20;
     let name = target.name("handoff");
-    let ours = if target.cross_process {
+    let processes = async |job: &str| -> Result<Vec<Vec<Hold>>, Failure> {
         let args = |_| {
-            let mut a: Vec<String> = vec!["--job".into(), "handoff".into(), "--name".into(), name.clone()];
+            let mut a: Vec<String> = vec!["--job".into(), job.into(), "--name".into(), name.clone()];
             a.extend(["--mode".into(), mode.to_string()]);
             a.extend(pace.args(holds));
             a
@@ -198,7 +202,10 @@ pub async fn run(target: &Target, mode: Mode, wanted: u64, hold: Option<HoldTime
         let mut c = Clients::start(2, Some(target.secret_url()), args).await?;
         c.go();
         let lines = c.finish(pace.limit(holds)).await?;
-        lines.iter().map(|l| floor::parse_holds(l)).collect::<Result<Vec<_>, _>>()?
+        lines.iter().map(|l| floor::parse_holds(l)).collect::<Result<Vec<_>, _>>()
+    };
+    let ours = if target.cross_process {
+        processes("handoff").await?
     } else {
         let mut handles = Vec::new();
         for _ in 0..2 {
@@ -209,6 +216,12 @@ pub async fn run(target: &Target, mode: Mode, wanted: u64, hold: Option<HoldTime
     };
     let what = format!("interlock {mode}, 2 {clients}");
     result.ours = gaps(&what, &ours);
+    // The file backend's blocking API waits on the caller's thread (one wake-up per handoff
+    // instead of two): worth its own row.
+    if target.cross_process && target.backend == "file" && mode == Mode::Mutex {
+        let holds = processes("handoff-blocking").await?;
+        result.blocking = Some(gaps(&format!("interlock {mode}, blocking API, 2 {clients}"), &holds));
+    }
     if let Some((what, holds)) = floor::handoff(target, holds, pace).await? {
         result.floor = Some(gaps(&what, &holds));
     }
@@ -220,10 +233,13 @@ pub async fn run(target: &Target, mode: Mode, wanted: u64, hold: Option<HoldTime
 impl Handoff {
     /// Exclusion violations seen (holds that overlapped), as messages.
     pub fn violations(&self) -> Vec<String> {
-        match self.ours.overlaps {
-            0 => Vec::new(),
-            n => vec![format!("handoff: {n} acquisitions started before the previous holder released")],
-        }
+        std::iter::once(&self.ours)
+            .chain(&self.blocking)
+            .filter(|g| g.overlaps > 0)
+            .map(|g| {
+                format!("handoff ({}): {} acquisitions started before the previous holder released", g.what, g.overlaps)
+            })
+            .collect()
     }
 
     /// The table section.
@@ -259,6 +275,9 @@ impl Handoff {
         let mut rows = Vec::new();
         if self.skipped.is_none() {
             rows.push(row(&self.ours, self.ours.what.clone()));
+            if let Some(b) = &self.blocking {
+                rows.push(row(b, b.what.clone()));
+            }
             if let Some(f) = &self.floor {
                 rows.push(row(f, format!("floor: {}", f.what)));
             }

@@ -22,7 +22,7 @@
 //! file they locked).
 //!
 //! A provider keeps the descriptors of the `.NAME.fence` counters it bumped open in a [`Cache`]
-//! (least recently used first out, at most [`CACHE_CAPACITY`]), so that an uncontended
+//! (least recently used first out, at most [`super::fdcache::CAPACITY`]), so that an uncontended
 //! acquisition skips the counter's open, `fstat` and close. Before it uses a kept descriptor it
 //! checks that the path still names that file (`lstat`: device and inode), so a counter that
 //! someone deleted or replaced is noticed and opened afresh, exactly as without the cache. Only
@@ -31,92 +31,14 @@
 //! the pid that filled it; a forked child finds another pid and closes its copies before it uses
 //! any (a counter's open file description is never shared between parent and child).
 
-use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, TryLockError};
+use std::path::Path;
 
-use super::raw::{Access, Attempt, FileId, install, is_denied, lock_internal, open_in_dir, path_is};
+use super::fdcache::Cache;
+use super::raw::{Access, Attempt, install, is_denied, lock_internal, open_in_dir, path_is};
 use crate::error::{Error, Result};
-
-/// Most counter descriptors a provider keeps open.
-pub(crate) const CACHE_CAPACITY: usize = 1024;
-
-/// Counter descriptors kept open between acquisitions, by path (see the module's documentation).
-#[derive(Default)]
-pub(crate) struct Cache(Mutex<Lru>);
-
-#[derive(Default)]
-struct Lru {
-    /// The process that opened the descriptors (0: none yet).
-    pid: u32,
-    /// Ticks of use, to order the entries.
-    tick: u64,
-    entries: HashMap<PathBuf, (File, FileId, u64)>,
-    /// The entries by last use, oldest first.
-    order: BTreeMap<u64, PathBuf>,
-}
-
-impl std::fmt::Debug for Cache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kept = self.0.try_lock().map(|l| l.entries.len()).ok();
-        f.debug_struct("fence::Cache").field("kept", &kept).finish()
-    }
-}
-
-impl Cache {
-    /// The kept descriptor of `path`, taken out of the cache (put it back with [`Cache::put`]).
-    /// Never one that another process (a parent we were forked from) opened: `pid` is ours
-    /// (`std::process::id()`, a system call, so the caller asks once for both calls).
-    fn take(&self, path: &Path, pid: u32) -> Option<(File, FileId)> {
-        // `try_lock`: in a forked child a thread of the parent may have held it at the fork, and
-        // it is not here to unlock it; busy (another thread bumping) simply means no cache.
-        let mut lru = match self.0.try_lock() {
-            Ok(l) => l,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return None,
-        };
-        if lru.pid != pid {
-            // Forked: these are the child's copies of the parent's descriptors; close them.
-            *lru = Lru { pid, ..Lru::default() };
-            return None;
-        }
-        let (file, id, tick) = lru.entries.remove(path)?;
-        lru.order.remove(&tick);
-        Some((file, id))
-    }
-
-    /// Keeps `file` (the counter at `path`, file `id`) open, evicting the least recently used
-    /// descriptor past [`CACHE_CAPACITY`]. `pid`: as for [`Cache::take`].
-    fn put(&self, path: &Path, file: File, id: FileId, pid: u32) {
-        let mut lru = match self.0.try_lock() {
-            Ok(l) => l,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
-        };
-        if lru.pid != pid {
-            *lru = Lru { pid, ..Lru::default() };
-        }
-        lru.tick += 1;
-        let tick = lru.tick;
-        if let Some((_, _, old)) = lru.entries.insert(path.to_owned(), (file, id, tick)) {
-            lru.order.remove(&old);
-        }
-        lru.order.insert(tick, path.to_owned());
-        while lru.entries.len() > CACHE_CAPACITY {
-            let Some((_, oldest)) = lru.order.pop_first() else { break };
-            lru.entries.remove(&oldest);
-        }
-    }
-
-    /// How many descriptors are kept (tests).
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.0.lock().map_or(0, |l| l.entries.len())
-    }
-}
 
 const WIDTH: usize = 21; // 20 digits (u64::MAX) and a newline
 
@@ -132,9 +54,8 @@ pub(crate) enum Lock {
 
 /// The current value of the counter at `path`, for a reader: 0 when the file does not exist
 /// (nobody took the lock exclusively yet). Never creates or writes the file. Uses the descriptor
-/// `cache` keeps for `path` when the path still names its file.
-pub(crate) fn current(path: &Path, cache: &Cache) -> Result<u64> {
-    let pid = std::process::id();
+/// `cache` keeps for `path` when the path still names its file (`pid`: ours, see [`Cache::take`]).
+pub(crate) fn current(path: &Path, cache: &Cache, pid: u32) -> Result<u64> {
     if let Some((file, id)) = cache.take(path, pid)
         && path_is(path, id)?
     {
@@ -153,8 +74,7 @@ pub(crate) fn current(path: &Path, cache: &Cache) -> Result<u64> {
 /// first use. `Ok(None)` only with `Lock::Own { try_only: true }` when another process keeps the
 /// counter locked. `share`: see [`super::raw::open_in_dir`]. With `Lock::Held`, the descriptor
 /// is kept in `cache` and taken from it next time, when the path still names its file.
-pub(crate) async fn bump(path: &Path, share: u32, lock: Lock, cache: &Cache) -> Result<Option<u64>> {
-    let pid = if lock == Lock::Held { std::process::id() } else { 0 };
+pub(crate) async fn bump(path: &Path, share: u32, lock: Lock, cache: &Cache, pid: u32) -> Result<Option<u64>> {
     if lock == Lock::Held
         && let Some((file, id)) = cache.take(path, pid)
         && path_is(path, id)?
@@ -312,21 +232,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join(".x.fence");
         let cache = Cache::default();
-        assert_eq!(current(&p, &cache).unwrap(), 0);
+        assert_eq!(current(&p, &cache, std::process::id()).unwrap(), 0);
         assert!(!p.exists(), "reading creates nothing");
         let own = Lock::Own { try_only: false };
-        assert_eq!(bump(&p, 0o600, own, &cache).await.unwrap(), Some(1));
+        assert_eq!(bump(&p, 0o600, own, &cache, std::process::id()).await.unwrap(), Some(1));
         assert_eq!(cache.len(), 0, "a counter that is locked on its own is not kept");
-        assert_eq!(bump(&p, 0o600, Lock::Held, &cache).await.unwrap(), Some(2));
+        assert_eq!(bump(&p, 0o600, Lock::Held, &cache, std::process::id()).await.unwrap(), Some(2));
         assert_eq!(cache.len(), 1);
-        assert_eq!(current(&p, &cache).unwrap(), 2);
+        assert_eq!(current(&p, &cache, std::process::id()).unwrap(), 2);
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "00000000000000000002\n");
         for junk in [&b"junk"[..], b"", b"   \n", b"00000000000000000002\n "] {
             std::fs::write(&p, junk).unwrap();
-            let e = bump(&p, 0o600, own, &cache).await.unwrap_err().to_string();
+            let e = bump(&p, 0o600, own, &cache, std::process::id()).await.unwrap_err().to_string();
             assert!(e.contains("refusing") && e.contains(".x.fence"), "{e}");
-            assert!(current(&p, &cache).unwrap_err().to_string().contains("refusing"));
-            let e = bump(&p, 0o600, Lock::Held, &cache).await.unwrap_err().to_string();
+            assert!(current(&p, &cache, std::process::id()).unwrap_err().to_string().contains("refusing"));
+            let e = bump(&p, 0o600, Lock::Held, &cache, std::process::id()).await.unwrap_err().to_string();
             assert!(e.contains("refusing"), "the kept descriptor reads what is there: {e}");
         }
         let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -338,49 +258,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join(".x.fence");
         let cache = Cache::default();
-        assert_eq!(bump(&p, 0o600, Lock::Held, &cache).await.unwrap(), Some(1));
-        assert_eq!(bump(&p, 0o600, Lock::Held, &cache).await.unwrap(), Some(2));
+        assert_eq!(bump(&p, 0o600, Lock::Held, &cache, std::process::id()).await.unwrap(), Some(1));
+        assert_eq!(bump(&p, 0o600, Lock::Held, &cache, std::process::id()).await.unwrap(), Some(2));
         // Replaced (another tool, another user): the new file counts, not the kept descriptor's.
         let other = tmp.path().join("other");
         std::fs::write(&other, encode(40)).unwrap();
         std::fs::rename(&other, &p).unwrap();
-        assert_eq!(current(&p, &cache).unwrap(), 40);
-        assert_eq!(bump(&p, 0o600, Lock::Held, &cache).await.unwrap(), Some(41));
+        assert_eq!(current(&p, &cache, std::process::id()).unwrap(), 40);
+        assert_eq!(bump(&p, 0o600, Lock::Held, &cache, std::process::id()).await.unwrap(), Some(41));
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "00000000000000000041\n");
         // Deleted: the count restarts, as it does without the cache (the docs say: don't).
         std::fs::remove_file(&p).unwrap();
-        assert_eq!(current(&p, &cache).unwrap(), 0);
-        assert_eq!(bump(&p, 0o600, Lock::Held, &cache).await.unwrap(), Some(1));
+        assert_eq!(current(&p, &cache, std::process::id()).unwrap(), 0);
+        assert_eq!(bump(&p, 0o600, Lock::Held, &cache, std::process::id()).await.unwrap(), Some(1));
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "00000000000000000001\n");
-    }
-
-    #[test]
-    fn the_cache_is_bounded_and_forgets_the_least_recently_used() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = Cache::default();
-        let pid = std::process::id();
-        let open = |i: usize| {
-            let p = tmp.path().join(format!(".n{i}.fence"));
-            std::fs::write(&p, encode(0)).unwrap();
-            let (f, id) = open_in_dir(&p, Access::Read).unwrap();
-            (p, f, id)
-        };
-        let (first, f, id) = open(0);
-        cache.put(&first, f, id, pid);
-        for i in 1..=CACHE_CAPACITY + 10 {
-            // Touch the first one now and then: it stays.
-            if i % 100 == 0 {
-                let (f, id) = cache.take(&first, pid).expect("kept");
-                cache.put(&first, f, id, pid);
-            }
-            let (p, f, id) = open(i);
-            cache.put(&p, f, id, pid);
-        }
-        assert_eq!(cache.len(), CACHE_CAPACITY);
-        assert!(cache.take(&first, pid).is_some(), "recently used");
-        assert!(cache.take(&tmp.path().join(".n1.fence"), pid).is_none(), "the oldest went first");
-        // Another pid (a forked child) never gets the parent's descriptors, and they are closed.
-        assert!(cache.take(&tmp.path().join(".n1030.fence"), pid.wrapping_add(1)).is_none());
-        assert_eq!(cache.len(), 0);
     }
 }

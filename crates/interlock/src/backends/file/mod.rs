@@ -7,7 +7,7 @@
 //! | primitives | mutex and write lock (`LOCK_EX`), read lock (`LOCK_SH`), semaphore (one file per permit) |
 //! | fencing | a counter in `DIR/.NAME.fence`, untouched by tools that truncate the lock file |
 //! | lost locks | cannot happen while the process lives |
-//! | waiting | inotify close events plus a bounded re-check; never a blocked thread, never a signal |
+//! | waiting | in the kernel (a blocking `flock` on a small pool's thread); inotify past the pool's bound; never a signal |
 //! | limits | local filesystems only (NFS emulates `flock` with POSIX locks); at most 1024 permits |
 //! | interop | `flock(1)` (`-s` for shared), Python `fcntl.flock`, filelock, portalocker |
 //!
@@ -27,7 +27,9 @@
 //! # Ok(()) }
 //! ```
 
+mod blocker;
 mod config;
+mod fdcache;
 mod fence;
 mod mapping;
 mod raw;
@@ -67,10 +69,31 @@ fn connect(url: &LockUrl) -> BoxFuture<'_, Result<Connected>> {
     })
 }
 
-/// How many lock attempts (non-blocking `flock` calls) this process has made on the file backend.
-/// A diagnostic for benchmarks: attempts per release show how many waiters each release woke.
+/// How many lock attempts (`flock` calls that try to take a lock file or permit: non-blocking
+/// ones, and blocking ones made by a waiter) this process has made on the file backend. A
+/// diagnostic for benchmarks: attempts per release show how many waiters each release woke.
 pub fn lock_attempts() -> u64 {
     raw::ATTEMPTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Ghost holds of this process so far (see docs/backends/file.md, "Waiting"): a waiter blocked
+/// in the kernel for a caller that has gone (deadline, cancellation) gets the lock later and
+/// unlocks it at once, unless a later waiter of this process adopted its place.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GhostStats {
+    /// Locks taken for a caller that had gone, and released at once.
+    pub holds: u64,
+    /// The longest of those holds (from `flock` returning to the unlock returning).
+    pub longest: std::time::Duration,
+    /// Abandoned waits taken over by a later waiter of this process (no ghost hold).
+    pub adopted: u64,
+}
+
+/// This process's [`GhostStats`], a diagnostic for tests and benchmarks.
+pub fn ghost_stats() -> GhostStats {
+    let (holds, longest, adopted) = blocker::ghost_stats();
+    GhostStats { holds, longest, adopted }
 }
 
 /// The file (inside the lock directory) that lock `name` maps to, for tools that want to meet

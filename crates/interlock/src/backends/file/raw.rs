@@ -6,14 +6,16 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
 
 use rustix::fs::{FlockOperation, Mode, OFlags};
 
 use super::config::FileConfig;
+use super::fdcache::Cache;
 use super::watch::{self, Subscription};
-use super::{fence, mapping, status};
+use super::{blocker, fence, mapping, status};
 use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::raw::{BoxFuture, Capabilities, LockKind, LockStatus, RawHeld, RawProvider, Request, Wait};
@@ -31,14 +33,21 @@ pub(crate) struct FileProvider {
     /// that everyone who can create files in the directory can also use them (see [`open_in_dir`]).
     share: u32,
     /// The fencing counters' descriptors kept open between acquisitions.
-    fences: fence::Cache,
+    fences: Cache,
+    /// The lock files' descriptors (open file descriptions) kept open between guards.
+    locks: Arc<Cache>,
 }
 
 impl FileProvider {
     pub(crate) fn new(config: FileConfig) -> Self {
         let dir_mode =
             std::fs::metadata(&config.dir).map_or(0o700, |m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
-        FileProvider { dir: config.dir, share: share_mode(dir_mode), fences: fence::Cache::default() }
+        FileProvider {
+            dir: config.dir,
+            share: share_mode(dir_mode),
+            fences: Cache::default(),
+            locks: Arc::new(Cache::default()),
+        }
     }
 
     async fn acquire_inner(&self, req: Request, wait: Wait) -> Result<Option<Arc<dyn RawHeld>>> {
@@ -46,19 +55,25 @@ impl FileProvider {
         super::config::prepare_dir(&self.dir)?;
         let base = mapping::file_name(req.name.as_str());
         let try_only = wait == Wait::Try;
-        let (file, meta, fence_file, bump) = match req.kind {
+        // For the descriptor caches (a system call: asked once per acquisition).
+        let pid = std::process::id();
+        let (file, meta, fence_file, bump, keep) = match req.kind {
             LockKind::Semaphore { permits } => {
                 let sem = mapping::semaphore_name(&base);
                 match self.lock_semaphore(&req.name, &sem, permits, try_only).await? {
                     None => return Ok(None),
-                    Some((permit, meta)) => (permit, Some(meta), mapping::fence_name(&sem), true),
+                    Some((permit, meta)) => (permit, Some(meta), mapping::fence_name(&sem), true, None),
                 }
             }
             kind => {
                 let shared = kind == LockKind::Read;
-                match lock_file(&self.dir.join(&base), shared, try_only).await? {
+                let path = self.dir.join(&base);
+                match lock_file(&path, shared, wait, &self.locks, pid).await? {
                     None => return Ok(None),
-                    Some(file) => (file, None, mapping::fence_name(&base), !shared),
+                    Some((file, id)) => {
+                        let keep = Keep { cache: self.locks.clone(), path, id };
+                        (file, None, mapping::fence_name(&base), !shared, Some(keep))
+                    }
                 }
             }
         };
@@ -67,15 +82,17 @@ impl FileProvider {
         // own; permit holders of one semaphore bump theirs concurrently, so that one is locked.
         let fence_path = self.dir.join(fence_file);
         let token = if !bump {
-            fence::current(&fence_path, &self.fences)?
+            fence::current(&fence_path, &self.fences, pid)?
         } else {
             let lock = if meta.is_some() { fence::Lock::Own { try_only } } else { fence::Lock::Held };
-            match fence::bump(&fence_path, self.share, lock, &self.fences).await? {
+            match fence::bump(&fence_path, self.share, lock, &self.fences, pid).await? {
                 Some(token) => token,
                 None => return Ok(None),
             }
         };
-        Ok(Some(Arc::new(FileHeld { files: StdMutex::new(Some((file, meta))), token })))
+        let held =
+            FileHeld { files: StdMutex::new(Some((file, meta))), token, pid, keep, exported: AtomicBool::new(false) };
+        Ok(Some(Arc::new(held)))
     }
 
     /// Joins the semaphore (shared lock on its metadata file, which records the permits count),
@@ -131,7 +148,7 @@ impl FileProvider {
                         *slot = Some((path, file, id));
                         continue;
                     }
-                    let locked = LockedFile(file);
+                    let locked = LockedFile::new(file);
                     if path_is(&path, id)? && path_is(&meta_path, meta_id)? {
                         return Ok(Some((locked, meta)));
                     }
@@ -180,27 +197,50 @@ impl RawProvider for FileProvider {
 /// A locked file; unlocks explicitly before closing, so that the close event that wakes waiters
 /// always comes after the release.
 #[derive(Debug)]
-pub(crate) struct LockedFile(File);
+pub(crate) struct LockedFile(Option<File>);
 
 impl Drop for LockedFile {
     fn drop(&mut self) {
-        let _ = rustix::fs::flock(&self.0, FlockOperation::Unlock);
+        if let Some(file) = &self.0 {
+            let _ = rustix::fs::flock(file, FlockOperation::Unlock);
+        }
     }
 }
 
 impl LockedFile {
+    pub(crate) fn new(file: File) -> Self {
+        LockedFile(Some(file))
+    }
+
+    fn file(&self) -> &File {
+        match &self.0 {
+            Some(file) => file,
+            // Only the methods below take the file out, and they consume `self`.
+            None => unreachable!("a LockedFile always holds its file until it is consumed"),
+        }
+    }
+
+    /// Unlocks the file and returns it, open, for reuse.
+    fn into_unlocked(mut self) -> Option<File> {
+        let file = self.0.take()?;
+        rustix::fs::flock(&file, FlockOperation::Unlock).ok()?;
+        Some(file)
+    }
+
     /// Closes this process's descriptor WITHOUT unlocking: in a forked child, whose descriptor
     /// shares the open file description (and so the lock) with its parent's. The lock stays
     /// with the parent's descriptor.
     fn close_without_unlock(mut self) {
-        match File::open("/dev/null") {
-            // The lock file is closed here; the `/dev/null` put in its place is what our `Drop`
-            // then "unlocks" and closes.
-            Ok(null) => drop(std::mem::replace(&mut self.0, null)),
-            // Rather keep the descriptor open than unlock the parent's lock.
-            Err(_) => std::mem::forget(self),
-        }
+        drop(self.0.take());
     }
+}
+
+/// Where a released lock file's descriptor goes for reuse by the next guard of the provider.
+#[derive(Debug)]
+struct Keep {
+    cache: Arc<Cache>,
+    path: PathBuf,
+    id: FileId,
 }
 
 #[derive(Debug)]
@@ -208,16 +248,44 @@ struct FileHeld {
     /// The lock (or permit) file and, for semaphores, the metadata file; `None` once released.
     files: StdMutex<Option<(LockedFile, Option<LockedFile>)>>,
     token: u64,
+    /// The process that acquired the lock: a forked child that releases a guard it inherited
+    /// closes its copies of the descriptors and never unlocks its parent's lock.
+    pid: u32,
+    /// Lock files (not semaphore files) go back to the provider's cache once unlocked.
+    keep: Option<Keep>,
+    /// Set once the descriptors were handed out ([`RawHeld::duplicate_fds`]): another process
+    /// may still hold a descriptor of this open file description, so it is never reused.
+    exported: AtomicBool,
 }
 
 impl FileHeld {
     fn release_now(&self) {
         let files = self.files.lock().unwrap_or_else(|p| p.into_inner()).take();
-        // Permit first, then the semaphore membership.
-        if let Some((file, meta)) = files {
-            drop(file);
-            drop(meta);
+        let Some((file, meta)) = files else { return };
+        let pid = std::process::id();
+        if pid != self.pid {
+            file.close_without_unlock();
+            if let Some(meta) = meta {
+                meta.close_without_unlock();
+            }
+            return;
         }
+        // Permit first, then the semaphore membership.
+        match &self.keep {
+            Some(keep) if !self.exported.load(Ordering::Relaxed) => {
+                if let Some(unlocked) = file.into_unlocked() {
+                    keep.cache.put(&keep.path, unlocked, keep.id, pid);
+                }
+            }
+            _ => drop(file),
+        }
+        drop(meta);
+    }
+}
+
+impl Drop for FileHeld {
+    fn drop(&mut self) {
+        self.release_now();
     }
 }
 
@@ -249,10 +317,11 @@ impl RawHeld for FileHeld {
     }
 
     fn duplicate_fds(&self) -> io::Result<Vec<OwnedFd>> {
+        self.exported.store(true, Ordering::Relaxed);
         let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let Some((file, meta)) = files.as_ref() else { return Ok(Vec::new()) };
         // `try_clone` dups with close-on-exec set: the caller decides which child inherits them.
-        std::iter::once(file).chain(meta).map(|f| f.0.try_clone().map(OwnedFd::from)).collect()
+        std::iter::once(file).chain(meta).map(|f| f.file().try_clone().map(OwnedFd::from)).collect()
     }
 }
 
@@ -301,22 +370,79 @@ impl Waiter {
     }
 }
 
-/// Takes `path` shared or exclusive; `Ok(None)` on contention when `try_only`.
-async fn lock_file(path: &Path, shared: bool, try_only: bool) -> Result<Option<LockedFile>> {
+/// Takes `path` shared or exclusive; `Ok(None)` on contention when `wait` is [`Wait::Try`].
+/// Starts with the descriptor `cache` keeps for `path` (`pid`: ours, see [`Cache::take`]).
+/// Waits in the kernel (see [`blocker`]): on the caller's own thread when it may block and waits
+/// forever (the blocking facade), else on a pool thread; with inotify past the pool's bound.
+async fn lock_file(
+    path: &Path,
+    shared: bool,
+    wait: Wait,
+    cache: &Cache,
+    pid: u32,
+) -> Result<Option<(LockedFile, FileId)>> {
+    // A descriptor kept from an earlier guard of this provider: its open file description is
+    // ours alone (taken out of the cache), and the checks below are the same as for a new one.
+    let mut kept = cache.take(path, pid);
     loop {
-        let (file, id) =
-            open_in_dir(path, Access::Lock).map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
-        match lock_open_file(&file, path, id, shared, try_only, true).await? {
-            Attempt::Busy => return Ok(None),
-            Attempt::Replaced => continue,
-            Attempt::Locked => {
-                let locked = LockedFile(file);
-                // Someone may have deleted or replaced the lock file between our open and our
-                // lock; a lock on an unlinked inode excludes nobody, so start over.
-                if path_is(path, id)? {
-                    return Ok(Some(locked));
-                }
+        let (file, id) = match kept.take() {
+            Some(kept) => kept,
+            None => {
+                open_in_dir(path, Access::Lock).map_err(|e| Error::io(format!("lock file {}", path.display()), e))?
             }
+        };
+        let locked = if try_flock(&file, shared, path)? {
+            LockedFile::new(file)
+        } else if wait == Wait::Try {
+            // Still unlocked and ours: keep it for the next attempt.
+            cache.put(path, file, id, pid);
+            return Ok(None);
+        } else if !path_is(path, id)? {
+            continue;
+        } else if wait == Wait::Until(None) && crate::blocking::caller_may_block() {
+            blocker::lock_here(&file, shared).map_err(|e| Error::io(format!("flock {}", path.display()), e))?;
+            LockedFile::new(file)
+        } else {
+            match blocker::submit(file, id, shared) {
+                Ok(pending) => match wait_in_kernel(pending, path, id).await? {
+                    Some(locked) => locked,
+                    None => continue,
+                },
+                Err(file) => match lock_open_file(&file, path, id, shared, false, true).await? {
+                    Attempt::Locked => LockedFile::new(file),
+                    Attempt::Replaced | Attempt::Busy => continue,
+                },
+            }
+        };
+        // Someone may have deleted or replaced the lock file between our open and our lock; a
+        // lock on an unlinked inode excludes nobody, so start over.
+        if path_is(path, id)? {
+            return Ok(Some((locked, id)));
+        }
+    }
+}
+
+/// How often a waiter blocked in the kernel checks that the path still names the file it waits
+/// for (a lock file deleted or replaced while a holder keeps the old one): the one event a
+/// blocked `flock` cannot see.
+pub(crate) const REPLACED_RECHECK: Duration = Duration::from_millis(500);
+
+/// Awaits a wait in the kernel on the file `id` at `path`; `Ok(None)` (abandoning the wait) when
+/// the path names another file meanwhile.
+async fn wait_in_kernel(mut pending: blocker::Pending, path: &Path, id: FileId) -> Result<Option<LockedFile>> {
+    loop {
+        match tokio::time::timeout(REPLACED_RECHECK, &mut pending).await {
+            Ok(Ok(Ok(file))) => return Ok(Some(LockedFile::new(file))),
+            Ok(Ok(Err(e))) => return Err(Error::io(format!("flock {}", path.display()), e)),
+            Ok(Err(_)) => {
+                return Err(Error::Backend {
+                    backend: BACKEND,
+                    message: format!("the thread waiting for {} is gone", path.display()),
+                    source: None,
+                });
+            }
+            Err(_) if !path_is(path, id)? => return Ok(None),
+            Err(_) => {}
         }
     }
 }
@@ -385,13 +511,13 @@ async fn join_semaphore(
             },
             Err(e) => return Err(Error::io(ctx(), e)),
         };
-        let meta = LockedFile(file);
-        if try_flock(&meta.0, false, meta_path)? {
+        let meta = LockedFile::new(file);
+        if try_flock(meta.file(), false, meta_path)? {
             // The first member: nobody else holds the file, so nobody reads it while we write.
             if writable {
-                meta.0.set_len(0).map_err(|e| Error::io(ctx(), e))?;
-                meta.0.write_all_at(count.as_bytes(), 0).map_err(|e| Error::io(ctx(), e))?;
-            } else if read_permits(&meta.0).map_err(|e| Error::io(ctx(), e))? != Some(permits) {
+                meta.file().set_len(0).map_err(|e| Error::io(ctx(), e))?;
+                meta.file().write_all_at(count.as_bytes(), 0).map_err(|e| Error::io(ctx(), e))?;
+            } else if read_permits(meta.file()).map_err(|e| Error::io(ctx(), e))? != Some(permits) {
                 // A file we may not write (left by another user): replace it with one holding our
                 // count, while our exclusive lock keeps everyone else out of the old one. Members
                 // that locked the old file notice (they check the path after taking a permit).
@@ -403,10 +529,10 @@ async fn join_semaphore(
         }
         // Converting exclusive to shared, or waiting out another member's brief exclusive write
         // (it modifies the file, which wakes us).
-        if let Attempt::Busy = lock_internal(&meta.0, meta_path, id, true, try_only, false).await? {
+        if let Attempt::Busy = lock_internal(meta.file(), meta_path, id, true, try_only, false).await? {
             return Ok(None);
         }
-        match read_permits(&meta.0).map_err(|e| Error::io(ctx(), e))? {
+        match read_permits(meta.file()).map_err(|e| Error::io(ctx(), e))? {
             Some(p) if p == permits => return Ok(Some((meta, id))),
             // A first member that could not write the file replaced it while we waited for the
             // old one: only the file at the path counts.

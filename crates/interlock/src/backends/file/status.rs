@@ -56,9 +56,24 @@ fn holders_of<'a>(entries: &'a [FlockEntry], path: &Path) -> Option<Vec<&'a Floc
     Some(entries.iter().filter(|e| e.ino == st.st_ino && e.major == major && e.minor == minor).collect())
 }
 
+/// `/proc/locks`, as two reads in a row agree (a few tries, then the last read). The kernel makes
+/// the file up as it is read, a page at a time, so a read during other processes' lock traffic can
+/// show one lock twice or miss one.
+fn read_proc_locks() -> Result<String> {
+    let read = || std::fs::read_to_string("/proc/locks").map_err(|e| Error::io("cannot read /proc/locks", e));
+    let mut text = read()?;
+    for _ in 0..5 {
+        let again = read()?;
+        if again == text {
+            break;
+        }
+        text = again;
+    }
+    Ok(text)
+}
+
 pub(crate) fn status(dir: &Path, name: &LockName) -> Result<LockStatus> {
-    let text = std::fs::read_to_string("/proc/locks").map_err(|e| Error::io("cannot read /proc/locks", e))?;
-    let entries = parse_proc_locks(&text);
+    let entries = parse_proc_locks(&read_proc_locks()?);
     let base = mapping::file_name(name.as_str());
     let path = dir.join(&base);
     let mut status = LockStatus::free();

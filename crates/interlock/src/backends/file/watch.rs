@@ -1,10 +1,10 @@
-//! Waking file-lock waiters without polling and without signals.
+//! Waking file-lock waiters with inotify: the fallback when a waiter cannot wait in the kernel
+//! (see [`super::blocker`]: past its bound of waits, or without threads), and the way semaphore
+//! waiters (N permit files at once) and waiters for interlock's internal files wait.
 //!
-//! `flock(2)` has no timed form, a thread blocked in it cannot be woken without a signal, and a
-//! library must not take over its host's signals. So waiters do not block in `flock`: they watch
-//! the lock file with inotify and retry a non-blocking `flock` whenever a file description of it is
-//! closed (the kernel drops a `flock` when the last descriptor of its open file description
-//! closes, including when the holder process dies).
+//! Such a waiter watches the lock file with inotify and retries a non-blocking `flock` whenever a
+//! file description of it is closed (the kernel drops a `flock` when the last descriptor of its
+//! open file description closes, including when the holder process dies).
 //!
 //! One inotify instance serves the whole process (the kernel allows only 128 per user by default),
 //! read by one dispatcher thread that bumps each waiter's generation counter; each waiter awaits a
@@ -14,13 +14,14 @@
 //! `inotify_add_watch`/`inotify_rm_watch` per wait.
 //!
 //! Two releases send no close event, and are caught by a bounded re-check instead:
-//! - a peer tool that calls `flock(fd, LOCK_UN)` and keeps the file open (see [`RECHECK`]);
+//! - a peer tool that calls `flock(fd, LOCK_UN)` and keeps the file open (see [`RECHECK`]), as
+//!   interlock's own guards do when their provider keeps the descriptor for reuse;
 //! - the close event can arrive a moment *before* the kernel drops the lock (`__fput` notifies
 //!   before it removes the lock), so a wake that loses that race re-checks once shortly after
 //!   (see [`QUICK_RECHECK`]).
 //!
-//! interlock's own guards unlock explicitly before closing, so between interlock processes the
-//! event always follows the release.
+//! interlock's own guards unlock explicitly before closing, so when they close, the event follows
+//! the release.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -105,43 +106,54 @@ static WATCHER: StdMutex<Option<(u32, Option<&'static Watcher>)>> = StdMutex::ne
 /// inotify is unavailable (then waiters fall back to [`DEGRADED_RECHECK`], and a warning is
 /// logged once per process).
 pub(crate) fn watcher() -> Option<&'static Watcher> {
+    per_process(&WATCHER, || {
+        let w: &'static Watcher = Box::leak(Box::new(start()?));
+        match std::thread::Builder::new().name("interlock-inotify".into()).spawn(move || w.dispatch()) {
+            Ok(_) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the inotify thread; file-lock waiters will re-check every {DEGRADED_RECHECK:?}");
+                None
+            }
+        }
+    })
+}
+
+/// The value `slot` holds for this process, made by `start` on first use in the process (and
+/// again in a forked child, which finds its parent's pid there: the parent's threads are not in
+/// the child, and the parent's state may have been locked by one of them at the fork, so the
+/// child makes its own and never touches, nor frees, the parent's). `None` when `start` failed
+/// (remembered: not retried in this process).
+pub(crate) fn per_process<T: Copy>(
+    slot: &StdMutex<Option<(u32, Option<T>)>>,
+    start: impl FnOnce() -> Option<T>,
+) -> Option<T> {
     let pid = std::process::id();
     // `try_lock`: a thread of the parent may have held it at a fork, and it is not in the child
     // to unlock it. The lock is only ever held for a moment; a child that finds it held forever
-    // waits in re-check mode instead of hanging.
-    let mut slot = None;
+    // gets `None` (and falls back) instead of hanging.
+    let mut guard = None;
     for _ in 0..1000 {
-        match WATCHER.try_lock() {
-            Ok(guard) => {
-                slot = Some(guard);
+        match slot.try_lock() {
+            Ok(g) => {
+                guard = Some(g);
                 break;
             }
             Err(std::sync::TryLockError::Poisoned(p)) => {
-                slot = Some(p.into_inner());
+                guard = Some(p.into_inner());
                 break;
             }
             Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
         }
     }
-    let mut slot = slot?;
-    if let Some((owner, w)) = *slot
+    let mut guard = guard?;
+    if let Some((owner, v)) = *guard
         && owner == pid
     {
-        return w;
+        return v;
     }
-    // First use in this process. A parent's watcher (after a fork) is left as it is: leaked.
-    let w = start().map(|w| &*Box::leak(Box::new(w)));
-    let started = w.filter(|&w| {
-        match std::thread::Builder::new().name("interlock-inotify".into()).spawn(move || w.dispatch()) {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the inotify thread; file-lock waiters will re-check every {DEGRADED_RECHECK:?}");
-                false
-            }
-        }
-    });
-    *slot = Some((pid, started));
-    started
+    let v = start();
+    *guard = Some((pid, v));
+    v
 }
 
 fn start() -> Option<Watcher> {
