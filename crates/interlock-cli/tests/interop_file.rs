@@ -275,3 +275,52 @@ fn python_lock_libraries_exclude_and_are_excluded() {
         assert_eq!(cli_support::output(c).code(), Some(0), "{module} must get the lock once interlock released it");
     }
 }
+
+/// The threads of process `pid` by name (`/proc/PID/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect()
+}
+
+/// `interlock run` waiting without a deadline blocks in `flock(2)` on its own thread (no pool
+/// thread: one wake-up when the lock comes), and the kernel hands it the lock when `flock(1)`
+/// releases. With `-w`, a pool thread waits instead, so the deadline stays exact.
+#[test]
+fn interlock_run_waits_in_the_kernel_on_its_own_thread() {
+    if !have_flock() {
+        return;
+    }
+    let d = LockDir::new();
+    std::fs::create_dir_all(&d.dir).unwrap();
+    let url = d.url();
+    let mut holder = flock_holder(&d, "k", false);
+    for (timeout, pool) in [(None, false), (Some("30"), true)] {
+        let mut c = interlock();
+        c.args(["run", "-u", &url]);
+        if let Some(t) = timeout {
+            c.args(["-w", t]);
+        }
+        c.args(["k", "--", "echo", "ran"]);
+        let mut p = Proc::spawn(c);
+        let pid = p.pid().to_string();
+        let deadline = std::time::Instant::now() + cli_support::LONG;
+        // A blocked request of interlock's process in /proc/locks: `N: -> FLOCK ADVISORY WRITE PID ...`.
+        while !std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("->") && l.split_whitespace().nth(5) == Some(pid.as_str()))
+        {
+            assert!(std::time::Instant::now() < deadline, "interlock run never blocked in flock");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let names = thread_names(p.pid());
+        assert_eq!(names.iter().any(|n| n.starts_with("interlock-floc")), pool, "timeout {timeout:?}: {names:?}");
+        holder.close_stdin();
+        assert_eq!(p.line(), "ran");
+        assert!(p.wait().success());
+        holder = flock_holder(&d, "k", false);
+    }
+}
