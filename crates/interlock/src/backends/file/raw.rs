@@ -385,6 +385,7 @@ async fn lock_file(
     // ours alone (taken out of the cache), and the checks below are the same as for a new one.
     let mut kept = cache.take(path, pid);
     loop {
+        let from_cache = kept.is_some();
         let (file, id) = match kept.take() {
             Some(kept) => kept,
             None => {
@@ -394,8 +395,11 @@ async fn lock_file(
         let locked = if try_flock(&file, shared, path)? {
             LockedFile::new(file)
         } else if wait == Wait::Try {
-            // Still unlocked and ours: keep it for the next attempt.
-            cache.put(path, file, id, pid);
+            // A kept descriptor goes back for the next attempt; a new one is closed: only guards
+            // that held a lock leave a descriptor behind.
+            if from_cache {
+                cache.put(path, file, id, pid);
+            }
             return Ok(None);
         } else if !path_is(path, id)? {
             continue;
