@@ -19,6 +19,8 @@ mod memory;
 mod redis;
 #[cfg(feature = "redlock")]
 mod redlock;
+#[cfg(feature = "redis")]
+mod round_trip;
 
 use std::future::Future;
 use std::pin::Pin;
