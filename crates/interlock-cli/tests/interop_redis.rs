@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli_support;
+mod redis_peers;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,131 +21,13 @@ use cli_support::{Proc, require_tool};
 use interlock::{Error, Provider};
 use interlock_testkit::servers::redis::{self, RedisNs};
 use interlock_testkit::unique;
+use redis_peers::{alnum22, uuid4};
 
-const PYTHON: &str = "python3";
 const EVENTUALLY: Duration = Duration::from_secs(20);
-
-/// One program for every Python tool: `peer.py TOOL URL NAME MODE`.
-///
-/// - `hold`: takes the lock at once (exit 4 if busy), prints `locked TOKEN` (the value it set);
-///   a stdin line `release` releases it (`released`); end of stdin ends the program.
-/// - `try`: one non-blocking attempt: exit 0 after taking and releasing the lock, 3 if busy.
-/// - `wait=SECONDS`: one non-blocking attempt that must fail (exit 5 if it got the lock), then
-///   `busy` on stdout, then the tool's own blocking acquire bounded by SECONDS: exit 0 after
-///   taking and releasing the lock, 3 if it gave up.
-const PEER_PY: &str = r#"
-import sys
-import redis
-
-tool, url, name, mode = sys.argv[1:5]
-r = redis.Redis.from_url(url)
-
-
-class RedisPy:
-    # redis-py's Lock with its defaults: no timeout, so `SET name token NX` with no PX.
-    def __init__(self):
-        self.lock = r.lock(name)
-
-    def acquire(self, wait):
-        if wait is None:
-            return self.lock.acquire(blocking=False)
-        return self.lock.acquire(blocking=True, blocking_timeout=wait)
-
-    def release(self):
-        self.lock.release()
-
-    def token(self):
-        return self.lock.local.token.decode()
-
-
-class PythonRedisLock:
-    # python-redis-lock with its defaults: key `lock:NAME`, no expire.
-    def __init__(self):
-        import redis_lock
-        self.lock = redis_lock.Lock(r, name)
-
-    def acquire(self, wait):
-        if wait is None:
-            return self.lock.acquire(blocking=False)
-        return self.lock.acquire(blocking=True, timeout=wait)
-
-    def release(self):
-        self.lock.release()
-
-    def token(self):
-        return self.lock.id
-
-
-class Pottery:
-    # pottery's Redlock with ONE master: key `redlock:NAME`, auto-release after 60 s.
-    def __init__(self):
-        import pottery
-        self.lock = pottery.Redlock(key=name, masters={r}, auto_release_time=60)
-
-    def acquire(self, wait):
-        if wait is None:
-            return self.lock.acquire(blocking=False)
-        return self.lock.acquire(blocking=True, timeout=wait)
-
-    def release(self):
-        self.lock.release()
-
-    def token(self):
-        return self.lock._uuid  # private: the value it set, to compare with the key
-
-
-class RedlockPy:
-    # redlock-py with ONE master: key NAME, a 60 s TTL.
-    def __init__(self):
-        import redlock
-        self.redlock = redlock
-        self.held = None
-
-    def acquire(self, wait):
-        if wait is None:
-            self.dlm = self.redlock.Redlock([url], retry_count=1, retry_delay=0.01)
-        else:
-            self.dlm = self.redlock.Redlock([url], retry_count=int(wait / 0.1) + 1, retry_delay=0.1)
-        self.held = self.dlm.lock(name, 60000)
-        return bool(self.held)
-
-    def release(self):
-        self.dlm.unlock(self.held)
-
-    def token(self):
-        return self.held.key.decode()
-
-
-TOOLS = {"redis-py": RedisPy, "python-redis-lock": PythonRedisLock, "pottery": Pottery, "redlock-py": RedlockPy}
-peer = TOOLS[tool]()
-
-if mode == "hold":
-    if not peer.acquire(None):
-        sys.exit(4)
-    print("locked", peer.token(), flush=True)
-    for line in sys.stdin:
-        if line.strip() == "release":
-            peer.release()
-            print("released", flush=True)
-elif mode == "try":
-    if not peer.acquire(None):
-        sys.exit(3)
-    peer.release()
-elif mode.startswith("wait="):
-    if peer.acquire(None):
-        peer.release()
-        sys.exit(5)
-    print("busy", flush=True)
-    if not peer.acquire(float(mode[len("wait="):])):
-        sys.exit(3)
-    peer.release()
-else:
-    sys.exit("unknown mode " + mode)
-"#;
 
 /// A Python tool, and what its lock looks like in Redis (read in its source, checked here).
 struct Peer {
-    /// `TOOL` for [`PEER_PY`].
+    /// `TOOL` for [`redis_peers::PEER_PY`].
     tool: &'static str,
     /// The module it needs.
     module: &'static str,
@@ -154,7 +37,7 @@ struct Peer {
     value: fn(&str) -> bool,
     /// What `value` accepts, for messages.
     value_is: &'static str,
-    /// The key's TTL with the options [`PEER_PY`] uses: `None` for none (`PTTL` -1).
+    /// The key's TTL with the options [`redis_peers::PEER_PY`] uses: `None` for none (`PTTL` -1).
     ttl_ms: Option<i64>,
     /// How long its blocking acquire may wait for interlock's release, in seconds.
     wait_s: u32,
@@ -168,17 +51,6 @@ fn hex32(v: &str) -> bool {
 
 fn base64_24(v: &str) -> bool {
     v.len() == 24 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
-}
-
-fn uuid4(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('-').collect();
-    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
-        && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        && parts[2].starts_with('4')
-}
-
-fn alnum22(v: &str) -> bool {
-    v.len() == 22 && v.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// redis-py `redis.Redis().lock(name)`: key `name`, value `uuid1().hex`, no TTL by default
@@ -266,19 +138,12 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 fn peer_cmd(peer: &Peer, ns: &RedisNs<'_>, name: &str, mode: &str) -> Command {
-    let mut c = Command::new(PYTHON);
-    c.args(["-c", PEER_PY, peer.tool, &ns.url(), name, mode]);
-    c
+    redis_peers::command(peer.tool, &ns.url(), name, mode)
 }
 
 /// `peer.py ... try`: true if the tool got the lock at once (and released it).
 fn peer_try(peer: &Peer, ns: &RedisNs<'_>, name: &str) -> bool {
-    let out = blocking(|| cli_support::output(peer_cmd(peer, ns, name, "try")));
-    match out.code() {
-        Some(0) => true,
-        Some(3) => false,
-        other => panic!("{} try exited {other:?}: {}", peer.tool, out.stderr),
-    }
+    blocking(|| redis_peers::try_once(peer.tool, &ns.url(), name))
 }
 
 /// interlock's URL for a peer with key prefix `prefix`, on the namespace's database.
@@ -295,7 +160,7 @@ fn get(ns: &RedisNs<'_>, key: &str) -> Option<String> {
 /// a read lock), the tool is kept out and gets the lock once interlock releases, with a single
 /// attempt and with its own blocking acquire.
 async fn both_ways(peer: &Peer) {
-    if !require_tool(PYTHON, &["-c", &format!("import redis, {}", peer.module)]) {
+    if !redis_peers::available(peer.module) {
         return;
     }
     let Some(server) = redis::shared() else { return };

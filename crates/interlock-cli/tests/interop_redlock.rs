@@ -12,100 +12,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli_support;
+mod redis_peers;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cli_support::{Proc, require_tool};
+use cli_support::Proc;
 use interlock::{Error, Provider};
 use interlock_testkit::RedlockHarness;
 use interlock_testkit::unique;
+use redis_peers::{alnum22, uuid4};
 
-const PYTHON: &str = "python3";
 const EVENTUALLY: Duration = Duration::from_secs(20);
-
-/// `peer.py TOOL URL1,URL2,URL3 NAME MODE`, with the modes of interop_redis.rs:
-///
-/// - `hold`: takes the lock at once (exit 4 if busy), prints `locked TOKEN`; a stdin line
-///   `release` releases it (`released`); end of stdin ends the program.
-/// - `try`: one attempt: exit 0 after taking and releasing the lock, 3 if busy.
-/// - `wait=SECONDS`: one attempt that must fail (exit 5 if it got the lock), `busy`, then the
-///   tool's own blocking acquire bounded by SECONDS: exit 0 after taking and releasing, 3 if not.
-const PEER_PY: &str = r#"
-import sys
-import redis
-
-tool, urls, name, mode = sys.argv[1:5]
-urls = urls.split(",")
-
-
-class Pottery:
-    # pottery's Redlock on the three masters: key `redlock:NAME`, auto-release after 60 s.
-    def __init__(self):
-        import pottery
-        masters = {redis.Redis.from_url(u) for u in urls}
-        self.lock = pottery.Redlock(key=name, masters=masters, auto_release_time=60)
-
-    def acquire(self, wait):
-        if wait is None:
-            return self.lock.acquire(blocking=False)
-        return self.lock.acquire(blocking=True, timeout=wait)
-
-    def release(self):
-        self.lock.release()
-
-    def token(self):
-        return self.lock._uuid  # private: the value it set, to compare with the keys
-
-
-class RedlockPy:
-    # redlock-py on the three masters: key NAME, a 60 s TTL.
-    def __init__(self):
-        import redlock
-        self.redlock = redlock
-        self.held = None
-
-    def acquire(self, wait):
-        if wait is None:
-            self.dlm = self.redlock.Redlock(urls, retry_count=1, retry_delay=0.01)
-        else:
-            self.dlm = self.redlock.Redlock(urls, retry_count=int(wait / 0.1) + 1, retry_delay=0.1)
-        self.held = self.dlm.lock(name, 60000)
-        return bool(self.held)
-
-    def release(self):
-        self.dlm.unlock(self.held)
-
-    def token(self):
-        return self.held.key.decode()
-
-
-TOOLS = {"pottery": Pottery, "redlock-py": RedlockPy}
-peer = TOOLS[tool]()
-
-if mode == "hold":
-    if not peer.acquire(None):
-        sys.exit(4)
-    print("locked", peer.token(), flush=True)
-    for line in sys.stdin:
-        if line.strip() == "release":
-            peer.release()
-            print("released", flush=True)
-elif mode == "try":
-    if not peer.acquire(None):
-        sys.exit(3)
-    peer.release()
-elif mode.startswith("wait="):
-    if peer.acquire(None):
-        peer.release()
-        sys.exit(5)
-    print("busy", flush=True)
-    if not peer.acquire(float(mode[len("wait="):])):
-        sys.exit(3)
-    peer.release()
-else:
-    sys.exit("unknown mode " + mode)
-"#;
 
 /// A Python Redlock, its key prefix (interlock meets it with `?prefix=` this), and the values it
 /// sets (read in its source, checked here).
@@ -114,19 +31,6 @@ struct Peer {
     module: &'static str,
     prefix: &'static str,
     value: fn(&str) -> bool,
-}
-
-/// redlock-py: 22 random letters and digits.
-fn alnum22(v: &str) -> bool {
-    v.len() == 22 && v.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
-/// pottery: `str(uuid4())`.
-fn uuid4(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('-').collect();
-    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
-        && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        && parts[2].starts_with('4')
 }
 
 const REDLOCK_PY: Peer = Peer { tool: "redlock-py", module: "redlock", prefix: "", value: alnum22 };
@@ -151,19 +55,12 @@ fn peer_urls(h: &RedlockHarness) -> String {
     h.ns().urls().join(",")
 }
 
-fn peer_cmd(peer: &Peer, h: &RedlockHarness, name: &str, mode: &str) -> Command {
-    let mut c = Command::new(PYTHON);
-    c.args(["-c", PEER_PY, peer.tool, &peer_urls(h), name, mode]);
-    c
+fn peer_cmd(peer: &Peer, h: &RedlockHarness, name: &str, mode: &str) -> std::process::Command {
+    redis_peers::command(peer.tool, &peer_urls(h), name, mode)
 }
 
 fn peer_try(peer: &Peer, h: &RedlockHarness, name: &str) -> bool {
-    let out = blocking(|| cli_support::output(peer_cmd(peer, h, name, "try")));
-    match out.code() {
-        Some(0) => true,
-        Some(3) => false,
-        other => panic!("{} try exited {other:?}: {}", peer.tool, out.stderr),
-    }
+    blocking(|| redis_peers::try_once(peer.tool, &peer_urls(h), name))
 }
 
 /// `GET key` on every master.
@@ -172,7 +69,7 @@ fn get_all(h: &RedlockHarness, key: &str) -> Vec<Option<String>> {
 }
 
 async fn both_ways(peer: &Peer) {
-    if !require_tool(PYTHON, &["-c", &format!("import redis, {}", peer.module)]) {
+    if !redis_peers::available(peer.module) {
         return;
     }
     let Some(h) = RedlockHarness::new(env!("CARGO_BIN_EXE_interlock"), 3) else { return };
