@@ -256,8 +256,23 @@ fn timeout_delivers_sigterm_to_the_command_once() {
     }
     let d = LockDir::new();
     let log = d.tmp.path().join("log");
+    // `timeout 4`: time for interlock and Python to start on a loaded machine (with 1.5 s, a
+    // SIGTERM once came before Python had its handler). The command logs each SIGTERM and ends
+    // a second after the first, so a second delivery would still be logged.
+    let script = format!(
+        "import signal, time\n\
+         end = time.monotonic() + 30\n\
+         def on_term(*_):\n\
+         \x20   global end\n\
+         \x20   open({log:?}, 'a').write('TERM\\n')\n\
+         \x20   end = min(end, time.monotonic() + 1)\n\
+         signal.signal(signal.SIGTERM, on_term)\n\
+         while time.monotonic() < end: time.sleep(0.01)\n\
+         open({log:?}, 'a').write('end\\n')\n",
+        log = log.display().to_string()
+    );
     let mut c = Command::new("timeout");
-    c.args(["1.5", BIN, "run", "-u", &d.url(), "x", "--", "python3", "-c", &counter("TERM", &log), "3"]);
+    c.args(["4", BIN, "run", "-u", &d.url(), "x", "--", "python3", "-c", &script]);
     let out = cli_support::output(c);
     assert_eq!(out.code(), Some(124), "{out:?}");
     assert_eq!(lines(&log), ["TERM", "end"], "SIGTERM must arrive exactly once");
