@@ -14,7 +14,8 @@
 //! "ghost" hold, measured by [`ghost_stats`] and documented in docs/backends/file.md.
 //!
 //! The pool is bounded ([`MAX_WAITS`] waits in the kernel at once, abandoned ones included);
-//! past the bound [`submit`] declines and the caller waits with inotify instead. Idle threads
+//! past the bound [`submit`] declines and the caller waits with inotify instead, until a wait
+//! ends ([`room_freed`]) and it can come back. Idle threads
 //! exit after [`IDLE_EXIT`]. The pool belongs to one process: a forked child (where the parent's
 //! threads do not exist) starts its own, and never touches the parent's.
 
@@ -48,6 +49,9 @@ pub(crate) type Pending = oneshot::Receiver<Outcome>;
 struct Pool {
     state: StdMutex<State>,
     work: Condvar,
+    /// Notified whenever a wait ends: waiters that found the pool full (and wait with inotify)
+    /// come back to wait in the kernel.
+    room: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -78,7 +82,11 @@ static POOL: StdMutex<Option<(u32, Option<&'static Pool>)>> = StdMutex::new(None
 
 fn pool() -> Option<&'static Pool> {
     super::watch::per_process(&POOL, || {
-        Some(&*Box::leak(Box::new(Pool { state: StdMutex::new(State::default()), work: Condvar::new() })))
+        Some(&*Box::leak(Box::new(Pool {
+            state: StdMutex::new(State::default()),
+            work: Condvar::new(),
+            room: tokio::sync::Notify::new(),
+        })))
     })
 }
 
@@ -137,6 +145,18 @@ pub(crate) fn submit(file: File, id: FileId, shared: bool) -> Result<Pending, Fi
     Ok(rx)
 }
 
+/// Completes when a wait in the kernel ends, so that a waiter [`submit`] turned away can try it
+/// again; create it before looking at [`has_room`], so that no end is missed in between. `None`
+/// when this process has no pool.
+pub(crate) fn room_freed() -> Option<tokio::sync::futures::Notified<'static>> {
+    pool().map(|p| p.room.notified())
+}
+
+/// True when [`submit`] would take a new wait now (an adoption aside).
+pub(crate) fn has_room() -> bool {
+    pool().is_some_and(|p| p.state().waits.len() < MAX_WAITS)
+}
+
 /// Blocks this thread in `flock` until `file` is locked (one lock attempt).
 pub(crate) fn lock_here(file: &File, shared: bool) -> io::Result<()> {
     ATTEMPTS.fetch_add(1, Ordering::Relaxed);
@@ -182,6 +202,7 @@ impl Pool {
         let locked = lock_here(&file, shared);
         let got = Instant::now();
         let tx = self.state().waits.remove(&id).and_then(|w| w.tx);
+        self.room.notify_waiters();
         let outcome = locked.map(|()| file);
         let unsent = match tx {
             Some(tx) => tx.send(outcome).err(),

@@ -108,7 +108,8 @@ pub(crate) async fn bump(path: &Path, share: u32, lock: Lock, cache: &Cache, pid
             match lock_internal(&file, path, id, false, try_only, true).await? {
                 Attempt::Locked => {}
                 Attempt::Busy => return Ok(None),
-                Attempt::Replaced => continue,
+                // (`Room` only comes with `until_room`, which internal files never ask for.)
+                Attempt::Replaced | Attempt::Room => continue,
             }
             // Whoever held it before us may have replaced it (see the module's documentation):
             // only the file at the path counts.

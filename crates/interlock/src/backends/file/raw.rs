@@ -381,13 +381,14 @@ async fn lock_file(
     cache: &Cache,
     pid: u32,
 ) -> Result<Option<(LockedFile, FileId)>> {
-    // A descriptor kept from an earlier guard of this provider: its open file description is
-    // ours alone (taken out of the cache), and the checks below are the same as for a new one.
-    let mut kept = cache.take(path, pid);
+    // The descriptor to try first: one kept from an earlier guard of this provider (its open
+    // file description is ours alone, taken out of the cache; the checks below are the same as
+    // for a new one), or the one a wait that comes back from the inotify fallback holds.
+    let mut next = cache.take(path, pid);
     loop {
-        let from_cache = kept.is_some();
-        let (file, id) = match kept.take() {
-            Some(kept) => kept,
+        let from_cache = next.is_some();
+        let (file, id) = match next.take() {
+            Some(next) => next,
             None => {
                 open_in_dir(path, Access::Lock).map_err(|e| Error::io(format!("lock file {}", path.display()), e))?
             }
@@ -412,8 +413,13 @@ async fn lock_file(
                     Some(locked) => locked,
                     None => continue,
                 },
-                Err(file) => match lock_open_file(&file, path, id, shared, false, true).await? {
+                // The pool is full: wait with inotify until it has room again.
+                Err(file) => match lock_open_file(&file, path, id, shared, false, true, true).await? {
                     Attempt::Locked => LockedFile::new(file),
+                    Attempt::Room => {
+                        next = Some((file, id));
+                        continue;
+                    }
                     Attempt::Replaced | Attempt::Busy => continue,
                 },
             }
@@ -457,12 +463,15 @@ pub(crate) enum Attempt {
     Busy,
     /// `path` no longer names the file we opened: reopen it.
     Replaced,
+    /// The pool that waits in the kernel has room again (with `until_room`): wait there.
+    Room,
 }
 
 /// Locks the open file `id` (at `path`) shared or exclusive: one attempt (`try_only`), or waiting
 /// for events on it (with the bounded re-checks of [`Waiter`]). With `follow`, gives up as soon as
 /// `path` names another file (checked after the first failed attempt, and after any wake that may
-/// mean a replacement). Cancel-safe: dropping the future leaves the file unlocked.
+/// mean a replacement). With `until_room`, gives up as soon as the kernel-wait pool has room
+/// (for a waiter it turned away). Cancel-safe: dropping the future leaves the file unlocked.
 pub(crate) async fn lock_open_file(
     file: &File,
     path: &Path,
@@ -470,9 +479,14 @@ pub(crate) async fn lock_open_file(
     shared: bool,
     try_only: bool,
     follow: bool,
+    until_room: bool,
 ) -> Result<Attempt> {
     let mut waiter: Option<Waiter> = None;
     let mut check_path = follow;
+    let mut room = if until_room { blocker::room_freed().map(Box::pin) } else { None };
+    if room.is_some() && blocker::has_room() {
+        return Ok(Attempt::Room);
+    }
     loop {
         let seen = waiter.as_mut().map(Waiter::mark);
         if try_flock(file, shared, path)? {
@@ -484,8 +498,12 @@ pub(crate) async fn lock_open_file(
         if check_path && !path_is(path, id)? {
             return Ok(Attempt::Replaced);
         }
-        match (waiter.as_mut(), seen) {
-            (Some(w), Some(seen)) => check_path = w.wait(seen).await && follow,
+        match (waiter.as_mut(), seen, room.as_mut()) {
+            (Some(w), Some(seen), Some(room)) => tokio::select! {
+                replaced = w.wait(seen) => check_path = replaced && follow,
+                () = room.as_mut() => return Ok(Attempt::Room),
+            },
+            (Some(w), Some(seen), None) => check_path = w.wait(seen).await && follow,
             _ => waiter = Some(Waiter::new([(path, file, id)])),
         }
     }
@@ -589,7 +607,7 @@ pub(crate) async fn lock_internal(
     if try_only {
         return Ok(Attempt::Busy);
     }
-    lock_open_file(file, path, id, shared, false, follow).await
+    lock_open_file(file, path, id, shared, false, follow, false).await
 }
 
 /// Which file an open descriptor is: `(device, inode)`.
