@@ -162,6 +162,36 @@ async fn fencing_token_is_the_quorum_max_written_back_to_a_majority() {
     assert!(last > ahead || (0..3).filter(|i| get_int(&h, *i, &fence) == Some(last as i64)).count() >= 2);
 }
 
+/// Once a name is in use the masters' counters agree, so each acquisition's quorum returns the
+/// same value and no write-back round is needed: tokens then go up by exactly one. (On first use
+/// each master starts from its own clock; the counters agree once a quorum that includes the
+/// highest has written it back to every master, within the first few acquisitions: ten here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_name_in_use_gets_consecutive_tokens_from_agreeing_counters() {
+    let Some(h) = shared(3) else { return };
+    let name = unique("agree");
+    let fence = format!("{{{}}}:fence", h.key(&name));
+    let p = h.provider().await;
+    let m = p.mutex(&name).unwrap();
+    let mut last = 0;
+    for _ in 0..10 {
+        let g = m.lock().await.unwrap();
+        let t = g.fencing_token().unwrap();
+        assert!(t > last);
+        last = t;
+        g.release().await.unwrap();
+    }
+    for _ in 0..10 {
+        let g = m.lock().await.unwrap();
+        let t = g.fencing_token().unwrap();
+        assert_eq!(t, last + 1, "the counters did not agree");
+        last = t;
+        g.release().await.unwrap();
+    }
+    let agree = (0..3).filter(|i| get_int(&h, *i, &fence) == Some(last as i64)).count();
+    assert!(agree >= 2, "{agree} of 3 counters at the last token");
+}
+
 /// A peer's key on one master of three (a minority) does not stop us; on two (a quorum) it
 /// does, until the peer deletes it (no publish: found by the re-check) .
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

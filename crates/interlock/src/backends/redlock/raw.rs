@@ -551,9 +551,7 @@ impl RedlockProvider {
             if Instant::now() < valid_until {
                 let token = granted.iter().map(|(_, f)| *f).max().unwrap_or(0);
                 let have = granted.iter().filter(|(_, f)| *f == token).count();
-                if (have >= quorum || self.write_back(op, token, &granted).await >= quorum)
-                    && Instant::now() < valid_until
-                {
+                if (have >= quorum || self.write_back(op, token).await >= quorum) && Instant::now() < valid_until {
                     return Ok(Attempt::Held(Arc::new(RedlockHeld {
                         masters: self.masters.clone(),
                         quorum,
@@ -589,13 +587,14 @@ impl RedlockProvider {
         Ok(Attempt::Busy { pttl, split: !granted.is_empty() })
     }
 
-    /// Raises the fencing counter to `token` on the masters that granted the lock, where we still
-    /// hold it; returns on how many it now is.
-    async fn write_back(&self, op: &Arc<Op>, token: u64, granted: &[(usize, u64)]) -> usize {
-        let masters: Vec<Arc<Master>> = granted.iter().map(|(i, _)| self.masters[*i].clone()).collect();
+    /// Raises the fencing counter to `token` on every master where we hold the lock (the script
+    /// checks): the quorum that granted it, and any master whose grant came after the quorum was
+    /// counted, so that all their counters agree from then on and the next acquisitions' quorums
+    /// return one value (no write-back). Returns on how many it now is, once a quorum.
+    async fn write_back(&self, op: &Arc<Op>, token: u64) -> usize {
         let mut replies = {
             let op = op.clone();
-            round(&masters, move |m| {
+            round(&self.masters, move |m| {
                 let op = op.clone();
                 async move { m.writeback(&op, token).await }
             })

@@ -1,5 +1,7 @@
 -- Shared by the redis and redlock scripts (prepended to each, before its own common.lua):
--- the server clock and the fencing counter.
+-- the server clock and the fencing counter. The redis backend takes its tokens with
+-- bump_fence / current_fence below; Redlock builds its own rule on these helpers (its
+-- common.lua: quorum_bump / quorum_current).
 
 local function now_ms()
   local t = redis.call('TIME')

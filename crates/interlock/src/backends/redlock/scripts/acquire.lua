@@ -27,14 +27,14 @@ local function granted(f)
   return {1, f}
 end
 if side == 'w' then
-  if v == token then return granted(current_fence(fence)) end
+  if v == token then return granted(quorum_current(fence)) end
   if v then return busy(redis.call('PTTL', key)) end
   -- FIFO among writers: a free lock goes to the first waiting writer, or to anyone when no
   -- writer waits.
   local first = redis.call('ZRANGE', writers, 0, 0)[1]
   if first and first ~= token then return busy(-4) end
   redis.call('SET', key, token, 'PX', lease)
-  return granted(bump_fence(fence))
+  return granted(quorum_bump(fence))
 end
 if v and v ~= marker then return busy(redis.call('PTTL', key)) end
 local mine = redis.call('ZSCORE', readers, token)
@@ -46,4 +46,4 @@ redis.call('ZADD', readers, now + lease, token)
 local ms = longest(readers, now)
 redis.call('SET', key, marker, 'PX', ms)
 redis.call('PEXPIRE', readers, ms)
-return granted(current_fence(fence))
+return granted(quorum_current(fence))

@@ -3,6 +3,29 @@
 -- tag {K}. Side 'w' is a mutex or write lock (K holds the token), 'r' a read lock (K holds the
 -- readers' marker, the readers are a ZSET token -> expiry in server ms).
 
+-- Fencing values on one master (docs/backends/redlock.md, "Fencing"): the counter plus one for a
+-- writer, the counter for a reader, and the master's clock in microseconds only where there is
+-- no usable counter (first use of the name, a master restarted without persistence). Unlike the
+-- redis backend's rule (clock_fence.lua), a counter that is there is not raised to the clock:
+-- masters whose counters agree then return the same value, so a quorum already holds the token
+-- and the acquisition needs no write-back round. A counter that fell behind on some master is
+-- covered by the quorum's maximum and the write-back, which need no clock.
+local function counter(key)
+  return tonumber(redis.call('GET', key) or '')
+end
+
+local function quorum_bump(key)
+  local v = counter(key)
+  if v then return set_fence(key, v + 1) end
+  return set_fence(key, now_us())
+end
+
+local function quorum_current(key)
+  local v = counter(key)
+  if v then return v end
+  return set_fence(key, now_us())
+end
+
 -- The remaining time of the longest holder of a ZSET (member -> expiry ms), or nil when empty.
 local function longest(zset, now)
   local top = redis.call('ZRANGE', zset, -1, -1, 'WITHSCORES')
