@@ -1,7 +1,7 @@
 //! Waiting for a file lock in the kernel: a blocking `flock(2)` on a thread of a small pool.
 //!
 //! The kernel queues blocked `flock` requests and, on a release, wakes only the request that can
-//! take the lock (Linux 4.20 and later: a blocked request waits behind the one it conflicts
+//! take the lock (Linux 5.0 and later: a blocked request waits behind the one it conflicts
 //! with). So a waiter blocked in `flock` costs one wake-up per handoff and no wasted attempt,
 //! where an inotify waiter is woken, with every other waiter, by every close of the file.
 //!
