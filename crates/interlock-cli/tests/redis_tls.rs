@@ -1,8 +1,8 @@
 //! The redis backend over TLS (`rediss://`) against a private `redis-server` with `--tls-port`,
 //! with certificates made for the test by `openssl`: locks work with the test CA (`?ca=`), a
 //! wrong CA and a missing client certificate are refused with one clear line, a client
-//! certificate (`?cert=&key=`) is presented when the server asks for one, and the conformance
-//! suite's core cases run over TLS.
+//! certificate (`?cert=&key=`) is presented when the server asks for one, the conformance
+//! suite's core cases run over TLS, and Redlock runs over TLS to three masters (`redlocks://`).
 #![cfg(feature = "redis")]
 
 use std::time::Duration;
@@ -113,4 +113,38 @@ async fn locks_on_a_cluster_over_tls() {
     let e = interlock::connect(&wrong).await.map(drop).unwrap_err();
     assert!(matches!(e, Error::Auth { backend: "redis", .. }), "{e:?}");
     assert!(one_line(&e).contains("not trusted"), "{e:?}");
+}
+
+/// `redlocks://`: Redlock over TLS to three masters (each a private TLS `redis-server`): locks,
+/// the key on a quorum of masters, a second client kept out, a waiter woken by the release
+/// (pub/sub over TLS); a wrong CA is refused with one line.
+#[cfg(feature = "redlock")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redlock_over_tls_on_three_masters() {
+    let Some(files) = TlsFiles::generate_or_skip() else { return };
+    let Some(first) = RedisTls::start_or_skip(&files, false) else { return };
+    let masters = [first, RedisTls::start(&files, false).unwrap(), RedisTls::start(&files, false).unwrap()];
+    let hosts: Vec<String> =
+        masters.iter().map(|m| m.url(0).trim_start_matches("rediss://").trim_end_matches("/0").to_owned()).collect();
+    let url = format!("redlocks://{}/1?{}", hosts.join(","), ca(&files, "ca.crt"));
+    let (p, q) = (interlock::connect(&url).await.expect("connect over TLS"), interlock::connect(&url).await.unwrap());
+    assert_eq!(p.backend(), "redlock");
+    let name = unique("tlsredlock");
+    let g = p.mutex(&name).unwrap().lock().await.unwrap();
+    let on = masters.iter().filter(|m| m.cmd(1, &["EXISTS", &name]).unwrap().int() == Some(1)).count();
+    assert!(on >= 2, "the key is on {on} of 3 masters");
+    assert!(q.mutex(&name).unwrap().try_lock().await.unwrap().is_none(), "two holders over TLS");
+    let m = q.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { m.lock_timeout(Duration::from_secs(20)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let token = g.fencing_token().unwrap();
+    g.release().await.unwrap();
+    let g2 = waiter.await.unwrap().expect("the waiter is woken over TLS");
+    assert!(g2.fencing_token().unwrap() > token);
+    g2.release().await.unwrap();
+
+    let wrong = format!("redlocks://{}/1?{}", hosts.join(","), ca(&files, "wrong-ca.crt"));
+    let e = interlock::connect(&wrong).await.map(drop).unwrap_err();
+    assert!(matches!(e, Error::Auth { backend: "redlock", .. }), "{e:?}");
+    assert!(one_line(&e).contains("certificate is not trusted"), "{e}");
 }

@@ -71,6 +71,13 @@ impl RoundTrip for FloorConnections {
 /// `redlock://` URL of all of them.
 fn start_servers(url: &str) -> Result<StartedServer, Failure> {
     use interlock_testkit::servers::redis::{RedisGroup, RedisOptions};
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    if scheme != "redlock" {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("--start-server starts `redlock://` masters, not `{scheme}://` ones: start them yourself"),
+        ));
+    }
     let named = url.split_once("://").map_or("", |(_, rest)| rest).split(['/', '?']).next().unwrap_or("");
     let n = named.split(',').filter(|h| !h.is_empty()).count();
     let n = if n >= 3 { n } else { MASTERS };

@@ -118,31 +118,8 @@ impl RedisConfig {
         let lease = opts.take_duration("lease")?;
         let renew = opts.take_duration("renew")?;
         let command_timeout = opts.take_duration("command_timeout")?.unwrap_or(DEFAULT_COMMAND_TIMEOUT);
-        let files = ["ca", "cert", "key"].map(|k| opts.take(k).map(str::to_owned));
+        let tls = tls_files(url, &mut opts, tls, "rediss:// or rediss+cluster://")?;
         opts.finish(OPTIONS)?;
-        let tls = match (tls, files) {
-            (false, [None, None, None]) => None,
-            (false, _) => {
-                return Err(
-                    url.invalid("options `ca`, `cert` and `key` are for TLS: write rediss:// or rediss+cluster://")
-                );
-            }
-            (true, [ca, cert, key]) => {
-                let read = |what: &str, path: String| {
-                    std::fs::read(&path).map_err(|e| url.invalid(format!("cannot read the {what} file {path:?}: {e}")))
-                };
-                let client = match (cert, key) {
-                    (Some(c), Some(k)) => Some((read("client certificate (cert)", c)?, read("client key (key)", k)?)),
-                    (None, None) => None,
-                    _ => {
-                        return Err(
-                            url.invalid("options `cert` and `key` go together (a client certificate and its key)")
-                        );
-                    }
-                };
-                Some(TlsFiles { ca: ca.map(|p| read("CA (ca)", p)).transpose()?, client })
-            }
-        };
         if command_timeout < Duration::from_millis(1) {
             return Err(url.invalid("option `command_timeout` must be at least 1ms"));
         }
@@ -164,6 +141,32 @@ impl RedisConfig {
             tls,
         })
     }
+}
+
+/// The TLS files of the options `ca`, `cert` and `key` (taken from `opts`), read now: `Some` when
+/// `tls` (the URL's scheme asks for TLS), an error when the options come without it (`schemes`
+/// says which schemes would).
+pub(crate) fn tls_files(
+    url: &LockUrl,
+    opts: &mut crate::url::UrlOptions<'_>,
+    tls: bool,
+    schemes: &str,
+) -> Result<Option<TlsFiles>> {
+    let files = ["ca", "cert", "key"].map(|k| opts.take(k).map(str::to_owned));
+    let [ca, cert, key] = match (tls, files) {
+        (false, [None, None, None]) => return Ok(None),
+        (false, _) => return Err(url.invalid(format!("options `ca`, `cert` and `key` are for TLS: write {schemes}"))),
+        (true, files) => files,
+    };
+    let read = |what: &str, path: String| {
+        std::fs::read(&path).map_err(|e| url.invalid(format!("cannot read the {what} file {path:?}: {e}")))
+    };
+    let client = match (cert, key) {
+        (Some(c), Some(k)) => Some((read("client certificate (cert)", c)?, read("client key (key)", k)?)),
+        (None, None) => None,
+        _ => return Err(url.invalid("options `cert` and `key` go together (a client certificate and its key)")),
+    };
+    Ok(Some(TlsFiles { ca: ca.map(|p| read("CA (ca)", p)).transpose()?, client }))
 }
 
 /// `host`, `host:port`, `[v6]`, `[v6]:port`.

@@ -17,7 +17,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline,
-    RedisConnectionInfo, RedisError, RedisFuture, Value,
+    ProtocolVersion, RedisConnectionInfo, RedisError, RedisFuture, Value,
 };
 
 use super::config::{RedisConfig, TlsFiles};
@@ -366,7 +366,17 @@ fn connection_info(config: &RedisConfig, host: &str, port: u16) -> Result<Connec
 }
 
 fn client(config: &RedisConfig) -> Result<Client> {
-    let info = connection_info(config, &config.host, config.port)?;
+    client_speaking(config, None)
+}
+
+/// A client of `config`'s server (plain or TLS, with its certificates), speaking `protocol` when
+/// given (the redlock backend's masters speak RESP3, for push messages).
+pub(crate) fn client_speaking(config: &RedisConfig, protocol: Option<ProtocolVersion>) -> Result<Client> {
+    let mut info = connection_info(config, &config.host, config.port)?;
+    if let Some(protocol) = protocol {
+        let redis = info.redis_settings().clone().set_protocol(protocol);
+        info = info.set_redis_settings(redis);
+    }
     let Some(tls) = &config.tls else {
         return Client::open(info).map_err(|e| map_err(config, "connect", e));
     };
@@ -485,7 +495,12 @@ pub(crate) fn map_err(config: &RedisConfig, what: &str, e: RedisError) -> Error 
         // handshake: its alert is lost when the first command's write finds the connection
         // closed. Say so on the connection's first command.
         let hint = match &config.tls {
-            Some(tls) if tls.client.is_none() && e.is_connection_dropped() && (what == "PING" || what == "connect") => {
+            Some(tls)
+                if tls.client.is_none()
+                    && e.is_connection_dropped()
+                    && !e.is_connection_refusal()
+                    && (what == "PING" || what == "connect") =>
+            {
                 " (over TLS, a server that wants a client certificate closes the connection after the handshake: \
                  give one with ?cert=PATH&key=PATH)"
             }

@@ -1,8 +1,9 @@
-//! `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][,...][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR]`
+//! `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][,...][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR]`,
+//! and `redlocks://` (TLS to every master, with the redis backend's `ca`, `cert` and `key`).
 
 use std::time::Duration;
 
-use crate::backends::redis::config::{DEFAULT_COMMAND_TIMEOUT, RedisConfig, lease_reason, split_host_port};
+use crate::backends::redis::config::{DEFAULT_COMMAND_TIMEOUT, RedisConfig, lease_reason, split_host_port, tls_files};
 use crate::error::Result;
 use crate::provider::DEFAULT_LEASE;
 use crate::raw::LeaseConfig;
@@ -35,7 +36,10 @@ impl std::fmt::Debug for RedlockConfig {
     }
 }
 
-pub(crate) const OPTIONS: &[&str] = &["prefix", "lease", "renew", "command_timeout"];
+pub(crate) const OPTIONS: &[&str] = &["prefix", "lease", "renew", "command_timeout", "ca", "cert", "key"];
+
+/// The scheme of Redlock over TLS.
+pub(crate) const TLS_SCHEME: &str = "redlocks";
 
 impl RedlockConfig {
     pub(crate) fn from_url(url: &LockUrl) -> Result<Self> {
@@ -72,6 +76,7 @@ impl RedlockConfig {
         let lease = opts.take_duration("lease")?;
         let renew = opts.take_duration("renew")?;
         let command_timeout = opts.take_duration("command_timeout")?.unwrap_or(DEFAULT_COMMAND_TIMEOUT);
+        let tls = tls_files(url, &mut opts, url.scheme() == TLS_SCHEME, "redlocks://")?;
         opts.finish(OPTIONS)?;
         if command_timeout < Duration::from_millis(1) {
             return Err(url.invalid("option `command_timeout` must be at least 1ms"));
@@ -85,7 +90,7 @@ impl RedlockConfig {
                 shown: format!("{host}:{port}"),
                 cluster: false,
                 nodes: vec![(host.clone(), port)],
-                tls: None,
+                tls: tls.clone(),
                 host,
                 port,
                 db,
@@ -131,6 +136,9 @@ mod tests {
         assert_eq!(cfg("redlock://a,b,c,d,e").unwrap().quorum(), 3);
         assert_eq!(cfg("redlock://a,b,c,d").unwrap().quorum(), 3);
         assert_eq!(drift(Duration::from_secs(10)), Duration::from_millis(102));
+        assert!(c.masters.iter().all(|m| m.tls.is_none()));
+        let tls = cfg("redlocks://a,b,c").unwrap();
+        assert!(tls.masters.iter().all(|m| m.tls.is_some()));
     }
 
     #[test]
@@ -145,6 +153,9 @@ mod tests {
             ("redlock://a,b,c?ttl=1s", "unknown option"),
             ("redlock://a,b,c?command_timeout=0s", "command_timeout"),
             ("redlock:u:pw@h", "write redlock://"),
+            ("redlock://a,b,c?ca=/etc/hostname", "write redlocks://"),
+            ("redlocks://a,b,c?cert=/etc/hostname", "go together"),
+            ("redlocks://a,b,c?ca=/nonexistent/ca.pem", "cannot read the CA (ca) file"),
         ] {
             let e = cfg(url).unwrap_err().to_string();
             assert!(e.contains(why), "{url}: {e}");

@@ -52,8 +52,9 @@ pub(crate) const BACKEND_NAME: &str = "redlock";
 pub(crate) const BACKEND: Backend = Backend {
     name: BACKEND_NAME,
     title: "Redlock",
-    schemes: &["redlock"],
-    url_form: "redlock://[user[:pass]@]h1[:port],h2[:port],h3[:port][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR]",
+    schemes: &["redlock", "redlocks"],
+    url_form: "redlock[s]://[user[:pass]@]h1[:port],h2[:port],h3[:port][/db][?prefix=P&lease=DUR&renew=DUR&command_timeout=DUR\
+               &ca=PATH&cert=PATH&key=PATH] (redlocks: TLS to every master)",
     holds: "the same key on a majority of masters",
     feature: Some("redlock"),
     docs: "docs/backends/redlock.md",

@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, RedisConnectionInfo, RedisError,
-};
+use redis::{AsyncConnectionConfig, Client, ProtocolVersion, RedisError};
 use tokio::sync::{OnceCell, mpsc};
 use tokio::task::JoinHandle;
 
@@ -20,7 +18,7 @@ use super::keys::{Keys, READERS_VALUE};
 use super::scripts;
 use super::wake::{Interest, PushRouter, Wakeups};
 use crate::backends::redis::config::RedisConfig;
-use crate::backends::redis::raw::{map_err, new_token};
+use crate::backends::redis::raw::{client_speaking, map_err, new_token};
 use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::raw::{
@@ -69,21 +67,9 @@ fn rebrand(e: Error) -> Error {
 
 impl Master {
     fn new(config: RedisConfig, wakeups: Arc<Wakeups>) -> Result<Master> {
-        let mut redis = RedisConnectionInfo::default()
-            .set_db(config.db)
-            .set_skip_set_lib_name()
-            .set_protocol(ProtocolVersion::RESP3);
-        if let Some(u) = &config.user {
-            redis = redis.set_username(u);
-        }
-        if let Some(p) = &config.password {
-            redis = redis.set_password(p);
-        }
-        let info = ConnectionAddr::Tcp(config.host.clone(), config.port)
-            .into_connection_info()
-            .map_err(|e| rebrand(map_err(&config, "connect", e)))?
-            .set_redis_settings(redis);
-        let client = Client::open(info).map_err(|e| rebrand(map_err(&config, "connect", e)))?;
+        // The redis backend's client (plain, or TLS with the URL's certificates), in RESP3 for
+        // the wake-ups' push messages.
+        let client = client_speaking(&config, Some(ProtocolVersion::RESP3)).map_err(rebrand)?;
         Ok(Master { config, client, conn: OnceCell::new(), wakeups })
     }
 
