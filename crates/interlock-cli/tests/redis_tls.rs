@@ -4,10 +4,11 @@
 //! certificate (`?cert=&key=`) is presented when the server asks for one, the conformance
 //! suite's core cases run over TLS, and Redlock runs over TLS to three masters (`redlocks://`).
 #![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use interlock::Error;
+use interlock::{Error, Provider};
 use interlock_testkit::servers::redis_tls::{RedisTls, TlsFiles};
 use interlock_testkit::unique;
 
@@ -21,6 +22,22 @@ fn ca(files: &TlsFiles, which: &str) -> String {
     RedisTls::ca_option(&files.path(which))
 }
 
+/// `p` takes `name` (`check` runs while it holds it); `q` is kept out, and a waiter of `q` is woken
+/// by the release (BLPOP or pub/sub over TLS) with a higher token.
+async fn holds_then_hands_over(p: &Provider, q: &Provider, name: &str, check: impl FnOnce()) {
+    let g = p.mutex(name).unwrap().lock().await.unwrap();
+    check();
+    assert!(q.mutex(name).unwrap().try_lock().await.unwrap().is_none(), "two holders over TLS");
+    let m = q.mutex(name).unwrap();
+    let waiter = tokio::spawn(async move { m.lock_timeout(Duration::from_secs(20)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let token = g.fencing_token().unwrap();
+    g.release().await.unwrap();
+    let g2 = waiter.await.unwrap().expect("the waiter is woken over TLS");
+    assert!(g2.fencing_token().unwrap() > token);
+    g2.release().await.unwrap();
+}
+
 /// Acquire, contend, release and a waiter woken by the release, over TLS with the test CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn locks_over_tls_with_the_servers_ca() {
@@ -29,16 +46,7 @@ async fn locks_over_tls_with_the_servers_ca() {
     let url = format!("{}?{}", r.url(1), ca(&files, "ca.crt"));
     let (p, q) = (interlock::connect(&url).await.expect("connect over TLS"), interlock::connect(&url).await.unwrap());
     let name = unique("tls");
-    let g = p.mutex(&name).unwrap().lock().await.unwrap();
-    assert!(q.mutex(&name).unwrap().try_lock().await.unwrap().is_none(), "two holders over TLS");
-    let m = q.mutex(&name).unwrap();
-    let waiter = tokio::spawn(async move { m.lock_timeout(Duration::from_secs(20)).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let token = g.fencing_token().unwrap();
-    g.release().await.unwrap();
-    let g2 = waiter.await.unwrap().expect("the waiter (BLPOP over TLS) is woken");
-    assert!(g2.fencing_token().unwrap() > token);
-    g2.release().await.unwrap();
+    holds_then_hands_over(&p, &q, &name, || {}).await;
     let s = p.semaphore(&name, 2).unwrap().acquire().await.unwrap();
     s.release().await.unwrap();
 }
@@ -98,16 +106,10 @@ async fn locks_on_a_cluster_over_tls() {
             .map(|i| format!("{}-{i}", unique("tlsnode")))
             .find(|n| c.node_of_slot(c.keyslot(n).unwrap()).unwrap() == node)
             .unwrap();
-        let g = p.mutex(&name).unwrap().lock().await.unwrap();
-        assert_eq!(c.cmd_on(node, &["EXISTS", &name]).unwrap().int(), Some(1), "not on master {node}");
-        let m = q.mutex(&name).unwrap();
-        let waiter = tokio::spawn(async move { m.lock_timeout(Duration::from_secs(20)).await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let token = g.fencing_token().unwrap();
-        g.release().await.unwrap();
-        let g2 = waiter.await.unwrap().expect("the waiter over TLS is woken");
-        assert!(g2.fencing_token().unwrap() > token);
-        g2.release().await.unwrap();
+        holds_then_hands_over(&p, &q, &name, || {
+            assert_eq!(c.cmd_on(node, &["EXISTS", &name]).unwrap().int(), Some(1), "not on master {node}");
+        })
+        .await;
     }
     let wrong = format!("{}?{}", c.url(), ca(&files, "wrong-ca.crt"));
     let e = interlock::connect(&wrong).await.map(drop).unwrap_err();
@@ -130,18 +132,11 @@ async fn redlock_over_tls_on_three_masters() {
     let (p, q) = (interlock::connect(&url).await.expect("connect over TLS"), interlock::connect(&url).await.unwrap());
     assert_eq!(p.backend(), "redlock");
     let name = unique("tlsredlock");
-    let g = p.mutex(&name).unwrap().lock().await.unwrap();
-    let on = masters.iter().filter(|m| m.cmd(1, &["EXISTS", &name]).unwrap().int() == Some(1)).count();
-    assert!(on >= 2, "the key is on {on} of 3 masters");
-    assert!(q.mutex(&name).unwrap().try_lock().await.unwrap().is_none(), "two holders over TLS");
-    let m = q.mutex(&name).unwrap();
-    let waiter = tokio::spawn(async move { m.lock_timeout(Duration::from_secs(20)).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let token = g.fencing_token().unwrap();
-    g.release().await.unwrap();
-    let g2 = waiter.await.unwrap().expect("the waiter is woken over TLS");
-    assert!(g2.fencing_token().unwrap() > token);
-    g2.release().await.unwrap();
+    holds_then_hands_over(&p, &q, &name, || {
+        let on = masters.iter().filter(|m| m.cmd(1, &["EXISTS", &name]).unwrap().int() == Some(1)).count();
+        assert!(on >= 2, "the key is on {on} of 3 masters");
+    })
+    .await;
 
     let wrong = format!("redlocks://{}/1?{}", hosts.join(","), ca(&files, "wrong-ca.crt"));
     let e = interlock::connect(&wrong).await.map(drop).unwrap_err();

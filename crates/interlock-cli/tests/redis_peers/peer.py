@@ -17,57 +17,48 @@ urls = urls.split(",")
 r = redis.Redis.from_url(urls[0])
 
 
-class RedisPy:
-    # redis-py's Lock with its defaults: no timeout, so `SET name token NX` with no PX.
-    def __init__(self):
-        self.lock = r.lock(name)
+class ToolLock:
+    # A tool whose lock object has acquire(blocking=..., <its timeout keyword>=...) and release().
+    timeout_keyword = "timeout"
 
     def acquire(self, wait):
         if wait is None:
             return self.lock.acquire(blocking=False)
-        return self.lock.acquire(blocking=True, blocking_timeout=wait)
+        return self.lock.acquire(blocking=True, **{self.timeout_keyword: wait})
 
     def release(self):
         self.lock.release()
+
+
+class RedisPy(ToolLock):
+    # redis-py's Lock with its defaults: no timeout, so `SET name token NX` with no PX.
+    timeout_keyword = "blocking_timeout"
+
+    def __init__(self):
+        self.lock = r.lock(name)
 
     def token(self):
         return self.lock.local.token.decode()
 
 
-class PythonRedisLock:
+class PythonRedisLock(ToolLock):
     # python-redis-lock with its defaults: key `lock:NAME`, no expire.
     def __init__(self):
         import redis_lock
 
         self.lock = redis_lock.Lock(r, name)
 
-    def acquire(self, wait):
-        if wait is None:
-            return self.lock.acquire(blocking=False)
-        return self.lock.acquire(blocking=True, timeout=wait)
-
-    def release(self):
-        self.lock.release()
-
     def token(self):
         return self.lock.id
 
 
-class Pottery:
+class Pottery(ToolLock):
     # pottery's Redlock on every URL as a master: key `redlock:NAME`, auto-release after 60 s.
     def __init__(self):
         import pottery
 
         masters = {redis.Redis.from_url(u) for u in urls}
         self.lock = pottery.Redlock(key=name, masters=masters, auto_release_time=60)
-
-    def acquire(self, wait):
-        if wait is None:
-            return self.lock.acquire(blocking=False)
-        return self.lock.acquire(blocking=True, timeout=wait)
-
-    def release(self):
-        self.lock.release()
 
     def token(self):
         return self.lock._uuid  # private: the value it set, to compare with the keys
