@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::Home;
 use crate::harness::Harness;
 use crate::servers::redis::{self, Redis, RedisNs, RedisOptions};
 
@@ -12,19 +13,10 @@ use crate::servers::redis::{self, Redis, RedisNs, RedisOptions};
 /// enough that renewals (every third of it) keep locks through a loaded machine.
 pub const LEASE: Duration = Duration::from_secs(2);
 
-/// Where a harness's server comes from.
-#[derive(Debug)]
-enum Home {
-    /// A namespace of the server shared by the test binary.
-    Shared(RedisNs<'static>),
-    /// A server of its own (restartable), with a namespace of it (leaked: one per harness).
-    Own(&'static Redis, RedisNs<'static>),
-}
-
 /// `redis://` on the testkit's private `redis-server`.
 #[derive(Debug)]
 pub struct RedisHarness {
-    home: Home,
+    home: Home<Redis, RedisNs<'static>>,
     bin: PathBuf,
 }
 
@@ -45,9 +37,7 @@ impl RedisHarness {
 
     /// This harness's namespace (its database and key prefix) of its server.
     pub fn ns(&self) -> &RedisNs<'static> {
-        match &self.home {
-            Home::Shared(ns) | Home::Own(_, ns) => ns,
-        }
+        self.home.ns()
     }
 
     /// The lock key of `name` in this harness's URL.
@@ -60,7 +50,7 @@ impl Drop for RedisHarness {
     /// A server of its own is killed with its harness (its memory was leaked to lend the
     /// namespace a `'static` server; the reaper removes its directory when the process ends).
     fn drop(&mut self) {
-        if let Home::Own(server, _) = &self.home {
+        if let Some(server) = self.home.own() {
             server.kill();
         }
     }
@@ -86,16 +76,11 @@ impl Harness for RedisHarness {
     /// Restarts the harness's own server (no persistence: every key is gone); not possible on
     /// the shared one.
     async fn restart_server(&self) -> bool {
-        match &self.home {
-            Home::Shared(_) => false,
-            Home::Own(server, _) => {
-                let server: &'static Redis = server;
-                tokio::task::spawn_blocking(move || server.restart().expect("restart redis-server"))
-                    .await
-                    .expect("restart task");
-                true
-            }
-        }
+        let Some(server) = self.home.own() else { return false };
+        tokio::task::spawn_blocking(move || server.restart().expect("restart redis-server"))
+            .await
+            .expect("restart task");
+        true
     }
 
     /// Fencing counters are keys like the locks: a server restarted without persistence loses

@@ -9,23 +9,15 @@
 
 use std::path::{Path, PathBuf};
 
+use super::Home;
 use super::redis::LEASE;
 use crate::harness::Harness;
 use crate::servers::redis_cluster::{self, RedisCluster, RedisClusterNs};
 
-/// Where a harness's cluster comes from.
-#[derive(Debug)]
-enum Home {
-    /// A key prefix of the cluster shared by the test binary.
-    Shared(RedisClusterNs<'static>),
-    /// A cluster of its own (restartable), with a key prefix of it (leaked: one per harness).
-    Own(&'static RedisCluster, RedisClusterNs<'static>),
-}
-
 /// `redis+cluster://` on the testkit's private 3-master Redis Cluster.
 #[derive(Debug)]
 pub struct RedisClusterHarness {
-    home: Home,
+    home: Home<RedisCluster, RedisClusterNs<'static>>,
     bin: PathBuf,
 }
 
@@ -46,9 +38,7 @@ impl RedisClusterHarness {
 
     /// This harness's key prefix of its cluster.
     pub fn ns(&self) -> &RedisClusterNs<'static> {
-        match &self.home {
-            Home::Shared(ns) | Home::Own(_, ns) => ns,
-        }
+        self.home.ns()
     }
 
     /// The cluster.
@@ -65,7 +55,7 @@ impl RedisClusterHarness {
 impl Drop for RedisClusterHarness {
     /// A cluster of its own is killed with its harness (the reaper removes its directories).
     fn drop(&mut self) {
-        if let Home::Own(cluster, _) = &self.home {
+        if let Some(cluster) = self.home.own() {
             cluster.kill();
         }
     }
@@ -93,16 +83,11 @@ impl Harness for RedisClusterHarness {
     /// Restarts every node of the harness's own cluster (no persistence: every key is gone);
     /// not possible on the shared one.
     async fn restart_server(&self) -> bool {
-        match &self.home {
-            Home::Shared(_) => false,
-            Home::Own(cluster, _) => {
-                let cluster: &'static RedisCluster = cluster;
-                tokio::task::spawn_blocking(move || cluster.restart().expect("restart the cluster"))
-                    .await
-                    .expect("restart task");
-                true
-            }
-        }
+        let Some(cluster) = self.home.own() else { return false };
+        tokio::task::spawn_blocking(move || cluster.restart().expect("restart the cluster"))
+            .await
+            .expect("restart task");
+        true
     }
 
     /// As on one server: a missing fencing counter starts again at the server clock in µs.

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::Home;
 use crate::harness::Harness;
 use crate::servers::redis::{self, RedisGroup, RedisGroupNs, RedisOptions};
 
@@ -13,18 +14,10 @@ use crate::servers::redis::{self, RedisGroup, RedisGroupNs, RedisOptions};
 /// quickly, long enough that renewals keep locks through a loaded machine.
 pub const LEASE: Duration = Duration::from_secs(2);
 
-#[derive(Debug)]
-enum Home {
-    /// A namespace of the group of N masters shared by the test binary.
-    Shared(RedisGroupNs<'static>),
-    /// A group of its own (masters may be killed and restarted), with a namespace of it.
-    Own(&'static RedisGroup, RedisGroupNs<'static>),
-}
-
 /// `redlock://` on N private `redis-server` masters.
 #[derive(Debug)]
 pub struct RedlockHarness {
-    home: Home,
+    home: Home<RedisGroup, RedisGroupNs<'static>>,
     bin: PathBuf,
 }
 
@@ -45,9 +38,7 @@ impl RedlockHarness {
 
     /// This harness's namespace of its masters.
     pub fn ns(&self) -> &RedisGroupNs<'static> {
-        match &self.home {
-            Home::Shared(ns) | Home::Own(_, ns) => ns,
-        }
+        self.home.ns()
     }
 
     /// The masters.
@@ -76,7 +67,7 @@ impl RedlockHarness {
 
 impl Drop for RedlockHarness {
     fn drop(&mut self) {
-        if let Home::Own(group, _) = &self.home {
+        if let Some(group) = self.home.own() {
             for r in group.members() {
                 r.kill();
             }
@@ -103,32 +94,22 @@ impl Harness for RedlockHarness {
     /// Restarts every master of the harness's own group (no persistence: every key is gone);
     /// not possible on the shared group.
     async fn restart_server(&self) -> bool {
-        match &self.home {
-            Home::Shared(_) => false,
-            Home::Own(group, _) => {
-                let group: &'static RedisGroup = group;
-                tokio::task::spawn_blocking(move || {
-                    for r in group.members() {
-                        r.restart().expect("restart a master");
-                    }
-                })
-                .await
-                .expect("restart task");
-                true
+        let Some(group) = self.home.own() else { return false };
+        tokio::task::spawn_blocking(move || {
+            for r in group.members() {
+                r.restart().expect("restart a master");
             }
-        }
+        })
+        .await
+        .expect("restart task");
+        true
     }
 
     /// SIGKILLs `k` running masters of the harness's own group; `None` on the shared group.
     async fn kill_members(&self, k: usize) -> Option<usize> {
-        match &self.home {
-            Home::Shared(_) => None,
-            Home::Own(group, _) => {
-                let group: &'static RedisGroup = group;
-                tokio::task::spawn_blocking(move || group.kill_k(k)).await.expect("kill task");
-                Some(group.len())
-            }
-        }
+        let group = self.home.own()?;
+        tokio::task::spawn_blocking(move || group.kill_k(k)).await.expect("kill task");
+        Some(group.len())
     }
 
     /// Fencing counters start again at each master's clock in microseconds after a restart
