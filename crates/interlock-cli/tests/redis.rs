@@ -13,8 +13,8 @@ use interlock_testkit::process::Hold;
 use interlock_testkit::servers::PortLease;
 use interlock_testkit::servers::redis::{Redis, RedisOptions};
 use interlock_testkit::servers::resp::Resp;
-use interlock_testkit::unique;
 use interlock_testkit::{Harness, RedisHarness};
+use interlock_testkit::{one_line, unique};
 
 const BIN: &str = env!("CARGO_BIN_EXE_interlock");
 const EVENTUALLY: Duration = Duration::from_secs(20);
@@ -25,12 +25,6 @@ fn shared() -> Option<RedisHarness> {
 
 fn own() -> Option<RedisHarness> {
     RedisHarness::own_server(BIN)
-}
-
-fn one_line(e: &Error) -> String {
-    let s = e.to_string();
-    assert!(!s.contains('\n'), "not one line: {s:?}");
-    s
 }
 
 /// `kill -9` of an `interlock hold` holder: a waiter of another process gets the lock within

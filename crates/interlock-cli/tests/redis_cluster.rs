@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use interlock::{AcquireOptions, Error};
 use interlock_testkit::servers::PortLease;
-use interlock_testkit::unique;
 use interlock_testkit::{Harness, RedisClusterHarness};
+use interlock_testkit::{one_line, unique};
 
 const BIN: &str = env!("CARGO_BIN_EXE_interlock");
 const EVENTUALLY: Duration = Duration::from_secs(20);
@@ -23,12 +23,6 @@ fn shared() -> Option<RedisClusterHarness> {
 
 fn own() -> Option<RedisClusterHarness> {
     RedisClusterHarness::own_cluster(BIN)
-}
-
-fn one_line(e: &Error) -> String {
-    let s = e.to_string();
-    assert!(!s.contains('\n'), "not one line: {s:?}");
-    s
 }
 
 /// Names with and without braces, including the awkward ones (a `}` without a tag).

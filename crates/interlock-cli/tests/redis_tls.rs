@@ -10,13 +10,7 @@ use std::time::Duration;
 
 use interlock::{Error, Provider};
 use interlock_testkit::servers::redis_tls::{RedisTls, TlsFiles};
-use interlock_testkit::unique;
-
-fn one_line(e: &Error) -> String {
-    let s = e.to_string();
-    assert!(!s.contains('\n'), "not one line: {s:?}");
-    s
-}
+use interlock_testkit::{one_line, unique};
 
 fn ca(files: &TlsFiles, which: &str) -> String {
     RedisTls::ca_option(&files.path(which))

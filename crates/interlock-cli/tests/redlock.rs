@@ -15,8 +15,8 @@ use interlock_testkit::process::Hold;
 use interlock_testkit::servers::PortLease;
 use interlock_testkit::servers::redis::{RedisGroup, RedisOptions};
 use interlock_testkit::servers::resp::Resp;
-use interlock_testkit::unique;
 use interlock_testkit::{Harness, RedlockHarness};
+use interlock_testkit::{one_line, unique};
 
 const BIN: &str = env!("CARGO_BIN_EXE_interlock");
 const EVENTUALLY: Duration = Duration::from_secs(20);
@@ -27,12 +27,6 @@ fn shared(n: usize) -> Option<RedlockHarness> {
 
 fn own(n: usize) -> Option<RedlockHarness> {
     RedlockHarness::own_group(BIN, n)
-}
-
-fn one_line(e: &Error) -> String {
-    let s = e.to_string();
-    assert!(!s.contains('\n'), "not one line: {s:?}");
-    s
 }
 
 /// `GET` of `key` on master `i` (in the harness's database), as a number.

@@ -44,6 +44,17 @@ pub fn skip(what: &str) {
     eprintln!("\n*** SKIPPED: {what} (set INTERLOCK_TEST_REQUIRE=1 to make this a failure) ***\n");
 }
 
+/// The error's message, asserted to be one line (every error interlock shows is).
+///
+/// # Panics
+///
+/// When the message has a line break.
+pub fn one_line(e: &interlock::Error) -> String {
+    let s = e.to_string();
+    assert!(!s.contains('\n'), "not one line: {s:?}");
+    s
+}
+
 /// A lock name no other test uses: `prefix-PID-N`.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
