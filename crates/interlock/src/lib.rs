@@ -79,7 +79,7 @@ pub use error::{BoxError, Error, Result};
 pub use guard::Guard;
 pub use name::{LockName, MAX_NAME_LEN};
 pub use provider::{AcquireOptions, DEFAULT_LEASE, Mutex, Provider, RwLock, Semaphore, WaitFor};
-pub use raw::{HeldMode, LockKind, LockStatus};
+pub use raw::{HeldMode, LockKind, LockStatus, finish_cleanups};
 pub use url::LockUrl;
 
 /// Connects to the backend named by `url` and returns a provider of locks.

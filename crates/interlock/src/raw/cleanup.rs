@@ -1,13 +1,15 @@
 //! Work that must finish after the future that started it is gone: the one helper for undo work
 //! (a cancelled acquisition's queue node, key, lease or session) and for the release of a dropped
-//! guard.
+//! guard; and the way to let that work finish before the process exits ([`finish_cleanups`]).
 
 use std::fmt;
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex as StdMutex, OnceLock};
 use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, Runtime};
+use tokio::sync::Notify;
 
 use super::BoxFuture;
 
@@ -34,6 +36,10 @@ use super::BoxFuture;
 /// Backends use it through [`Cleanup`], which runs the work only when an acquisition is
 /// abandoned.
 ///
+/// Work still running is counted: [`finish_cleanups`] (and [`finish_cleanups_blocking`]) wait
+/// for it, so that a program about to exit (the `interlock` command after a timed-out wait, a
+/// Python interpreter at exit) lets its undos and releases land first.
+///
 /// # Examples
 ///
 /// ```
@@ -47,6 +53,23 @@ use super::BoxFuture;
 /// # }
 /// ```
 pub fn spawn_cleanup<F>(work: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    spawn(work, true);
+}
+
+/// [`spawn_cleanup`] for work that [`finish_cleanups`] does not wait for: work whose loss at exit
+/// harms nobody and that may take long on purpose (an unsubscribe that waits a while for a next
+/// waiter first, and that the connection's close at exit does anyway).
+pub fn spawn_detached<F>(work: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    spawn(work, false);
+}
+
+fn spawn<F>(work: F, tracked: bool)
 where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -66,7 +89,120 @@ where
         }
     }
     // Polled once with a no-op waker: the task polls it again at once with its own waker.
-    drop(handle.spawn(work));
+    if tracked {
+        // Counted until the task finishes or is dropped (a runtime that shuts down drops it).
+        let pending = Pending::enter();
+        drop(handle.spawn(async move {
+            let _pending = pending;
+            work.await;
+        }));
+    } else {
+        drop(handle.spawn(work));
+    }
+}
+
+/// The cleanups of [`spawn_cleanup`] that are still running, process-wide.
+struct Outstanding {
+    count: StdMutex<usize>,
+    /// For blocking waiters ([`finish_cleanups_blocking`]).
+    changed: Condvar,
+    /// For async waiters ([`finish_cleanups`]).
+    notify: Notify,
+}
+
+fn outstanding() -> &'static Outstanding {
+    static OUTSTANDING: OnceLock<Outstanding> = OnceLock::new();
+    OUTSTANDING.get_or_init(|| Outstanding { count: StdMutex::new(0), changed: Condvar::new(), notify: Notify::new() })
+}
+
+impl Outstanding {
+    fn count(&self) -> usize {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One running cleanup, counted in [`Outstanding`] until dropped.
+struct Pending;
+
+impl Pending {
+    fn enter() -> Pending {
+        *outstanding().count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Pending
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let o = outstanding();
+        let mut count = o.count.lock().unwrap_or_else(|p| p.into_inner());
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            o.changed.notify_all();
+            o.notify.notify_waiters();
+        }
+    }
+}
+
+/// Waits, at most `limit`, until every cleanup started by [`spawn_cleanup`] in this process has
+/// finished: the undos of cancelled or timed-out acquisitions (a waiter's place in a queue, a key
+/// handed to it meanwhile) and the releases of dropped guards. Returns `true` when none is left,
+/// `false` when the limit ran out first.
+///
+/// Call it before a program exits right after giving up a wait or dropping a guard: the work runs
+/// on a tokio runtime, and a runtime that shuts down (the end of `#[tokio::main]`, `process::exit`)
+/// drops it unfinished, leaving what it would have removed to the backend's expiry (a lease, a
+/// waiter's registration). The `interlock` command calls it before it exits; the blocking facade
+/// and the Python package wait the same way (see [`crate::blocking`]).
+///
+/// Await it on the runtime that runs the cleanups when that runtime has a single thread (a
+/// `current_thread` runtime runs its tasks only while it is driven, and this future drives it).
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> interlock::Result<()> {
+/// use std::time::Duration;
+/// let locks = interlock::connect("memory://finish-cleanups").await?;
+/// let job = locks.mutex("job")?;
+/// let held = job.lock().await?;
+/// assert!(job.lock_timeout(Duration::from_millis(10)).await.is_err()); // its undo may be running
+/// drop(held); // a release in the background
+/// assert!(interlock::finish_cleanups(Duration::from_secs(5)).await);
+/// # Ok(()) }
+/// ```
+pub async fn finish_cleanups(limit: Duration) -> bool {
+    let o = outstanding();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        // Registered before the count is read, so that a last cleanup ending in between wakes us.
+        let notified = o.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if o.count() == 0 {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return o.count() == 0;
+        }
+    }
+}
+
+/// [`finish_cleanups`] for a thread outside any async runtime: blocks it, at most `limit`. The
+/// cleanups must run on a runtime with threads of its own (a multi-thread runtime, interlock's own
+/// background runtime, the blocking facade's): a `current_thread` runtime that nobody drives makes
+/// no progress while this blocks.
+pub fn finish_cleanups_blocking(limit: Duration) -> bool {
+    let o = outstanding();
+    let deadline = Instant::now() + limit;
+    let mut count = o.count.lock().unwrap_or_else(|p| p.into_inner());
+    while *count > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        count = o.changed.wait_timeout(count, left).unwrap_or_else(|p| p.into_inner()).0;
+    }
+    true
 }
 
 /// interlock's own runtime, for cleanups started where no runtime is current.

@@ -16,7 +16,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::watch;
 
 use super::raw::{Master, round};
-use crate::raw::spawn_cleanup;
+use crate::raw::spawn_detached;
 
 /// How many recent wake-up messages a channel keeps for its waiters to look through.
 const RECENT: usize = 16;
@@ -179,7 +179,7 @@ impl Drop for Interest {
         if !last {
             return;
         }
-        spawn_cleanup(async move {
+        spawn_detached(async move {
             tokio::time::sleep(LINGER).await;
             let _order = wakeups.order.lock().await;
             let unsubscribe = {
