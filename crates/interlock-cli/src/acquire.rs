@@ -4,8 +4,16 @@ use std::time::Duration;
 
 use clap::Args;
 use interlock::{AcquireOptions, Guard, Provider};
+use rustix::process::Signal;
 
 use crate::exit::{self, Failure};
+use crate::signals::{self, Signals};
+
+/// How long interlock waits, at most, before it exits, for the cleanups still running: the undo of
+/// an abandoned wait (its place in a server's queue, a lock handed to it meanwhile) and the
+/// releases of locks it dropped. They take a round trip or two; what a server that does not answer
+/// in this time would have removed is left to its own expiry (a waiter's registration, a lease).
+pub const CLEANUP_LIMIT: Duration = Duration::from_secs(3);
 
 /// Flags that say which lock to take and how.
 #[derive(Args, Debug, Clone)]
@@ -127,16 +135,68 @@ impl LockArgs {
 }
 
 /// Connects and takes the lock the flags describe: a mutex by default, the read side of a
-/// read-write lock with `-s`, one permit of a semaphore with `--permits N`.
+/// read-write lock with `-s`, one permit of a semaphore with `--permits N`; and catches `catch`
+/// (see [`Signals::install`]), returning them for the caller to handle once the lock is held.
+///
+/// On backends whose locks expire (Redis, Redlock), where a waiter's place lives on the server,
+/// the signals are caught from before the wait: one that would otherwise end interlock (SIGHUP,
+/// SIGINT, SIGTERM, ...) ends the wait, its undo runs (within [`CLEANUP_LIMIT`]) so that the wait
+/// leaves nothing behind, and then interlock dies of that signal, as it would have without the
+/// handler. SIGTSTP stops interlock as it would have (unless its process group is orphaned, where
+/// the kernel would have discarded it); SIGCONT and SIGCHLD change nothing. On the others (file)
+/// the process's end takes an abandoned wait with it (the kernel drops a dead process's `flock`
+/// wait), and the wait may block this thread in the kernel, where no handler could run: there the
+/// signals keep their default action until the lock is held.
 ///
 /// # Errors
 ///
 /// A [`Failure`] with the conflict code (`-E`) when the lock is held elsewhere or the wait timed
-/// out; otherwise the library's error and its exit code.
-pub async fn acquire(args: &LockArgs) -> Result<Held, Failure> {
+/// out; otherwise the library's error and its exit code; 74 when the signals cannot be caught.
+pub async fn acquire(args: &LockArgs, catch: &[Signal]) -> Result<(Held, Signals), Failure> {
+    let provider = connect_shared(&resolve_url(args.url.as_deref())).await?;
+    if !provider.capabilities().can_lose {
+        let guard = take(&provider, args).await?;
+        return match Signals::install(catch) {
+            Ok(signals) => Ok((Held { provider, guard }, signals)),
+            Err(failure) => {
+                if let Err(e) = guard.release().await {
+                    tracing::warn!(error = %e, "releasing the lock failed");
+                }
+                Err(failure)
+            }
+        };
+    }
+    let mut signals = Signals::install(catch)?;
+    let mut attempt = Box::pin(take(&provider, args));
+    let guard = loop {
+        tokio::select! {
+            taken = &mut attempt => break taken?,
+            caught = signals.recv() => match caught.signal {
+                Signal::CHILD | Signal::CONT => {}
+                Signal::TSTP => {
+                    if !crate::tree::group_is_orphaned(rustix::process::getpgrp())
+                        && let Err(e) = rustix::process::kill_process(rustix::process::getpid(), Signal::STOP)
+                    {
+                        tracing::debug!(error = %e, "cannot stop ourselves");
+                    }
+                }
+                sig => {
+                    tracing::debug!(signal = sig.as_raw(), "signal while waiting for the lock; giving up the wait");
+                    drop(attempt);
+                    interlock::finish_cleanups(CLEANUP_LIMIT).await;
+                    signals::die_of(sig);
+                }
+            }
+        }
+    };
+    drop(attempt);
+    Ok((Held { provider, guard }, signals))
+}
+
+/// Takes the lock the flags describe from `provider`.
+async fn take(provider: &Provider, args: &LockArgs) -> Result<Guard, Failure> {
     let conflict = args.conflict_exit_code;
     let fail = |e: interlock::Error| Failure::from_lock(&e, conflict);
-    let provider = connect_shared(&resolve_url(args.url.as_deref())).await?;
     let options = args.options();
     let attempt = match (args.shared, args.permits) {
         (true, Some(_)) => return Err(Failure::usage("--shared and --permits cannot be used together")),
@@ -147,7 +207,7 @@ pub async fn acquire(args: &LockArgs) -> Result<Held, Failure> {
     match attempt.map_err(fail)? {
         Some(guard) => {
             tracing::debug!(name = %args.name, token = ?guard.fencing_token(), url = provider.url(), "acquired");
-            Ok(Held { provider, guard })
+            Ok(guard)
         }
         None => Err(Failure::new(conflict, format!("lock {} is held elsewhere", exit::show_name(&args.name)))),
     }

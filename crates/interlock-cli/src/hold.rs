@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use crate::acquire::{self, Held, LockArgs};
 use crate::exit::{self, Failure, Outcome};
-use crate::signals::{self, Signals};
+use crate::signals;
 
 /// Flags of `interlock hold`.
 #[derive(Args, Debug)]
@@ -26,8 +26,7 @@ pub struct HoldArgs {
 /// A [`Failure`]: the conflict code when the lock is held elsewhere, 74 when stdout cannot be
 /// written, the library's code for backend errors.
 pub async fn hold(args: HoldArgs) -> Outcome {
-    let Held { provider: _provider, guard } = acquire::acquire(&args.lock).await?;
-    let mut signals = Signals::install(signals::RELEASE_ON)?;
+    let (Held { provider: _provider, guard }, mut signals) = acquire::acquire(&args.lock, signals::RELEASE_ON).await?;
     let line = format!("token={}\n", acquire::token_text(&guard));
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {

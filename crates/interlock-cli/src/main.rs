@@ -153,7 +153,17 @@ fn main() -> ExitCode {
 /// Runs an async subcommand; `run_name_given` says whether `run`'s NAME came before `--` (see
 /// [`run_args`]). (The runtime is built by hand rather than with `#[tokio::main]`, so that a
 /// failure to start it is an error message, not a panic.)
+///
+/// Before it returns, the cleanups still running (the undo of a wait that timed out, the release of
+/// a dropped lock) get up to [`acquire::CLEANUP_LIMIT`] to land: the runtime drops them when the
+/// process exits.
 async fn dispatch(command: Command, run_name_given: bool) -> exit::Outcome {
+    let outcome = dispatch_now(command, run_name_given).await;
+    interlock::finish_cleanups(acquire::CLEANUP_LIMIT).await;
+    outcome
+}
+
+async fn dispatch_now(command: Command, run_name_given: bool) -> exit::Outcome {
     match command {
         Command::Run(args) => run::run(args.split_name_and_command(run_name_given)?).await,
         Command::Hold(args) => hold::hold(args).await,

@@ -76,12 +76,9 @@ pub async fn run(args: RunArgs) -> Outcome {
     let Some((program, rest)) = args.command.split_first() else {
         return Err(Failure::usage("run needs a command after `--`: interlock run NAME -- COMMAND [ARGS...]"));
     };
-    let Held { provider, guard } = acquire::acquire(&args.lock).await?;
-    // Before the command exists, so that no state change of it is missed.
-    let mut signals = match Signals::install(CAUGHT) {
-        Ok(s) => s,
-        Err(failure) => return Err(release_quietly(guard, failure).await),
-    };
+    // The signals are caught before the command exists, so that no state change of it is missed
+    // (and, on backends whose locks expire, before the wait: see acquire::acquire).
+    let (Held { provider, guard }, mut signals) = acquire::acquire(&args.lock, CAUGHT).await?;
     if let Err(e) = tree::become_subreaper() {
         return Err(release_quietly(guard, Failure::io("cannot become the command's subreaper", e)).await);
     }

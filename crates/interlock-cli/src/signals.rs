@@ -1,8 +1,11 @@
 //! The signals interlock catches while it holds a lock, so that it can release cleanly (`hold`) or
 //! pass them on to the command it runs (`run`).
 //!
-//! They are installed only once the lock is held: while waiting for a lock, signals keep their
-//! default action and end the process (the wait leaves nothing behind).
+//! They are installed once the lock is held, or, on backends whose locks expire, before the wait
+//! for it: there a signal that ends interlock while it waits (SIGTERM from `timeout`, Ctrl-C)
+//! first lets the wait's undo land, so that nothing is left on the backend, and then ends
+//! interlock by the signal's default action ([`die_of`]). Elsewhere (file), signals keep their
+//! default action while interlock waits, and the process's end takes the wait with it.
 //!
 //! A signal that was ignored when interlock started (`nohup` ignores SIGHUP, a shell ignores
 //! SIGINT for background jobs) is never caught: it stays ignored for interlock and, since ignored
@@ -107,6 +110,18 @@ impl Drop for Signals {
             let _ = t.join();
         }
     }
+}
+
+/// Ends interlock as `signal`'s default action would (so that the parent sees it die of that
+/// signal), after interlock caught it: the handler is reset to the default and the signal raised
+/// again. For a signal whose default is not to terminate, exits with 128 + N, as a shell would
+/// report a death by it.
+pub fn die_of(signal: Signal) -> ! {
+    if let Err(e) = signal_hook::low_level::emulate_default_handler(signal.as_raw()) {
+        tracing::debug!(error = %e, "cannot raise the signal again");
+    }
+    let code = i32::from(crate::exit::SIGNAL_BASE) + signal.as_raw();
+    std::process::exit(code)
 }
 
 /// Unblocks `signals` in the calling thread.
