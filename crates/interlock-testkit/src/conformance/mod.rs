@@ -9,6 +9,7 @@ mod cancel;
 mod exclusion;
 mod faults;
 mod fencing;
+mod gone;
 mod input;
 mod local;
 mod outages;
@@ -19,6 +20,7 @@ pub use cancel::*;
 pub use exclusion::*;
 pub use faults::*;
 pub use fencing::*;
+pub use gone::*;
 pub use input::*;
 pub use local::*;
 pub use outages::*;
@@ -90,6 +92,13 @@ macro_rules! conformance_suite {
                 release_then_reacquire,
                 acquire_cancelled_at_any_point_leaves_nothing_behind,
                 cancelled_release_still_releases,
+                gone_waiter_timed_out_never_holds_up_the_next,
+                gone_waiter_dropped_never_holds_up_the_next,
+                gone_waiter_cli_timeout_never_holds_up_the_next,
+                gone_waiter_sigterm_never_holds_up_the_next,
+                gone_waiter_sigint_never_holds_up_the_next,
+                gone_waiter_kill_9_never_holds_up_the_next,
+                gone_waiter_sigstop_never_holds_up_the_next,
                 monitor_ends_with_its_guard,
                 fencing_tokens_strictly_increase,
                 fencing_tokens_shared_holders,

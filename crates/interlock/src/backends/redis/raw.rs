@@ -17,7 +17,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline,
-    ProtocolVersion, RedisConnectionInfo, RedisError, RedisFuture, Value,
+    ProtocolVersion, RedisConnectionInfo, RedisError, RedisFuture, ScriptInvocation, ServerErrorKind, Value,
 };
 
 use super::config::{RedisConfig, TlsFiles};
@@ -37,9 +37,16 @@ pub(crate) const BACKEND: &str = super::BACKEND_NAME;
 /// `DEL`), and how often it refreshes its place in the queue.
 pub(crate) const RECHECK: Duration = Duration::from_millis(500);
 
-/// How long a waiter's place in the queue lasts without a refresh: a waiter that died (or is
-/// stopped) holds up the queue at most this long.
-pub(crate) const REGISTRATION: Duration = Duration::from_secs(4);
+/// How long a waiter's place in the queue lasts without a refresh (each of its attempts, at least
+/// every [`RECHECK`], refreshes it): a waiter that died (or is stopped) holds up the queue at most
+/// this long.
+pub(crate) const REGISTRATION: Duration = Duration::from_secs(2);
+
+/// How long a lock handed over to a waiter lives until the waiter claims it (at most the lease):
+/// a waiter that is gone (killed, stopped, its undo lost) holds up the next one at most this long,
+/// not for its whole lease. A live waiter claims at once: its next attempt is pipelined behind
+/// its wait, so Redis runs it as soon as the hand-over's push ends that wait.
+pub(crate) const CLAIM: Duration = Duration::from_secs(1);
 
 /// At most this many idle waiter connections are kept for the next waiter.
 const IDLE_WAITER_CONNECTIONS: usize = 4;
@@ -167,7 +174,7 @@ impl RedisProvider {
     }
 
     /// A connection of its own for one blocking wait.
-    async fn waiter_connection(&self) -> Result<Conn> {
+    async fn waiter_connection(&self) -> redis::RedisResult<Conn> {
         if let Some(c) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(c);
         }
@@ -177,7 +184,6 @@ impl RedisProvider {
             }
             Clients::Cluster(waiters) => waiters.get_async_connection().await.map(Conn::Cluster),
         }
-        .map_err(|e| map_err(&self.config, "connect a waiter", e))
     }
 
     /// Keeps a waiter connection whose last command completed, for the next waiter.
@@ -194,24 +200,28 @@ impl RedisProvider {
             Wait::Try => String::new(),
             Wait::Until(_) => op.member(),
         };
-        let mut conn = self.conn.clone();
+        // The waiter connection whose wait (and the attempt pipelined behind it) is in flight:
+        // if we are dropped then, the undo must also run behind that attempt.
+        let in_flight: Arc<StdMutex<Option<Conn>>> = Arc::default();
         // Armed before the first request: if we are dropped with it in flight, the lock may be
         // ours on the server (and our place in the queue), and the undo removes both.
-        let undo = Cleanup::new(op.clone().undo(self.conn.clone(), member.clone(), self.config.clone()));
+        let undo =
+            Cleanup::new(op.clone().undo(self.conn.clone(), member.clone(), self.config.clone(), in_flight.clone()));
         let mut waiter: Option<Conn> = None;
-        // The send time of the last attempt that found the lock busy: a release can hand the lock
-        // to this waiter only after that attempt ran, so the lease counts from no earlier.
-        let mut busy_sent = Instant::now();
+        // The answer of the attempt pipelined behind the last wait, and when that was sent.
+        let mut after_wait: Option<(Vec<i64>, Instant)> = None;
         loop {
-            let sent = Instant::now();
-            let reply: Vec<i64> = op
-                .invoke(Script::Acquire, &mut conn, &member, &self.config)
-                .await
-                .map_err(|e| op.map_err(&self.config, "acquire", e))?;
-            let granted = match reply[..] {
-                // By this attempt, or handed over by a release since the last busy attempt: either
-                // way not before `busy_sent` (the start, for a first attempt).
-                [1, fence] => Some((fence, busy_sent)),
+            let (reply, sent) = match after_wait.take() {
+                Some(answer) => answer,
+                None => {
+                    let sent = Instant::now();
+                    (self.attempt(&op, &member).await?, sent)
+                }
+            };
+            let fence = match reply[..] {
+                // Set by this attempt, or claimed by it after a release handed it over: either
+                // way by a script that ran after `sent`, with our whole lease.
+                [1, fence] => fence,
                 [-1, existing] => {
                     let LockKind::Semaphore { permits } = req.kind else { return Err(op.bad_reply(&reply)) };
                     return Err(Error::PermitsMismatch {
@@ -226,10 +236,8 @@ impl RedisProvider {
                         undo.disarm();
                         return Ok(None);
                     };
-                    busy_sent = sent;
                     // Re-check at the holder key's expiry (a peer tool's lock that nobody
-                    // releases), at the bounded interval, and often enough that a lock handed to
-                    // us keeps most of its lease (counted from `busy_sent`).
+                    // releases) and at the bounded interval, which also refreshes our place.
                     let mut timeout = RECHECK.min(req.lease.lease / 4).max(Duration::from_millis(2));
                     if pttl > 0 {
                         timeout = timeout.min(Duration::from_millis(pttl.unsigned_abs() + 1));
@@ -243,41 +251,59 @@ impl RedisProvider {
                     }
                     let mut c = match waiter.take() {
                         Some(c) => c,
-                        None => self.waiter_connection().await?,
+                        None => match self.waiter_connection().await {
+                            Ok(c) => c,
+                            Err(e) if lost_connection(&e) => {
+                                // The next attempt reconnects, or says the server is gone.
+                                tracing::debug!(error = %op.map_err(&self.config, "connect a waiter for", e), "re-checking");
+                                tokio::time::sleep(Duration::from_millis(20).min(timeout)).await;
+                                continue;
+                            }
+                            Err(e) => return Err(op.map_err(&self.config, "connect a waiter for", e)),
+                        },
                     };
-                    let wake = format!("{}{member}", op.keys.wake_prefix);
-                    let mut blpop = redis::cmd("BLPOP");
-                    blpop.arg(&wake).arg(format!("{:.3}", timeout.as_secs_f64().max(0.001)));
+                    *in_flight.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                    let sent = Instant::now();
                     let limit = timeout + self.config.command_timeout;
-                    match tokio::time::timeout(limit, blpop.query_async::<Option<(String, i64)>>(&mut c)).await {
-                        Ok(Ok(popped)) => {
+                    let answer =
+                        tokio::time::timeout(limit, op.wait_then_attempt(&mut c, &member, timeout, &self.config)).await;
+                    *in_flight.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    match answer {
+                        Ok(Ok(reply)) => {
                             waiter = Some(c);
-                            popped.map(|(_, fence)| (fence, busy_sent))
+                            after_wait = Some((reply, sent));
                         }
+                        // The script is not cached (the server restarted, `SCRIPT FLUSH`): the next
+                        // attempt, a plain one, loads it.
+                        Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => waiter = Some(c),
                         // On a cluster, the wait may end with a redirection (its slot moved while
                         // it waited: Redis unblocks it with MOVED) or a node that went away: the
-                        // loop's next attempt finds out, on a new connection (the cluster client
-                        // follows the slot), and fails there if the cluster is down. A short
-                        // pause keeps a failing node from making this a busy loop.
-                        Ok(Err(e)) if self.config.cluster => {
-                            tracing::debug!(error = %op.map_err(&self.config, "wait", e), "cluster wait ended early; re-checking");
+                        // next attempt finds out, through the cluster client (which follows the
+                        // slot), and fails there if the cluster is down. A short pause keeps a
+                        // failing node from making this a busy loop.
+                        Ok(Err(e)) if self.config.cluster || lost_connection(&e) => {
+                            // The connection was lost (killed, reset, a restart): it is dropped,
+                            // and the next attempt goes over the provider's connection, which
+                            // reconnects, and finds out whatever that connection's last attempt did.
+                            tracing::debug!(error = %op.map_err(&self.config, "wait", e), "the wait ended early; re-checking");
                             tokio::time::sleep(Duration::from_millis(20).min(timeout)).await;
-                            None
                         }
                         Ok(Err(e)) => return Err(op.map_err(&self.config, "wait", e)),
-                        // No answer in time: that connection is dropped, the next wait opens another.
-                        Err(_) => None,
+                        // No answer in time: that connection is dropped, the next attempt (a plain
+                        // one) finds out what the pipelined one did, and the next wait opens
+                        // another connection.
+                        Err(_) => {}
                     }
+                    continue;
                 }
                 _ => return Err(op.bad_reply(&reply)),
             };
-            let Some((fence, from)) = granted else { continue };
-            let mut valid_until = req.lease.valid_from(from)?;
+            let mut valid_until = req.lease.valid_from(sent)?;
             let held = RedisHeld {
                 conn: self.conn.clone(),
                 config: self.config.clone(),
                 op: op.clone(),
-                fence: u64::try_from(fence).unwrap_or(0),
+                fence: op.token_from(fence)?,
                 valid_until,
                 released: AtomicBool::new(false),
             };
@@ -297,6 +323,21 @@ impl RedisProvider {
                 self.keep_idle(c);
             }
             return Ok(Some(Arc::new(RedisHeld { valid_until, ..held })));
+        }
+    }
+
+    /// One attempt on the provider's connection, made again on a new connection when that one was
+    /// lost (killed, reset), for up to `command_timeout`. An attempt is safe to repeat: one that
+    /// got the lock before its answer was lost finds it ours and claims it again.
+    async fn attempt(&self, op: &Op, member: &str) -> Result<Vec<i64>> {
+        let mut reconnect = Reconnect::within(self.config.command_timeout);
+        loop {
+            let mut conn = self.conn.clone();
+            match op.invoke(Script::Acquire, &mut conn, member, &self.config).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) if reconnect.again(&e).await => {}
+                Err(e) => return Err(op.map_err(&self.config, "acquire", e)),
+            }
         }
     }
 
@@ -619,13 +660,15 @@ impl Op {
         }
     }
 
-    /// This acquisition as a waiter in the queue: `KIND:TOKEN:LEASE_MS[:PERMITS]`, all a release
-    /// needs to hand it the lock.
+    /// This acquisition as a waiter in the queue: `KIND:TOKEN:CLAIM_MS[:PERMITS]`, all a release
+    /// needs to hand it the lock: a hand-over sets the lock for [`CLAIM`] (at most the lease),
+    /// which our next attempt, pipelined behind our wait, turns into our whole lease.
     fn member(&self) -> String {
+        let claim = duration_ms(CLAIM).min(self.lease_ms);
         match self.kind {
-            LockKind::Read => format!("r:{}:{}", self.token, self.lease_ms),
-            LockKind::Semaphore { permits } => format!("s:{}:{}:{permits}", self.token, self.lease_ms),
-            _ => format!("w:{}:{}", self.token, self.lease_ms),
+            LockKind::Read => format!("r:{}:{claim}", self.token),
+            LockKind::Semaphore { permits } => format!("s:{}:{claim}:{permits}", self.token),
+            _ => format!("w:{}:{claim}", self.token),
         }
     }
 
@@ -634,27 +677,23 @@ impl Op {
         which: Script,
         conn: &mut impl ConnectionLike,
         member: &str,
-        config: &RedisConfig,
+        _config: &RedisConfig,
     ) -> redis::RedisResult<T> {
-        self.invoke_lease(which, conn, member, config, self.lease_ms).await
+        self.invocation(which, member, self.lease_ms, false).invoke_async(conn).await
     }
 
-    async fn invoke_lease<T: redis::FromRedisValue>(
-        &self,
-        which: Script,
-        conn: &mut impl ConnectionLike,
-        member: &str,
-        _config: &RedisConfig,
-        lease_ms: u64,
-    ) -> redis::RedisResult<T> {
+    /// The invocation of one of our scripts: KEYS and ARGV as the scripts expect them (see
+    /// `scripts/acquire_rw.lua`); `unblock` asks a release to end a wait of ours that may still be
+    /// blocked (an undo, see [`Op::undo`]).
+    fn invocation(&self, which: Script, member: &str, lease_ms: u64, unblock: bool) -> ScriptInvocation<'static> {
         let sem = matches!(self.kind, LockKind::Semaphore { .. });
-        let script = match (which, sem) {
-            (Script::Acquire, false) => &*scripts::ACQUIRE_RW,
-            (Script::Release, false) => &*scripts::RELEASE_RW,
-            (Script::Renew, false) => &*scripts::RENEW_RW,
-            (Script::Acquire, true) => &*scripts::ACQUIRE_SEM,
-            (Script::Release, true) => &*scripts::RELEASE_SEM,
-            (Script::Renew, true) => &*scripts::RENEW_SEM,
+        let script: &'static redis::Script = match (which, sem) {
+            (Script::Acquire, false) => &scripts::ACQUIRE_RW,
+            (Script::Release, false) => &scripts::RELEASE_RW,
+            (Script::Renew, false) => &scripts::RENEW_RW,
+            (Script::Acquire, true) => &scripts::ACQUIRE_SEM,
+            (Script::Release, true) => &scripts::RELEASE_SEM,
+            (Script::Renew, true) => &scripts::RENEW_SEM,
         };
         let mut inv = script.prepare_invoke();
         for k in &self.keys.script_keys {
@@ -670,16 +709,78 @@ impl Op {
             .arg(duration_ms(REGISTRATION))
             .arg(&self.keys.wake_prefix)
             .arg(sixth)
-            .arg(if self.kind == LockKind::Read { "r" } else { "w" });
-        inv.invoke_async(conn).await
+            .arg(if self.kind == LockKind::Read { "r" } else { "w" })
+            .arg(if unblock { "1" } else { "0" });
+        inv
+    }
+
+    /// One wait on the waiter's own connection: `BLPOP` on its wake-up list for at most `timeout`,
+    /// and the next attempt pipelined behind it, which Redis runs as soon as the `BLPOP` returns
+    /// (pushed to by a hand-over, or timed out). A lock handed over is thus claimed (extended from
+    /// its short claim window to our lease) in the same round trip as the wake-up, by the server,
+    /// and a waiter that is gone (its connection closed) claims nothing. Returns the attempt's
+    /// answer; the `BLPOP`'s is not needed.
+    async fn wait_then_attempt(
+        &self,
+        conn: &mut Conn,
+        member: &str,
+        timeout: Duration,
+        _config: &RedisConfig,
+    ) -> redis::RedisResult<Vec<i64>> {
+        let attempt = self.invocation(Script::Acquire, member, self.lease_ms, false);
+        let mut pipe = redis::pipe();
+        pipe.cmd("BLPOP")
+            .arg(format!("{}{member}", self.keys.wake_prefix))
+            .arg(format!("{:.3}", timeout.as_secs_f64().max(0.001)))
+            .ignore()
+            .invoke_script(&attempt);
+        let (reply,): (Vec<i64>,) = pipe.query_async(conn).await?;
+        Ok(reply)
     }
 
     /// The undo of a cancelled acquisition: releases the lock if it became ours, and removes our
-    /// place in the queue (waking the next waiter when the lock is free).
-    async fn undo(self, mut conn: Conn, member: String, config: RedisConfig) {
-        let r: redis::RedisResult<i64> = self.invoke(Script::Release, &mut conn, &member, &config).await;
-        if let Err(e) = r {
-            tracing::debug!(error = %self.map_err(&config, "undo", e), "undo of a cancelled acquisition failed; the lease and the queue registration expire on their own");
+    /// place in the queue (waking the next waiter when the lock is free). With a wait in flight
+    /// on our waiter connection (`in_flight`), the attempt pipelined behind it runs on the server
+    /// after that wait, and may queue us again or take the lock: so the first undo, on the
+    /// provider's connection, also ends that wait (a push to our list), and a second undo runs
+    /// behind the attempt on its connection (Redis runs one connection's commands in order). If
+    /// that connection is gone, the attempt went with it or ran before: a third undo on the
+    /// provider's connection covers the second case.
+    async fn undo(self, shared: Conn, member: String, config: RedisConfig, in_flight: Arc<StdMutex<Option<Conn>>>) {
+        let pending = in_flight.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let first = self.release_retrying(&shared, &member, pending.is_some(), &config).await;
+        if let Err(e) = first {
+            tracing::debug!(error = %e, "undo of a cancelled acquisition failed; the lease and the queue registration expire on their own");
+        }
+        let Some(mut c) = pending else { return };
+        let behind = self.invocation(Script::Release, &member, self.lease_ms, false);
+        match tokio::time::timeout(RECHECK + config.command_timeout, behind.invoke_async::<i64>(&mut c)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if !lost_connection(&e) => {
+                tracing::debug!(error = %self.map_err(&config, "undo", e), "undo behind a cancelled wait failed");
+            }
+            _ => {
+                if let Err(e) = self.release_retrying(&shared, &member, false, &config).await {
+                    tracing::debug!(error = %e, "undo of a cancelled acquisition failed; the lease and the queue registration expire on their own");
+                }
+            }
+        }
+    }
+
+    /// The release script on the provider's connection, made again on a new connection when that
+    /// one was lost, for up to `command_timeout`. Returns whether this holder still held it.
+    async fn release_retrying(&self, conn: &Conn, member: &str, unblock: bool, config: &RedisConfig) -> Result<bool> {
+        let mut reconnect = Reconnect::within(config.command_timeout);
+        let mut ambiguous = false;
+        loop {
+            let mut c = conn.clone();
+            match self.invocation(Script::Release, member, self.lease_ms, unblock).invoke_async::<i64>(&mut c).await {
+                // After an attempt whose answer was lost with its connection, "not ours" may be
+                // that attempt's own doing.
+                Ok(r) => return Ok(r == 1 || ambiguous),
+                Err(e) if reconnect.again(&e).await => ambiguous = true,
+                Err(e) => return Err(self.map_err(config, "release", e)),
+            }
         }
     }
 
@@ -700,6 +801,43 @@ impl Op {
 
     fn bad_reply(&self, reply: &[i64]) -> Error {
         backend_error(format!("lock {:?}: unexpected script reply {reply:?}", self.name.display()))
+    }
+
+    /// A fencing token from a script's answer.
+    fn token_from(&self, fence: i64) -> Result<u64> {
+        u64::try_from(fence).map_err(|_| self.bad_reply(&[1, fence]))
+    }
+}
+
+/// Whether `e` says the connection was lost (killed by `CLIENT KILL`, reset, closed by a restart,
+/// refused while the server comes back): worth the same request again on a new connection.
+fn lost_connection(e: &RedisError) -> bool {
+    e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+/// Repeats a request whose connection was lost, on the connection that the `ConnectionManager`
+/// (or the cluster client) opens in its place, with short pauses, until a bound: so that a killed
+/// connection costs a reconnect, not an error, and only a server that stays unreachable for that
+/// long is `Unavailable`.
+struct Reconnect {
+    give_up: Instant,
+    pause: Duration,
+}
+
+impl Reconnect {
+    fn within(bound: Duration) -> Reconnect {
+        Reconnect { give_up: Instant::now() + bound, pause: Duration::from_millis(5) }
+    }
+
+    /// After the request failed with `e`: pauses and returns `true` when it is worth trying again.
+    async fn again(&mut self, e: &RedisError) -> bool {
+        if !lost_connection(e) || Instant::now() + self.pause >= self.give_up {
+            return false;
+        }
+        tracing::debug!(error = %e, "the connection to Redis was lost; trying again on a new one");
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(200));
+        true
     }
 }
 
@@ -736,32 +874,34 @@ impl RawHeld for RedisHeld {
         Some(self.valid_until)
     }
 
+    /// Renews on the provider's connection, again on a new one when that one was lost (for up to
+    /// `command_timeout`; the monitor bounds the whole by the lease's validity).
     fn renew(&self, lease: Duration) -> BoxFuture<'_, Result<Renewal>> {
         Box::pin(async move {
             let sent = Instant::now();
-            let mut conn = self.conn.clone();
-            let r: i64 = self
-                .op
-                .invoke_lease(Script::Renew, &mut conn, "", &self.config, duration_ms(lease))
-                .await
-                .map_err(|e| self.op.map_err(&self.config, "renew", e))?;
+            let mut reconnect = Reconnect::within(self.config.command_timeout);
+            let r: i64 = loop {
+                let mut conn = self.conn.clone();
+                match self.op.invocation(Script::Renew, "", duration_ms(lease), false).invoke_async(&mut conn).await {
+                    Ok(r) => break r,
+                    Err(e) if reconnect.again(&e).await => {}
+                    Err(e) => return Err(self.op.map_err(&self.config, "renew", e)),
+                }
+            };
             Ok(if r == 1 { Renewal::Until(instant_after(sent, lease)?) } else { Renewal::Lost })
         })
     }
 
+    /// Releases on the provider's connection, again on a new one when that one was lost (for up
+    /// to `command_timeout`), so that a killed connection does not leave the key for its lease.
     fn release(&self) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
             if self.released.load(Ordering::SeqCst) {
                 return Ok(true);
             }
-            let mut conn = self.conn.clone();
-            let r: i64 = self
-                .op
-                .invoke(Script::Release, &mut conn, "", &self.config)
-                .await
-                .map_err(|e| self.op.map_err(&self.config, "release", e))?;
+            let held = self.op.release_retrying(&self.conn, "", false, &self.config).await?;
             self.released.store(true, Ordering::SeqCst);
-            Ok(r == 1)
+            Ok(held)
         })
     }
 }

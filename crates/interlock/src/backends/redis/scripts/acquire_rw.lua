@@ -16,14 +16,20 @@ if not v then
   -- No lock key: whatever the readers ZSET says is stale (expired with it, or deleted).
   redis.call('DEL', readers)
 end
--- Handed to us by a release while we were between waits?
+-- Handed to us by a release (with a short claim window, see common.lua): claim it, with our
+-- whole lease. (Or ours already from an attempt whose answer was lost with its connection.)
 if side == 'w' and v == token then
+  redis.call('PEXPIRE', key, lease)
   if member ~= '' then unregister(q, qx, member) end
   return {1, current_fence(fence)}
 end
 if side == 'r' and v == marker then
   local s = redis.call('ZSCORE', readers, token)
   if s and tonumber(s) > now then
+    redis.call('ZADD', readers, now + lease, token)
+    local ms = longest(readers, now)
+    redis.call('PEXPIRE', key, ms)
+    redis.call('PEXPIRE', readers, ms)
     if member ~= '' then unregister(q, qx, member) end
     return {1, current_fence(fence)}
   end

@@ -8,8 +8,13 @@ local holders, fence, count, q, qx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, lease, member, reg, permits = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6])
 local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
--- Handed to us by a release while we were between waits?
+-- Handed to us by a release (with a short claim window, see common.lua): claim it, with our
+-- whole lease. (Or ours already from an attempt whose answer was lost with its connection.)
 if redis.call('ZSCORE', holders, token) then
+  redis.call('ZADD', holders, now + lease, token)
+  local ms = longest(holders, now)
+  redis.call('PEXPIRE', holders, ms)
+  redis.call('PEXPIRE', count, ms)
   if member ~= '' then unregister(q, qx, member) end
   return {1, tonumber(redis.call('GET', fence) or '0')}
 end

@@ -2,7 +2,9 @@
 -- the hash tag {KEY}, so one lock lives in one cluster slot.
 -- Waiters: Q is a ZSET member -> arrival (server microseconds), QX the same members -> expiry
 -- (server milliseconds); member "w:ID" (mutex, writer), "r:ID" (reader), "s:ID" (permit). Each
--- waiter blocks (BLPOP) on its own list WAKE_PREFIX..member, which a release pushes to.
+-- waiter blocks (BLPOP) on its own list WAKE_PREFIX..member, which a release pushes to, with its
+-- next attempt pipelined behind the BLPOP on the same connection: that attempt claims a lock
+-- handed over to it (it extends the short claim window the hand-over set to its whole lease).
 
 -- The lock key must be absent or a string (ours, a peer tool's): anything else is not a lock.
 local function check_type(key)
@@ -41,14 +43,29 @@ local function unregister(q, qx, member)
   redis.call('DEL', wake_key(member))
 end
 
--- A waiter member: KIND:TOKEN:LEASE_MS[:PERMITS] (KIND w mutex / writer, r reader, s permit).
+-- The undo of a waiter whose wait may still be blocked in BLPOP on its own connection: a push to
+-- its list ends that wait now, so that the attempt pipelined behind it runs at once and the
+-- second undo, sent behind that attempt on the same connection, follows it (see raw.rs,
+-- Op::undo). The second undo deletes the list again.
+local function unblock(member, ttl)
+  local k = wake_key(member)
+  redis.call('LPUSH', k, 'undo')
+  redis.call('PEXPIRE', k, ttl)
+end
+
+-- A waiter member: KIND:TOKEN:CLAIM_MS[:PERMITS] (KIND w mutex / writer, r reader, s permit).
+-- CLAIM_MS is how long a lock handed to this waiter lives until the waiter claims it (its own
+-- attempt then extends it to its lease): a hand-over to a waiter that is gone (killed, paused, its
+-- undo lost) expires that soon. (Versions before it put the whole lease there, which a hand-over
+-- to them still uses.)
 local function parse_member(m)
   local kind, tok, lease, permits = string.match(m, '^(%a):(%x+):(%d+):?(%d*)$')
   return kind, tok, tonumber(lease), tonumber(permits)
 end
 
 -- Hands the lock to a waiter: takes it out of the queue and pushes its fencing token to its
--- list, where its BLPOP (on its own connection) receives it. One grant wakes one waiter.
+-- list, where its BLPOP (on its own connection) receives it, and the attempt pipelined behind
+-- that BLPOP claims the lock. One grant wakes one waiter.
 local function grant(q, qx, member, fence_value, ttl)
   redis.call('ZREM', q, member)
   redis.call('ZREM', qx, member)

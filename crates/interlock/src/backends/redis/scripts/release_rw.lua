@@ -3,12 +3,16 @@
 -- ARGV[3] names its waiter registration to remove ('' when none); the lock is released if a
 -- release had handed it to that waiter meanwhile. Idempotent; never releases another holder's.
 -- KEYS as acquire_rw. ARGV: 1 token, 2 unused, 3 waiter member or '', 4 registration ms,
---       5 wake-list prefix, 6 readers' value of the lock key, 7 'w' or 'r'.
+--       5 wake-list prefix, 6 readers' value of the lock key, 7 'w' or 'r', 8 '1' when the
+--       waiter's BLPOP may still block (the undo then ends it, see unblock in common.lua).
 -- Returns 1 when this holder still held the lock, 0 when it no longer did.
 local key, fence, readers, q, qx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, member, reg, marker, side = ARGV[1], ARGV[3], tonumber(ARGV[4]), ARGV[6], ARGV[7]
 local now = now_ms()
-if member ~= '' then unregister(q, qx, member) end
+if member ~= '' then
+  unregister(q, qx, member)
+  if ARGV[8] == '1' then unblock(member, reg) end
+end
 purge_waiters(q, qx, now)
 local ty = redis.call('TYPE', key)['ok']
 if ty ~= 'none' and ty ~= 'string' then return 0 end
