@@ -272,5 +272,13 @@ pub(crate) fn _shutdown(py: Python<'_>) {
         while IN_PYTHON.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
+        // The undos of waits given up just before (a KeyboardInterrupt, a timeout) and the releases
+        // of guards dropped at exit run on the runtime's worker: let them land before the process
+        // goes, or a server keeps a gone waiter queued (and may hand it the lock).
+        // (Those a server does not answer in time are left to its own expiry.)
+        let _ = interlock::raw::finish_cleanups_blocking(CLEANUPS_AT_EXIT);
     });
 }
+
+/// How long, at most, the interpreter's exit waits for interlock's cleanups still running.
+const CLEANUPS_AT_EXIT: Duration = Duration::from_secs(3);

@@ -38,6 +38,29 @@ use crate::raw::{LockKind, LockStatus};
 
 struct Runtime(Option<tokio::runtime::Runtime>);
 
+/// How long, at most, a blocking acquisition that timed out waits for its undo before it returns
+/// (the undo takes a round trip or two; a server that does not answer is left to its own expiry).
+pub const UNDO_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits, at most `limit`, until every cleanup of the process has finished: the undos of abandoned
+/// acquisitions and the releases of dropped guards, which run on a runtime in the background (see
+/// [`crate::finish_cleanups`]). Call it before a program exits right after dropping a guard; a
+/// timed-out acquisition of this facade already waited for its own undo. Returns `true` when none
+/// is left.
+///
+/// # Errors
+///
+/// [`Error::Unsupported`] inside an async runtime (await [`crate::finish_cleanups`] there).
+pub fn finish_cleanups(limit: Duration) -> Result<bool> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(Error::Unsupported {
+            backend: "blocking",
+            operation: "the blocking API is not supported inside an async runtime; use the async API there".into(),
+        });
+    }
+    Ok(crate::raw::finish_cleanups_blocking(limit))
+}
+
 /// How long a blocking provider's runtime, once its last handle is gone, keeps running the tasks
 /// left on it (the release of a guard dropped just before) before it shuts down.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -284,12 +307,20 @@ macro_rules! blocking_methods {
 
         /// With explicit options; `Ok(None)` only for [`crate::WaitFor::Try`].
         ///
+        /// A wait that times out returns once its undo (its place in a server's queue, a lock
+        /// handed to it meanwhile) has landed, for at most [`UNDO_WAIT`] more: a program that
+        /// exits right after the timeout leaves nothing behind.
+        ///
         /// # Errors
         ///
         /// As the async form.
         pub fn $with(&self, options: AcquireOptions) -> Result<Option<Guard>> {
-            let guard = self.rt.block_on(self.inner.$with(options))??;
-            Ok(guard.map(|g| Guard { inner: Some(g), rt: self.rt.clone() }))
+            let (result, undos) = crate::raw::cleanup::scoped(|| self.rt.block_on(self.inner.$with(options)));
+            let result = result?;
+            if matches!(result, Err(Error::Timeout { .. })) && !undos.wait_blocking(UNDO_WAIT) {
+                tracing::debug!("the undo of a timed-out wait is still running; returning anyway");
+            }
+            Ok(result?.map(|g| Guard { inner: Some(g), rt: self.rt.clone() }))
         }
     };
 }

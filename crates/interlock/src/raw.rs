@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::name::LockName;
 
-mod cleanup;
+pub(crate) mod cleanup;
 
 pub use cleanup::{Cleanup, finish_cleanups, finish_cleanups_blocking, spawn_cleanup, spawn_detached};
 

@@ -159,6 +159,27 @@ fn blocking_api_renews_leases_in_the_background() {
     assert!(g.release().unwrap_err().is_lock_lost());
 }
 
+/// A blocking acquisition that times out returns only once its undo has landed (a grant whose
+/// answer came too late, undone in the background): a program that exits right after the timeout
+/// leaves nothing held.
+#[test]
+fn blocking_timeout_returns_after_its_undo() {
+    let s = space();
+    let sp = MemorySpace::named(&s);
+    let p = interlock::blocking::connect(&format!("memory://{s}?lease=2s")).unwrap();
+    // Granted, but the answer comes after the deadline; the undo takes a while.
+    sp.set_delay(Step::Grant, Some(PAUSE));
+    sp.set_delay(Step::Undo, Some(Duration::from_millis(300)));
+    let started = Instant::now();
+    let r = p.mutex("u").unwrap().lock_timeout(Duration::from_millis(100));
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    assert_eq!(sp.counts("u").unwrap(), (0, 0), "the timed-out grant was not undone before the timeout returned");
+    assert!(started.elapsed() < Duration::from_millis(100) + interlock::blocking::UNDO_WAIT + Duration::from_secs(1));
+    sp.set_delay(Step::Grant, None);
+    assert!(interlock::blocking::finish_cleanups(EVENTUALLY).unwrap());
+    p.mutex("u").unwrap().try_lock().unwrap().expect("free").release().unwrap();
+}
+
 /// Schemes that are planned but not built say which backend and feature would serve them.
 #[tokio::test]
 async fn unbuilt_and_unknown_schemes() {

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Condvar, Mutex as StdMutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex as StdMutex, OnceLock};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
@@ -91,7 +91,7 @@ where
     // Polled once with a no-op waker: the task polls it again at once with its own waker.
     if tracked {
         // Counted until the task finishes or is dropped (a runtime that shuts down drops it).
-        let pending = Pending::enter();
+        let pending = Pending::enter(SCOPE.with(|s| s.borrow().clone()));
         drop(handle.spawn(async move {
             let _pending = pending;
             work.await;
@@ -101,8 +101,10 @@ where
     }
 }
 
-/// The cleanups of [`spawn_cleanup`] that are still running, process-wide.
-struct Outstanding {
+/// Cleanups of [`spawn_cleanup`] that are still running: process-wide ([`outstanding`]), or those
+/// started inside one [`scoped`] call.
+#[derive(Debug)]
+pub(crate) struct Outstanding {
     count: StdMutex<usize>,
     /// For blocking waiters ([`finish_cleanups_blocking`]).
     changed: Condvar,
@@ -112,33 +114,82 @@ struct Outstanding {
 
 fn outstanding() -> &'static Outstanding {
     static OUTSTANDING: OnceLock<Outstanding> = OnceLock::new();
-    OUTSTANDING.get_or_init(|| Outstanding { count: StdMutex::new(0), changed: Condvar::new(), notify: Notify::new() })
+    OUTSTANDING.get_or_init(Outstanding::new)
 }
 
 impl Outstanding {
+    fn new() -> Outstanding {
+        Outstanding { count: StdMutex::new(0), changed: Condvar::new(), notify: Notify::new() }
+    }
+
     fn count(&self) -> usize {
         *self.count.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn add(&self) {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    fn done(&self) {
+        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.changed.notify_all();
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Blocks until none is left, at most `limit`; `true` when none is.
+    pub(crate) fn wait_blocking(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        while *count > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            count = self.changed.wait_timeout(count, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
+    }
 }
 
-/// One running cleanup, counted in [`Outstanding`] until dropped.
-struct Pending;
+thread_local! {
+    /// The [`scoped`] call running on this thread, if any.
+    static SCOPE: std::cell::RefCell<Option<Arc<Outstanding>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f`, and returns with its result the count of the cleanups that [`spawn_cleanup`] started
+/// on this thread meanwhile (the undo of an acquisition that `f` gave up), for the caller to wait
+/// for them alone, not for every cleanup of the process (the blocking facade does, after a
+/// timeout).
+pub(crate) fn scoped<R>(f: impl FnOnce() -> R) -> (R, Arc<Outstanding>) {
+    let scope = Arc::new(Outstanding::new());
+    let outer = SCOPE.with(|s| s.replace(Some(scope.clone())));
+    let result = f();
+    SCOPE.with(|s| *s.borrow_mut() = outer);
+    (result, scope)
+}
+
+/// One running cleanup, counted process-wide and in the [`scoped`] call that started it until
+/// dropped.
+struct Pending(Option<Arc<Outstanding>>);
 
 impl Pending {
-    fn enter() -> Pending {
-        *outstanding().count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        Pending
+    fn enter(scope: Option<Arc<Outstanding>>) -> Pending {
+        outstanding().add();
+        if let Some(s) = &scope {
+            s.add();
+        }
+        Pending(scope)
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let o = outstanding();
-        let mut count = o.count.lock().unwrap_or_else(|p| p.into_inner());
-        *count = count.saturating_sub(1);
-        if *count == 0 {
-            o.changed.notify_all();
-            o.notify.notify_waiters();
+        outstanding().done();
+        if let Some(s) = &self.0 {
+            s.done();
         }
     }
 }
@@ -192,17 +243,7 @@ pub async fn finish_cleanups(limit: Duration) -> bool {
 /// background runtime, the blocking facade's): a `current_thread` runtime that nobody drives makes
 /// no progress while this blocks.
 pub fn finish_cleanups_blocking(limit: Duration) -> bool {
-    let o = outstanding();
-    let deadline = Instant::now() + limit;
-    let mut count = o.count.lock().unwrap_or_else(|p| p.into_inner());
-    while *count > 0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        count = o.changed.wait_timeout(count, left).unwrap_or_else(|p| p.into_inner()).0;
-    }
-    true
+    outstanding().wait_blocking(limit)
 }
 
 /// interlock's own runtime, for cleanups started where no runtime is current.
@@ -321,6 +362,24 @@ mod tests {
         });
         let name = rx.recv_timeout(Duration::from_secs(20)).unwrap();
         assert_eq!(name.as_deref(), Some("interlock-cleanup"));
+    }
+
+    #[test]
+    fn a_scope_counts_the_cleanups_started_in_it_and_no_others() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let ((), scope) = scoped(|| {
+            spawn_cleanup(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                drop(tx);
+            });
+        });
+        // Outside the scope: not counted in it.
+        spawn_cleanup(async { tokio::time::sleep(Duration::from_secs(3)).await });
+        assert!(!scope.wait_blocking(Duration::ZERO), "the scope's cleanup is still running");
+        assert!(scope.wait_blocking(Duration::from_secs(20)), "the scope's cleanup finished");
+        assert!(rx.recv_timeout(Duration::from_secs(1)).is_err(), "it ran to its end");
+        // The process-wide count still has the other one.
+        assert!(!finish_cleanups_blocking(Duration::ZERO));
     }
 
     #[tokio::test]
