@@ -8,7 +8,7 @@
 //! | primitives | mutex and write lock (the key), read lock (a ZSET of readers, the key holds [`READERS_VALUE`]), semaphore (a ZSET of permit holders); every holder expires on its own lease |
 //! | fencing | the next value of `{KEY}:fence` in the acquiring script (one round trip): the counter plus one, never below the server clock in µs, so a counter lost or behind (restart without persistence, failover) still gives increasing tokens |
 //! | lost locks | a renewal that finds the key gone or someone else's, or the lease running out by the local clock |
-//! | waiting | FIFO queue per lock; the release hands the lock to the head waiter (sets the key to its token) and pushes to that waiter's own list, where it blocks in `BLPOP` on a connection of its own; re-check at the holder's remaining TTL and every 500 ms at most (peer tools release without waking us) |
+//! | waiting | FIFO queue per lock; the release hands the lock to the head waiter (sets the key to its token for a claim window of [`CLAIM`]) and pushes to that waiter's own list, where it blocks in `BLPOP` on a connection of its own with its next attempt pipelined behind, which claims the lock (its whole lease) in the same round trip; re-check at the holder's remaining TTL and every 500 ms at most (peer tools release without waking us) |
 //! | writer starvation | a reader never passes a writer queued ahead of it |
 //! | interop | redis-py `Lock(name)` (`SET name token NX`, PX only with a timeout), python-redis-lock (`?prefix=lock:`), pottery and redlock-py on one master (`?prefix=redlock:` for pottery), any `SET name v NX [PX]` peer: the same key, compare-and-delete release (docs/backends/redis.md#interop) |
 //! | TLS | `rediss://`, `rediss+cluster://` (rustls, ring): the system's roots or `?ca=PATH`, a client certificate with `?cert=PATH&key=PATH` |
@@ -116,6 +116,18 @@ pub const RECHECK: Duration = Duration::from_millis(500);
 
 #[cfg(feature = "redis")]
 const _: () = assert!(RECHECK.as_millis() == raw::RECHECK.as_millis());
+
+/// How long a lock handed over to a waiter lives until that waiter claims it (then it has the
+/// waiter's lease): 1 s, at most the lease. A live waiter claims at once; a waiter that is gone
+/// (killed, stopped, its undo lost) holds up the next one about this long, not for its lease.
+pub const CLAIM: Duration = Duration::from_secs(1);
+
+/// How long a waiter's place in the queue lasts without a refresh (every [`RECHECK`] at most): 2 s.
+pub const REGISTRATION: Duration = Duration::from_secs(2);
+
+#[cfg(feature = "redis")]
+const _: () =
+    assert!(CLAIM.as_millis() == raw::CLAIM.as_millis() && REGISTRATION.as_millis() == raw::REGISTRATION.as_millis());
 
 /// A plain connection to the server of a `redis://` URL, for measurements next to interlock's
 /// (the `PING` floor of `interlock bench`). Not a lock.
