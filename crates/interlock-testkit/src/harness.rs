@@ -58,6 +58,14 @@ pub trait Harness: Send + Sync + 'static {
     /// connection that set it: killing that connection must not lose the lock at all).
     fn kill_connections(&self, name: &str) -> impl Future<Output = bool> + Send;
 
+    /// Fault hook for backends whose locks outlive the connection that took them (Redis, Redlock):
+    /// kill, server-side, every client connection of this harness's namespace (`CLIENT KILL`), as
+    /// an administrator or a network failure would. Waits, releases and renewals must go on over
+    /// new connections. Returns false when the harness cannot (the default).
+    fn kill_client_connections(&self) -> impl Future<Output = bool> + Send {
+        async { false }
+    }
+
     /// Whether a holder that stops (SIGSTOP) loses its lock once its lease runs out: true where a
     /// lock lives in a lease or a session that its holder must keep alive (Redis, etcd,
     /// ZooKeeper, memory with a lease); false where it lives as long as a connection, which the

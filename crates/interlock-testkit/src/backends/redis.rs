@@ -96,6 +96,12 @@ impl Harness for RedisHarness {
         false
     }
 
+    /// `CLIENT KILL` of every connection that has this namespace's database selected.
+    async fn kill_client_connections(&self) -> bool {
+        self.ns().kill_clients().expect("CLIENT KILL");
+        true
+    }
+
     /// Not needed: the paused-holder case stops a real `interlock hold` process.
     async fn pause_holders(&self, _name: &str) -> bool {
         false

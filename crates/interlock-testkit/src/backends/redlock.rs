@@ -123,6 +123,16 @@ impl Harness for RedlockHarness {
         false
     }
 
+    /// `CLIENT KILL` of every connection of this namespace on every running master.
+    async fn kill_client_connections(&self) -> bool {
+        for (i, r) in self.group().members().iter().enumerate() {
+            if r.is_running() {
+                self.ns().kill_clients_on(i).expect("CLIENT KILL");
+            }
+        }
+        true
+    }
+
     /// Not needed: the paused-holder case stops a real `interlock hold` process.
     async fn pause_holders(&self, _name: &str) -> bool {
         false

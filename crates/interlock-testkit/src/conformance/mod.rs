@@ -13,6 +13,7 @@ mod gone;
 mod input;
 mod local;
 mod outages;
+mod reconnect;
 mod shared;
 mod waiting;
 
@@ -24,6 +25,7 @@ pub use gone::*;
 pub use input::*;
 pub use local::*;
 pub use outages::*;
+pub use reconnect::*;
 pub use shared::*;
 pub use waiting::*;
 
@@ -111,6 +113,9 @@ macro_rules! conformance_suite {
                 server_restart_signals_lost_to_every_holder,
                 killed_connection_signals_lost_and_wakes_the_next_waiter,
                 minority_of_members_killed_keeps_locks,
+                killed_client_connections_do_not_end_a_wait,
+                a_release_after_killed_client_connections_frees_the_lock_at_once,
+                renewal_goes_on_after_killed_client_connections,
                 bad_names_are_refused,
                 primitives_a_backend_lacks_are_refused,
                 status_reports_holders

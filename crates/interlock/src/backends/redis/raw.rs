@@ -819,18 +819,18 @@ fn lost_connection(e: &RedisError) -> bool {
 /// (or the cluster client) opens in its place, with short pauses, until a bound: so that a killed
 /// connection costs a reconnect, not an error, and only a server that stays unreachable for that
 /// long is `Unavailable`.
-struct Reconnect {
+pub(crate) struct Reconnect {
     give_up: Instant,
     pause: Duration,
 }
 
 impl Reconnect {
-    fn within(bound: Duration) -> Reconnect {
+    pub(crate) fn within(bound: Duration) -> Reconnect {
         Reconnect { give_up: Instant::now() + bound, pause: Duration::from_millis(5) }
     }
 
     /// After the request failed with `e`: pauses and returns `true` when it is worth trying again.
-    async fn again(&mut self, e: &RedisError) -> bool {
+    pub(crate) async fn again(&mut self, e: &RedisError) -> bool {
         if !lost_connection(e) || Instant::now() + self.pause >= self.give_up {
             return false;
         }

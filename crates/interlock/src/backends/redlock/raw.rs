@@ -18,7 +18,7 @@ use super::keys::{Keys, READERS_VALUE};
 use super::scripts;
 use super::wake::{Interest, PushRouter, Wakeups};
 use crate::backends::redis::config::RedisConfig;
-use crate::backends::redis::raw::{client_speaking, map_err, new_token};
+use crate::backends::redis::raw::{Reconnect, client_speaking, map_err, new_token};
 use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::raw::{
@@ -126,8 +126,27 @@ impl Master {
         redis::cmd("PING").query_async::<redis::Value>(&mut c).await.map(drop).map_err(|e| self.err("PING", e))
     }
 
+    /// Runs `inv` on this master, again on a new connection when the connection was lost
+    /// (`CLIENT KILL`, a reset, a restart), within the master's command timeout (the round bounds
+    /// the whole): a killed connection costs a reconnect, not this master's vote. `retried` is set
+    /// when a try failed that may have run on the master (its answer lost with the connection).
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+        retried: &mut bool,
+    ) -> std::result::Result<T, Failed> {
+        let mut reconnect = Reconnect::within(self.timeout());
+        loop {
+            let mut c = self.conn().await.map_err(Failed::Connect)?;
+            match inv.invoke_async(&mut c).await {
+                Ok(v) => return Ok(v),
+                Err(e) if reconnect.again(&e).await => *retried = true,
+                Err(e) => return Err(Failed::Redis(e)),
+            }
+        }
+    }
+
     async fn acquire(&self, op: &Op, wait: bool) -> Result<Vec<i64>> {
-        let mut c = self.conn().await?;
         let mut inv = scripts::ACQUIRE.prepare_invoke();
         inv.key(&op.keys.lock)
             .key(&op.keys.fence)
@@ -142,27 +161,28 @@ impl Master {
             .arg(if wait { "1" } else { "0" })
             .arg(duration_ms(REGISTRATION))
             .arg(op.arrival);
-        inv.invoke_async(&mut c).await.map_err(|e| op.map_err(self, "acquire", e))
+        self.invoke(&inv, &mut false).await.map_err(|f| f.into_error(|e| op.map_err(self, "acquire", e)))
     }
 
     async fn writeback(&self, op: &Op, token: u64) -> Result<i64> {
-        let mut c = self.conn().await?;
         let mut inv = scripts::WRITEBACK.prepare_invoke();
         inv.key(&op.keys.lock).key(&op.keys.fence).key(&op.keys.readers);
         inv.arg(&op.token).arg(token.to_string()).arg(op.side).arg(READERS_VALUE);
-        inv.invoke_async(&mut c).await.map_err(|e| op.map_err(self, "write back the fencing token of", e))
+        self.invoke(&inv, &mut false)
+            .await
+            .map_err(|f| f.into_error(|e| op.map_err(self, "write back the fencing token of", e)))
     }
 
     async fn renew(&self, op: &Op, lease: Duration) -> Result<i64> {
-        let mut c = self.conn().await?;
         let mut inv = scripts::RENEW.prepare_invoke();
         inv.key(&op.keys.lock).key(&op.keys.readers);
         inv.arg(&op.token).arg(duration_ms(lease)).arg(op.side).arg(READERS_VALUE);
-        inv.invoke_async(&mut c).await.map_err(|e| op.map_err(self, "renew", e))
+        self.invoke(&inv, &mut false).await.map_err(|f| f.into_error(|e| op.map_err(self, "renew", e)))
     }
 
+    /// Returns 1 when this holder held the lock here (or a try whose answer was lost with its
+    /// connection may have released it), 0 when not.
     async fn release(&self, op: &Op, keep_waiting: bool) -> Result<i64> {
-        let mut c = self.conn().await?;
         let mut inv = scripts::RELEASE.prepare_invoke();
         inv.key(&op.keys.lock).key(&op.keys.readers).key(&op.keys.writers).key(&op.keys.q).key(&op.keys.qx);
         inv.arg(&op.token).arg(op.side).arg(READERS_VALUE).arg(&op.keys.channel).arg(if keep_waiting {
@@ -170,20 +190,38 @@ impl Master {
         } else {
             "0"
         });
-        inv.invoke_async(&mut c).await.map_err(|e| op.map_err(self, "release", e))
+        let mut retried = false;
+        let held: i64 =
+            self.invoke(&inv, &mut retried).await.map_err(|f| f.into_error(|e| op.map_err(self, "release", e)))?;
+        Ok(if retried { 1 } else { held })
     }
 
     async fn status(&self, keys: &Keys) -> Result<(i64, i64, i64, i64)> {
-        let mut c = self.conn().await?;
         let mut inv = scripts::STATUS.prepare_invoke();
         inv.key(&keys.lock).key(&keys.readers).key(&keys.qx).arg(READERS_VALUE);
-        let [kind, readers, pttl, waiting]: [i64; 4] = inv
-            .invoke_async::<Vec<i64>>(&mut c)
+        let [kind, readers, pttl, waiting]: [i64; 4] = self
+            .invoke::<Vec<i64>>(&inv, &mut false)
             .await
-            .map_err(|e| self.err("status", e))?
+            .map_err(|f| f.into_error(|e| self.err("status", e)))?
             .try_into()
             .map_err(|r| backend_error(format!("{}: status: unexpected reply {r:?}", self.config.shown)))?;
         Ok((kind, readers, pttl, waiting))
+    }
+}
+
+/// Why a request to one master failed: no connection (already an [`Error`]), or the server's
+/// answer.
+enum Failed {
+    Connect(Error),
+    Redis(RedisError),
+}
+
+impl Failed {
+    fn into_error(self, map: impl FnOnce(RedisError) -> Error) -> Error {
+        match self {
+            Failed::Connect(e) => e,
+            Failed::Redis(e) => map(e),
+        }
     }
 }
 
