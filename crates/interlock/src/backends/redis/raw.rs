@@ -350,8 +350,15 @@ impl RedisProvider {
         for a in ["", "", "", "", "", READERS_VALUE] {
             inv.arg(a);
         }
-        let mut conn = self.conn.clone();
-        let r: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(|e| map_err(&self.config, "status", e))?;
+        let mut reconnect = Reconnect::within(self.config.command_timeout);
+        let r: Vec<i64> = loop {
+            let mut conn = self.conn.clone();
+            match inv.invoke_async(&mut conn).await {
+                Ok(r) => break r,
+                Err(e) if reconnect.again(&e).await => {}
+                Err(e) => return Err(map_err(&self.config, "status", e)),
+            }
+        };
         let [kind, readers, pttl, waiters, permit_holders, permits, permit_waiters] = r[..] else {
             return Err(backend_error(format!("status: unexpected reply {r:?}")));
         };
