@@ -181,9 +181,10 @@ async fn a_key_of_the_wrong_type_is_a_clear_error() {
 }
 
 /// A fencing counter that fell behind (a failover to a replica that had not received the last
-/// increments), vanished (a restart without persistence) or holds garbage still gives tokens
-/// above every earlier one, to writers, readers and permit holders: tokens never fall below the
-/// server clock in µs.
+/// increments) or vanished (a restart without persistence, eviction) still gives tokens above
+/// every earlier one, to writers, readers and permit holders: tokens never fall below the server
+/// clock in µs. (A counter holding what interlock never writes is an error: see
+/// `a_fencing_counter_interlock_never_wrote_is_an_error_naming_it`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fencing_counter_behind_or_lost_still_gives_higher_tokens() {
     let Some(h) = shared() else { return };
@@ -194,7 +195,7 @@ async fn a_fencing_counter_behind_or_lost_still_gives_higher_tokens() {
     let (m, rw, sem) = (p.mutex(&name).unwrap(), p.rwlock(&name).unwrap(), p.semaphore(&name, 2).unwrap());
     let token = |g: &interlock::Guard| g.fencing_token().expect("redis guards have tokens");
     let mut last = 0;
-    for damage in [Some("5"), None, Some("not a number"), Some("1")] {
+    for damage in [Some("5"), None, Some("1")] {
         let g = m.lock().await.unwrap();
         assert!(token(&g) > last, "writer token {} after {last}", token(&g));
         last = token(&g);
@@ -326,5 +327,127 @@ async fn one_release_hands_the_lock_to_the_longest_waiting_waiter() {
     g.release().await.unwrap();
     for t in tasks {
         t.await.unwrap();
+    }
+}
+
+/// A fencing counter holding what interlock never writes (a number too large for a token, text,
+/// a negative or fractional number, another type) is an error that names the counter, for a
+/// writer, a reader and a permit, from `try_lock`, from a wait and from `interlock run`; never a
+/// token 0 or one below an earlier token, and nothing is left set. A waiter that meets it while
+/// waiting gets the error too; the holder's release still releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fencing_counter_interlock_never_wrote_is_an_error_naming_it() {
+    let Some(h) = shared() else { return };
+    let p = h.provider().await;
+    let base = |name: &str| interlock::redis::side_key_base(&h.ns().prefix, name);
+    for damage in ["99999999999999999999999", "9007199254740991", "not a number", "-5", "1.5", "hash"] {
+        let name = unique("badfence");
+        let (fence, sem_fence) = (format!("{}:fence", base(&name)), format!("{}:sem:fence", base(&name)));
+        for counter in [&fence, &sem_fence] {
+            match damage {
+                "hash" => h.ns().cmd(&["HSET", counter, "f", "v"]).unwrap(),
+                v => h.ns().cmd(&["SET", counter, v]).unwrap(),
+            };
+        }
+        let attempts = [
+            (p.mutex(&name).unwrap().try_lock().await.map(drop), &fence),
+            (p.mutex(&name).unwrap().lock_timeout(Duration::from_secs(2)).await.map(drop), &fence),
+            (p.rwlock(&name).unwrap().try_read().await.map(drop), &fence),
+            (p.semaphore(&name, 2).unwrap().try_acquire().await.map(drop), &sem_fence),
+        ];
+        for (r, counter) in attempts {
+            let e = r.expect_err(damage);
+            let s = one_line(&e);
+            assert!(matches!(e, Error::Backend { backend: "redis", .. }), "{damage}: {e:?}");
+            assert!(s.contains(&format!("fencing counter {counter}")), "{damage}: {s}");
+        }
+        let left: Vec<String> = h.ns().keys().unwrap().into_iter().filter(|k| k.contains(&name)).collect();
+        assert_eq!(left, vec![fence.clone(), sem_fence.clone()], "{damage}: something was written");
+        let out = std::process::Command::new(BIN)
+            .args(["run", name.as_str(), "--", "sh", "-c", "echo ran with token=$INTERLOCK_TOKEN"])
+            .env("INTERLOCK_URL", h.url())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(69), "{damage}: {stdout} {stderr}");
+        assert!(stdout.is_empty() && stderr.contains(&fence) && stderr.lines().count() == 1, "{stdout} / {stderr}");
+    }
+
+    // Damaged while a waiter waits: the release releases, the waiter gets the error.
+    let name = unique("badfence-wait");
+    let g = p.mutex(&name).unwrap().lock().await.unwrap();
+    let m = h.provider().await.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { m.lock_timeout(EVENTUALLY).await.map(drop) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fence = format!("{}:fence", base(&name));
+    h.ns().cmd(&["SET", &fence, "garbage"]).unwrap();
+    g.release().await.expect("the release releases");
+    let e = waiter.await.unwrap().unwrap_err();
+    assert!(one_line(&e).contains(&fence), "{e}");
+    assert_eq!(h.ns().cmd(&["EXISTS", &h.key(&name)]).unwrap(), Resp::Int(0), "the lock is free");
+}
+
+/// A side key of another type than interlock keeps there is an error naming that key, not the
+/// lock key: the queue `{KEY}:q`, the readers and the semaphore's holders made lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_side_key_of_the_wrong_type_is_an_error_naming_it() {
+    let Some(h) = shared() else { return };
+    let p = h.provider().await;
+    let holder = h.provider().await;
+    for side in [":q", ":readers", ":sem"] {
+        let name = unique("wrongside");
+        let key = format!("{}{side}", interlock::redis::side_key_base(&h.ns().prefix, &name));
+        // Held first (the queue is read when the lock is busy, the readers when readers hold it),
+        // then damaged.
+        let _held = match side {
+            ":readers" => holder.rwlock(&name).unwrap().try_read().await.unwrap(),
+            ":sem" => None,
+            _ => holder.mutex(&name).unwrap().try_lock().await.unwrap(),
+        };
+        h.ns().cmd(&["DEL", &key]).unwrap();
+        h.ns().cmd(&["LPUSH", &key, "x"]).unwrap();
+        let r = match side {
+            ":sem" => p.semaphore(&name, 1).unwrap().try_acquire().await.map(drop),
+            ":readers" => p.rwlock(&name).unwrap().try_read().await.map(drop),
+            _ => p.mutex(&name).unwrap().lock_timeout(Duration::from_secs(2)).await.map(drop),
+        };
+        let e = r.expect_err(side);
+        assert!(matches!(e, Error::Backend { backend: "redis", .. }), "{side}: {e:?}");
+        let s = one_line(&e);
+        assert!(s.contains(&format!("{key:?} holds a list, where interlock keeps a zset")), "{side}: {s}");
+        h.ns().cmd(&["DEL", &key]).unwrap();
+    }
+}
+
+/// ACL users that lack a permission interlock needs are told which: no EVALSHA (the scripts), no
+/// BLPOP (the waits), keys limited to a pattern that excludes the lock. Each is `Error::Auth`
+/// ("permission denied", not "authentication failed"), one line, without the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acl_user_without_a_permission_is_told_which() {
+    let Some(r) = Redis::start_or_skip(&RedisOptions::default()) else { return };
+    let acl = |args: &[&str]| {
+        let mut cmd = vec!["ACL", "SETUSER"];
+        cmd.extend_from_slice(args);
+        r.cmd(0, &cmd).unwrap();
+    };
+    acl(&["noeval", "on", ">pw-noeval-1", "~*", "&*", "+@all", "-evalsha", "-eval"]);
+    acl(&["noblpop", "on", ">pw-noblpop-1", "~*", "&*", "+@all", "-blpop"]);
+    acl(&["otherkeys", "on", ">pw-otherkeys-1", "~other:*", "&*", "+@all"]);
+    let url = |user: &str, extra: &str| format!("redis://{user}:pw-{user}-1@127.0.0.1:{}/0{extra}", r.port());
+    let holder = interlock::connect(&r.url(0)).await.unwrap();
+    let _held = holder.mutex("busy").unwrap().lock().await.unwrap();
+    let cases = [
+        (url("noeval", ""), "free", "EVALSHA"),
+        (url("noblpop", ""), "busy", "BLPOP"),
+        (url("otherkeys", "?prefix=app:"), "free", "app:free"),
+    ];
+    for (url, name, says) in cases {
+        let p = interlock::connect(&url).await.expect("connect needs no more than PING and SELECT");
+        let e = p.mutex(name).unwrap().lock_timeout(Duration::from_secs(2)).await.unwrap_err();
+        let s = one_line(&e);
+        assert!(matches!(e, Error::Auth { backend: "redis", .. }), "{url}: {e:?}");
+        assert!(s.contains("permission denied") && !s.contains("authentication failed"), "{s}");
+        assert!(s.contains(says), "{s} should name {says}");
+        assert!(!s.contains("pw-"), "{s}");
     }
 }

@@ -357,3 +357,63 @@ async fn a_release_publishes_on_every_master() {
         assert_eq!(msg.get_channel_name(), channel, "master {i}");
     }
 }
+
+/// A fencing counter holding what interlock never writes is an error that names the counter and
+/// the master where a quorum cannot be had without it (never a token 0 or a lower one, and nothing
+/// is left set on any master); on a minority of masters it is one master's failure, which the
+/// others outvote: tokens go on increasing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fencing_counter_interlock_never_wrote_is_an_error_naming_it() {
+    let Some(h) = shared(3) else { return };
+    let p = h.provider().await;
+    for (damage, on) in [("99999999999999999999999", 2), ("not a number", 3), ("hash", 2), ("9007199254740991", 1)] {
+        let name = unique("badfence");
+        let fence = format!("{}:fence", interlock::redis::side_key_base(&h.ns().prefix, &name));
+        let before = p.mutex(&name).unwrap().lock().await.unwrap();
+        let last = before.fencing_token().unwrap();
+        before.release().await.unwrap();
+        for i in 0..on {
+            let m = h.group().member(i);
+            m.cmd(h.ns().db, &["DEL", &fence]).unwrap();
+            match damage {
+                "hash" => m.cmd(h.ns().db, &["HSET", &fence, "f", "v"]).unwrap(),
+                v => m.cmd(h.ns().db, &["SET", &fence, v]).unwrap(),
+            };
+        }
+        if on == 1 {
+            // A minority: outvoted.
+            let g = p.mutex(&name).unwrap().lock_timeout(EVENTUALLY).await.expect("the other masters' quorum");
+            assert!(g.fencing_token().unwrap() > last, "{damage}: token {:?} after {last}", g.fencing_token());
+            g.release().await.unwrap();
+            continue;
+        }
+        for r in [
+            p.mutex(&name).unwrap().try_lock().await.map(drop),
+            p.rwlock(&name).unwrap().read_timeout(Duration::from_secs(2)).await.map(drop),
+        ] {
+            let e = r.expect_err(damage);
+            let s = one_line(&e);
+            assert!(matches!(e, Error::Backend { backend: "redlock", .. }), "{damage}: {e:?}");
+            let named_a_master = (0..on).any(|i| s.contains(&format!(":{}", h.group().member(i).port())));
+            assert!(s.contains(&format!("fencing counter {fence}")) && named_a_master, "{s}");
+        }
+        for i in 0..3 {
+            let left: Vec<String> = h.ns().keys_on(i).unwrap().into_iter().filter(|k| k.contains(&name)).collect();
+            assert_eq!(left, vec![fence.clone()], "{damage}: master {i} keeps more than its counter");
+        }
+    }
+}
+
+/// A side key of another type than interlock keeps there (the waiting writers, a list) is an
+/// error naming that key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_side_key_of_the_wrong_type_is_an_error_naming_it() {
+    let Some(h) = shared(3) else { return };
+    let name = unique("wrongside");
+    let writers = format!("{}:writers", interlock::redis::side_key_base(&h.ns().prefix, &name));
+    h.cmd_all(&["LPUSH", &writers, "x"]);
+    let e = h.provider().await.mutex(&name).unwrap().try_lock().await.map(drop).unwrap_err();
+    let s = one_line(&e);
+    assert!(matches!(e, Error::Backend { backend: "redlock", .. }), "{e:?}");
+    assert!(s.contains(&format!("{writers:?} holds a list, where interlock keeps a zset")), "{s}");
+}

@@ -92,12 +92,16 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
-    /// The backend refused our credentials.
-    #[error("{backend}: authentication failed: {message}")]
+    /// The backend refused us: our credentials (a wrong password, an unknown user, an untrusted
+    /// TLS certificate), or what they allow (a server's ACL without a command or key that interlock
+    /// needs). Not retryable: the configuration must change. The message says which, and starts
+    /// with `authentication failed` or `permission denied`.
+    #[error("{backend}: {message}")]
     Auth {
         /// The backend name.
         backend: &'static str,
-        /// A one-line description (never the password).
+        /// A one-line description (never the password), starting with `authentication failed` or
+        /// `permission denied`.
         message: String,
         /// The underlying error, if any.
         #[source]

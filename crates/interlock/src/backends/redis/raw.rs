@@ -288,7 +288,7 @@ impl RedisProvider {
                             tracing::debug!(error = %op.map_err(&self.config, "wait", e), "the wait ended early; re-checking");
                             tokio::time::sleep(Duration::from_millis(20).min(timeout)).await;
                         }
-                        Ok(Err(e)) => return Err(op.map_err(&self.config, "wait", e)),
+                        Ok(Err(e)) => return Err(op.explain(&c, &self.config, &member, "wait", e).await),
                         // No answer in time: that connection is dropped, the next attempt (a plain
                         // one) finds out what the pipelined one did, and the next wait opens
                         // another connection.
@@ -336,7 +336,7 @@ impl RedisProvider {
             match op.invoke(Script::Acquire, &mut conn, member, &self.config).await {
                 Ok(reply) => return Ok(reply),
                 Err(e) if reconnect.again(&e).await => {}
-                Err(e) => return Err(op.map_err(&self.config, "acquire", e)),
+                Err(e) => return Err(op.explain(&self.conn, &self.config, member, "acquire", e).await),
             }
         }
     }
@@ -356,6 +356,16 @@ impl RedisProvider {
             match inv.invoke_async(&mut conn).await {
                 Ok(r) => break r,
                 Err(e) if reconnect.again(&e).await => {}
+                Err(e) if e.code() == Some("WRONGTYPE") => {
+                    // KEYS of status.lua: the lock key, readers, Q, QX, permit holders, permits count,
+                    // the semaphore's Q and QX.
+                    let types = ["string", "zset", "zset", "zset", "zset", "string", "zset", "zset"];
+                    let pairs: Vec<(String, &str)> = keys.iter().cloned().zip(types).collect();
+                    let Some(why) = wrong_type(&mut self.conn.clone(), &pairs, Some(&keys[0])).await else {
+                        return Err(map_err(&self.config, "status", e));
+                    };
+                    return Err(backend_error(format!("{}: status {:?}: {why}", server(&self.config), name.display())));
+                }
                 Err(e) => return Err(map_err(&self.config, "status", e)),
             }
         };
@@ -496,29 +506,40 @@ fn backend_error(message: String) -> Error {
 pub(crate) fn map_err(config: &RedisConfig, what: &str, e: RedisError) -> Error {
     let text = e.to_string().replace(['\r', '\n'], " ");
     let code = e.code().unwrap_or("");
-    let server = if config.cluster {
-        let seeds: Vec<String> = config.nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
-        format!("cluster {}", seeds.join(","))
-    } else {
-        format!("{}:{}", config.host, config.port)
-    };
-    // The server's NOAUTH can come back wrapped (as the answer to the connection's SELECT).
+    let server = server(config);
+    // The server's NOAUTH / NOPERM can come back wrapped (as the answer to the connection's SELECT).
     let lower = text.to_ascii_lowercase();
+    // Credentials accepted, but the user's ACL lacks what interlock needs: say what.
+    if code == "NOPERM" || lower.contains("no permissions to") {
+        return Error::Auth {
+            backend: BACKEND,
+            message: format!("permission denied: {server}: {what}: {}", missing_permission(&text)),
+            source: Some(Box::new(e)),
+        };
+    }
     if e.kind() == ErrorKind::AuthenticationFailed
-        || matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM")
+        || matches!(code, "WRONGPASS" | "NOAUTH")
         || lower.contains("authentication required")
         || lower.contains("invalid username-password")
     {
         return Error::Auth {
             backend: BACKEND,
-            message: format!("{server}: {what}: {text}"),
+            message: format!("authentication failed: {server}: {what}: {text}"),
             source: Some(Box::new(e)),
         };
     }
     if let Some(why) = tls_refusal(&e) {
         return Error::Auth {
             backend: BACKEND,
-            message: format!("{server}: {what}: TLS: {why}"),
+            message: format!("authentication failed: {server}: {what}: TLS: {why}"),
+            source: Some(Box::new(e)),
+        };
+    }
+    // A script refused a fencing counter that interlock never wrote (clock_fence.lua).
+    if code == "BADFENCE" {
+        return Error::Backend {
+            backend: BACKEND,
+            message: format!("{server}: {what}: {}", script_error_text(&e)),
             source: Some(Box::new(e)),
         };
     }
@@ -561,6 +582,48 @@ pub(crate) fn map_err(config: &RedisConfig, what: &str, e: RedisError) -> Error 
         };
     }
     Error::Backend { backend: BACKEND, message: format!("{server}: {what}: {text}"), source: Some(Box::new(e)) }
+}
+
+/// The server as errors name it: `host:port`, or `cluster SEED,SEED,...` (never a password).
+fn server(config: &RedisConfig) -> String {
+    if config.cluster {
+        let seeds: Vec<String> = config.nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+        format!("cluster {}", seeds.join(","))
+    } else {
+        format!("{}:{}", config.host, config.port)
+    }
+}
+
+/// What a `NOPERM` says is missing, in interlock's words, with the server's text.
+fn missing_permission(text: &str) -> String {
+    let command = text.split("to run the '").nth(1).and_then(|rest| rest.split('\'').next());
+    if let Some(cmd) = command {
+        return format!(
+            "the server's ACL does not let this user run {} ({text}); interlock needs EVALSHA, EVAL, BLPOP, PING and \
+             SELECT, and the commands its scripts use (see \"URL options\" in docs/backends/redis.md)",
+            cmd.to_ascii_uppercase()
+        );
+    }
+    if text.contains("key") {
+        return format!(
+            "the server's ACL does not let this user use a key of this lock ({text}); allow the lock key and its side \
+             keys (see \"Name mapping\" in docs/backends/redis.md)"
+        );
+    }
+    if text.contains("channel") {
+        return format!("the server's ACL does not let this user use a channel of this lock ({text})");
+    }
+    text.to_owned()
+}
+
+/// The text of an error a script raised on purpose (`error({err = 'CODE text'})`), without the
+/// code and the `script: SHA, on @user_script:N.` that Redis appends.
+fn script_error_text(e: &RedisError) -> String {
+    let detail = e.detail().unwrap_or("").replace(['\r', '\n'], " ");
+    match detail.find(" script: ") {
+        Some(i) => detail[..i].trim().to_owned(),
+        None => detail.trim().to_owned(),
+    }
 }
 
 /// The TLS handshake failed for a reason that retrying cannot fix: the server's certificate is
@@ -786,24 +849,60 @@ impl Op {
                 // that attempt's own doing.
                 Ok(r) => return Ok(r == 1 || ambiguous),
                 Err(e) if reconnect.again(&e).await => ambiguous = true,
-                Err(e) => return Err(self.map_err(config, "release", e)),
+                Err(e) => return Err(self.explain(conn, config, member, "release", e).await),
             }
         }
     }
 
     fn map_err(&self, config: &RedisConfig, what: &str, e: RedisError) -> Error {
+        let key = keys::lock_key(&config.prefix, self.name.as_str());
         if e.code() == Some("WRONGTYPE") {
+            // Which key, when `explain` could not tell (it was changed back meanwhile).
             return Error::Backend {
                 backend: BACKEND,
                 message: format!(
-                    "{what} {:?}: the key {:?} holds a value that is not a lock (another type than a string)",
+                    "{what} {:?}: a key of this lock ({key:?} or one of its side keys {}:*) holds another type \
+                     than interlock keeps there",
                     self.name.display(),
-                    keys::lock_key(&config.prefix, self.name.as_str())
+                    keys::side_base(&key)
                 ),
                 source: Some(Box::new(e)),
             };
         }
-        map_err(config, &format!("{what} {:?}", self.name.display()), e)
+        match map_err(config, &format!("{what} {:?}", self.name.display()), e) {
+            Error::Auth { backend, message, source } if message.contains("use a key of this lock") => Error::Auth {
+                backend,
+                message: format!("{message}: the lock key {key:?} and its side keys {}:*", keys::side_base(&key)),
+                source,
+            },
+            other => other,
+        }
+    }
+
+    /// [`Op::map_err`], naming for a `WRONGTYPE` the key that holds another type than interlock
+    /// keeps there, found with `TYPE` on each key of this lock (on the error path only).
+    async fn explain(&self, conn: &Conn, config: &RedisConfig, member: &str, what: &str, e: RedisError) -> Error {
+        if e.code() != Some("WRONGTYPE") {
+            return self.map_err(config, what, e);
+        }
+        let k = &self.keys.script_keys;
+        let types: [&str; 5] = match self.kind {
+            // holders, fence, permits count, Q, QX (acquire_sem.lua)
+            LockKind::Semaphore { .. } => ["zset", "string", "string", "zset", "zset"],
+            // the lock key, fence, readers, Q, QX (acquire_rw.lua)
+            _ => ["string", "string", "zset", "zset", "zset"],
+        };
+        let wake = (!member.is_empty()).then(|| (format!("{}{member}", self.keys.wake_prefix), "list"));
+        let keys: Vec<(String, &str)> = k.iter().cloned().zip(types).chain(wake).collect();
+        let lock_key = (!matches!(self.kind, LockKind::Semaphore { .. })).then_some(k[0].as_str());
+        match wrong_type(&mut conn.clone(), &keys, lock_key).await {
+            Some(why) => Error::Backend {
+                backend: BACKEND,
+                message: format!("{}: {what} {:?}: {why}", server(config), self.name.display()),
+                source: Some(Box::new(e)),
+            },
+            None => self.map_err(config, what, e),
+        }
     }
 
     fn bad_reply(&self, reply: &[i64]) -> Error {
@@ -814,6 +913,30 @@ impl Op {
     fn token_from(&self, fence: i64) -> Result<u64> {
         u64::try_from(fence).map_err(|_| self.bad_reply(&[1, fence]))
     }
+}
+
+/// After a `WRONGTYPE`: the first of `keys` (key, the type interlock keeps there) that holds
+/// another type, found with `TYPE`, said in one phrase; `lock_key` is the one that is the lock.
+pub(crate) async fn wrong_type(
+    conn: &mut impl ConnectionLike,
+    keys: &[(String, &str)],
+    lock_key: Option<&str>,
+) -> Option<String> {
+    for (key, expected) in keys {
+        let found = redis::cmd("TYPE").arg(key).query_async::<String>(conn).await.ok()?;
+        if found == "none" || found == *expected {
+            continue;
+        }
+        return Some(if Some(key.as_str()) == lock_key {
+            format!("the key {key:?} holds a {found}, not a string: it holds a value that is not a lock")
+        } else {
+            format!(
+                "interlock's key {key:?} holds a {found}, where interlock keeps a {expected}: something else wrote it \
+                 (delete it if nothing else uses it)"
+            )
+        });
+    }
+    None
 }
 
 /// Whether `e` says the connection was lost (killed by `CLIENT KILL`, reset, closed by a restart,
@@ -892,7 +1015,7 @@ impl RawHeld for RedisHeld {
                 match self.op.invocation(Script::Renew, "", duration_ms(lease), false).invoke_async(&mut conn).await {
                     Ok(r) => break r,
                     Err(e) if reconnect.again(&e).await => {}
-                    Err(e) => return Err(self.op.map_err(&self.config, "renew", e)),
+                    Err(e) => return Err(self.op.explain(&self.conn, &self.config, "", "renew", e).await),
                 }
             };
             Ok(if r == 1 { Renewal::Until(instant_after(sent, lease)?) } else { Renewal::Lost })

@@ -18,7 +18,7 @@ use super::keys::{Keys, READERS_VALUE};
 use super::scripts;
 use super::wake::{Interest, PushRouter, Wakeups};
 use crate::backends::redis::config::RedisConfig;
-use crate::backends::redis::raw::{Reconnect, client_speaking, map_err, new_token};
+use crate::backends::redis::raw::{Reconnect, client_speaking, map_err, new_token, wrong_type};
 use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::raw::{
@@ -146,6 +146,36 @@ impl Master {
         }
     }
 
+    /// The error of a request for `op` that failed; for a `WRONGTYPE`, naming the key of the lock
+    /// that holds another type than interlock keeps there (found with `TYPE`, on the error path).
+    async fn explain(&self, op: &Op, what: &str, f: Failed) -> Error {
+        let e = match f {
+            Failed::Connect(e) => return e,
+            Failed::Redis(e) => e,
+        };
+        if e.code() == Some("WRONGTYPE")
+            && let Ok(mut c) = self.conn().await
+        {
+            let k = &op.keys;
+            let keys = [
+                (k.lock.clone(), "string"),
+                (k.fence.clone(), "string"),
+                (k.readers.clone(), "zset"),
+                (k.writers.clone(), "zset"),
+                (k.q.clone(), "zset"),
+                (k.qx.clone(), "zset"),
+            ];
+            if let Some(why) = wrong_type(&mut c, &keys, Some(&k.lock)).await {
+                return Error::Backend {
+                    backend: BACKEND,
+                    message: format!("{}: {what} {:?}: {why}", self.config.shown, op.name.display()),
+                    source: Some(Box::new(e)),
+                };
+            }
+        }
+        op.map_err(self, what, e)
+    }
+
     async fn acquire(&self, op: &Op, wait: bool) -> Result<Vec<i64>> {
         let mut inv = scripts::ACQUIRE.prepare_invoke();
         inv.key(&op.keys.lock)
@@ -161,23 +191,30 @@ impl Master {
             .arg(if wait { "1" } else { "0" })
             .arg(duration_ms(REGISTRATION))
             .arg(op.arrival);
-        self.invoke(&inv, &mut false).await.map_err(|f| f.into_error(|e| op.map_err(self, "acquire", e)))
+        match self.invoke(&inv, &mut false).await {
+            Ok(v) => Ok(v),
+            Err(f) => Err(self.explain(op, "acquire", f).await),
+        }
     }
 
     async fn writeback(&self, op: &Op, token: u64) -> Result<i64> {
         let mut inv = scripts::WRITEBACK.prepare_invoke();
         inv.key(&op.keys.lock).key(&op.keys.fence).key(&op.keys.readers);
         inv.arg(&op.token).arg(token.to_string()).arg(op.side).arg(READERS_VALUE);
-        self.invoke(&inv, &mut false)
-            .await
-            .map_err(|f| f.into_error(|e| op.map_err(self, "write back the fencing token of", e)))
+        match self.invoke(&inv, &mut false).await {
+            Ok(v) => Ok(v),
+            Err(f) => Err(self.explain(op, "write back the fencing token of", f).await),
+        }
     }
 
     async fn renew(&self, op: &Op, lease: Duration) -> Result<i64> {
         let mut inv = scripts::RENEW.prepare_invoke();
         inv.key(&op.keys.lock).key(&op.keys.readers);
         inv.arg(&op.token).arg(duration_ms(lease)).arg(op.side).arg(READERS_VALUE);
-        self.invoke(&inv, &mut false).await.map_err(|f| f.into_error(|e| op.map_err(self, "renew", e)))
+        match self.invoke(&inv, &mut false).await {
+            Ok(v) => Ok(v),
+            Err(f) => Err(self.explain(op, "renew", f).await),
+        }
     }
 
     /// Returns 1 when this holder held the lock here (or a try whose answer was lost with its
@@ -191,8 +228,10 @@ impl Master {
             "0"
         });
         let mut retried = false;
-        let held: i64 =
-            self.invoke(&inv, &mut retried).await.map_err(|f| f.into_error(|e| op.map_err(self, "release", e)))?;
+        let held: i64 = match self.invoke(&inv, &mut retried).await {
+            Ok(v) => v,
+            Err(f) => return Err(self.explain(op, "release", f).await),
+        };
         Ok(if retried { 1 } else { held })
     }
 
@@ -551,7 +590,9 @@ impl RedlockProvider {
         let (mut busy, mut pttl, mut errors) = (0usize, None::<Duration>, Vec::new());
         while let Some((i, r)) = replies.recv().await {
             let reply = r.and_then(|v| match v[..] {
-                [1, fence] => Ok(Ok(u64::try_from(fence).unwrap_or(0))),
+                [1, fence] => u64::try_from(fence).map(Ok).map_err(|_| {
+                    backend_error(format!("lock {:?}: a fencing token out of range: {fence}", op.name.display()))
+                }),
                 [0, ttl] => Ok(Err(ttl)),
                 _ => Err(backend_error(format!("lock {:?}: unexpected script reply {v:?}", op.name.display()))),
             });

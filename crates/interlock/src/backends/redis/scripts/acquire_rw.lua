@@ -9,6 +9,8 @@ local key, fence, readers, q, qx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, lease, member, reg, marker, side = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[6], ARGV[7]
 local bad = check_type(key)
 if bad then return bad end
+-- A counter that cannot give tokens fails the attempt here, before anything is written.
+read_counter(fence)
 local now = now_ms()
 purge_waiters(q, qx, now)
 local v = redis.call('GET', key)

@@ -6,6 +6,8 @@
 -- {-1, permits in use} on a permits mismatch.
 local holders, fence, count, q, qx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, lease, member, reg, permits = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6])
+-- A counter that cannot give tokens fails the attempt here, before anything is written.
+read_counter(fence)
 local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
 -- Handed to us by a release (with a short claim window, see common.lua): claim it, with our
@@ -16,7 +18,7 @@ if redis.call('ZSCORE', holders, token) then
   redis.call('PEXPIRE', holders, ms)
   redis.call('PEXPIRE', count, ms)
   if member ~= '' then unregister(q, qx, member) end
-  return {1, tonumber(redis.call('GET', fence) or '0')}
+  return {1, read_fence(fence)}
 end
 local n = redis.call('ZCARD', holders)
 if n > 0 then

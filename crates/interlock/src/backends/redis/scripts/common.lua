@@ -88,6 +88,7 @@ end
 -- Gives a free (or reader-held) lock to the waiters at the head of the queue that can have it
 -- now: one writer, or every reader up to the first writer. KEYS as acquire_rw.
 local function hand_over_rw(key, fence, readers, q, qx, marker, reg, now)
+  if not fence_usable(fence) then return end
   while true do
     local head = redis.call('ZRANGE', q, 0, 0)[1]
     if not head then return end
@@ -115,6 +116,7 @@ end
 
 -- Gives free permits to the waiters at the head of the queue. KEYS as acquire_sem.
 local function hand_over_sem(holders, fence, count, q, qx, reg, now)
+  if not fence_usable(fence) then return end
   while true do
     local head = redis.call('ZRANGE', q, 0, 0)[1]
     if not head then return end

@@ -14,6 +14,8 @@ local ok, ty = is_lock_type(key)
 if not ok then
   return redis.error_reply('WRONGTYPE the lock key holds a ' .. ty .. ', not a string: it is not a lock')
 end
+-- A counter that cannot give tokens fails the attempt here, before anything is written.
+read_counter(fence)
 local now = now_ms()
 local v = redis.call('GET', key)
 if not v then redis.call('DEL', readers) end

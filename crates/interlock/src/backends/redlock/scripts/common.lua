@@ -10,12 +10,15 @@
 -- masters whose counters agree then return the same value, so a quorum already holds the token
 -- and the acquisition needs no write-back round. A counter that fell behind on some master is
 -- covered by the quorum's maximum and the write-back, which need no clock.
+-- (A counter that holds what interlock never writes fails the script: read_counter in
+-- clock_fence.lua.)
 local function counter(key)
-  return tonumber(redis.call('GET', key) or '')
+  return read_counter(key)
 end
 
 local function quorum_bump(key)
   local v = counter(key)
+  if v and v + 1 > FENCE_LIMIT then bad_fence(key, 'has reached the largest token (2^53 - 1)') end
   if v then return set_fence(key, v + 1) end
   return set_fence(key, now_us())
 end
