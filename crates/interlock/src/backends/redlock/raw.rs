@@ -333,7 +333,13 @@ fn no_quorum(what: &str, answered: usize, n: usize, quorum: usize, errors: Vec<E
         return Error::Backend { backend: BACKEND, message, source };
     }
     if auth {
-        return Error::Auth { backend: BACKEND, message, source };
+        // Error::Auth messages say first which refusal it is (see the variant's docs).
+        let lead = if detail.iter().all(|d| d.starts_with("permission denied")) {
+            "permission denied"
+        } else {
+            "authentication failed"
+        };
+        return Error::Auth { backend: BACKEND, message: format!("{lead}: {message}"), source };
     }
     Error::Unavailable { backend: BACKEND, message, source }
 }
