@@ -328,3 +328,33 @@ async fn one_release_hands_the_lock_to_the_longest_waiting_waiter() {
         t.await.unwrap();
     }
 }
+
+/// `interlock run` whose key is deleted (an administrator, `FLUSHDB`): the next renewal reports
+/// the loss, the command gets SIGTERM and may handle it (within what is left of the lease it had:
+/// about 3 s here, lease 6 s, margin 1 s), and interlock exits 75.
+#[test]
+fn run_sends_sigterm_when_the_backend_reports_the_loss() {
+    use std::io::{BufRead, BufReader};
+    let Some(h) = shared() else { return };
+    let name = unique("run-deleted");
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "-u", &h.url(), "--lease", "6s", "--kill-after", "20s", &name, "--", "sh", "-c"])
+        .arg("trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.05; done")
+        .env_remove("INTERLOCK_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run interlock");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    h.ns().cmd(&["DEL", &h.key(&name)]).expect("DEL");
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "got-term", "the command handles SIGTERM after a loss the backend reported");
+    let done = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("no longer holds") && stderr.contains("SIGTERM"), "{stderr}");
+}
