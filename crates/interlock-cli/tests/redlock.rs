@@ -357,3 +357,125 @@ async fn a_release_publishes_on_every_master() {
         assert_eq!(msg.get_channel_name(), channel, "master {i}");
     }
 }
+
+/// Runs `f` and returns its result and how long it took.
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let out = f.await;
+    (out, started.elapsed())
+}
+
+/// `k` of 5 masters paused with SIGSTOP (not killed), before and after the provider connected:
+/// connect, acquire, release, status, a handoff to a waiter and renewals go on with the others
+/// and never wait for a paused master (each call well under the 5 s command timeout, the figures
+/// printed next to the healthy ones); exclusion holds; `interlock run` and `status` (with
+/// `connect_timeout=3s`) do the same; and once the masters are continued, they hold no stale
+/// key of the lock (a grant or registration that reached them late was undone there).
+#[allow(clippy::unwrap_used)]
+async fn paused_masters_never_slow_a_call(k: usize) {
+    let Some(h) = own(5) else { return };
+    let url = h.base_url();
+    let name = unique("paused-masters");
+    let bound = Duration::from_secs(2);
+    let figures = |what: &str, healthy: Duration, paused: Duration| {
+        eprintln!("{k} of 5 paused: {what}: {paused:?} (healthy: {healthy:?})");
+        assert!(paused < bound, "{what} took {paused:?} with {k} of 5 masters paused");
+    };
+    // Healthy figures first.
+    let (p, healthy_connect) = timed(interlock::connect(&url)).await;
+    let p = p.expect("connect");
+    let m = p.mutex(&name).unwrap();
+    let (g, healthy_acquire) = timed(m.lock()).await;
+    let (r, healthy_release) = timed(g.unwrap().release()).await;
+    r.unwrap();
+    let (_, healthy_status) = timed(p.status(&name)).await;
+    // Paused after the provider connected.
+    let early = interlock::connect(&url).await.expect("connect");
+    for i in 0..k {
+        h.group().member(i).server().pause();
+    }
+    let (g, took) = timed(early.mutex(&name).unwrap().lock()).await;
+    let g = g.expect("a lock with a quorum answering");
+    figures("acquire (connected before the pause)", healthy_acquire, took);
+    assert!(p.mutex(&name).unwrap().try_lock().await.unwrap().is_none(), "exclusion with masters paused");
+    let waiter = {
+        let m = p.mutex(&name).unwrap();
+        tokio::spawn(async move { timed(m.lock_timeout(EVENTUALLY)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (r, took) = timed(g.release()).await;
+    r.expect("released on a quorum");
+    figures("release (connected before the pause)", healthy_release, took);
+    let (w, _) = waiter.await.unwrap();
+    let w = w.expect("the waiter gets the lock after the release");
+    w.release().await.unwrap();
+    // Renewals by quorum: a 1.5 s lease kept through 3 s.
+    let opts = AcquireOptions::forever().lease(Duration::from_millis(1500));
+    let held = early.mutex(unique("renewed")).unwrap().lock_with(opts).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!held.is_lost(), "renewals on a quorum keep the lock");
+    held.release().await.unwrap();
+    // A provider that connects while they are paused.
+    let (q, took) = timed(interlock::connect(&format!("{url}?connect_timeout=3s"))).await;
+    let q = q.expect("connect with a quorum answering");
+    figures("connect", healthy_connect, took);
+    let (g, took) = timed(q.mutex(&name).unwrap().lock()).await;
+    let g = g.unwrap();
+    figures("acquire", healthy_acquire, took);
+    let (r, took) = timed(g.release()).await;
+    r.unwrap();
+    figures("release", healthy_release, took);
+    let (st, took) = timed(q.status(&name)).await;
+    let st = st.expect("status with a quorum answering");
+    figures("status", healthy_status, took);
+    let location = st.location.unwrap_or_default();
+    assert!(
+        st.held.is_none() && location.contains(&format!("answered by {} of 5 masters; {k} did not answer", 5 - k)),
+        "{location}"
+    );
+    // The command.
+    let cli = |args: &[&str]| {
+        let started = Instant::now();
+        let out = Command::new(BIN).args(args).env_remove("INTERLOCK_LOG").output().expect("run interlock");
+        (out, started.elapsed())
+    };
+    let ct = format!("{url}?connect_timeout=3s");
+    let (out, took) = cli(&["run", "-u", &ct, &name, "--", "true"]);
+    assert!(out.status.success(), "{out:?}");
+    eprintln!("{k} of 5 paused: interlock run: {took:?}");
+    assert!(took < Duration::from_secs(5), "interlock run took {took:?}");
+    let (out, took) = cli(&["status", "-u", &ct, &name]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("free") && stdout.contains("did not answer"), "{out:?}");
+    eprintln!("{k} of 5 paused: interlock status: {took:?}: {}", stdout.trim());
+    assert!(took < Duration::from_secs(5), "interlock status took {took:?}");
+    // Continued: what reached them while paused runs now; nothing of the lock stays but counters.
+    for i in 0..k {
+        h.group().member(i).server().resume();
+    }
+    // Within 6 s: the undo of a late answer goes out when its request times out (5 s after the
+    // attempt), well before a stale key's 10 s lease would have expired it.
+    let resumed = Instant::now();
+    let deadline = resumed + Duration::from_secs(6);
+    for i in 0..5 {
+        loop {
+            let keys: Vec<String> = h.ns().keys_on(i).unwrap().into_iter().filter(|k| k.contains(&name)).collect();
+            if keys.iter().all(|k| k.ends_with(":fence")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "left behind on master {i}: {keys:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!("{k} of 5 paused: no stale key {:?} after the masters were continued", resumed.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_paused_master_of_five_never_slows_a_call() {
+    paused_masters_never_slow_a_call(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_paused_masters_of_five_never_slow_a_call() {
+    paused_masters_never_slow_a_call(2).await;
+}
