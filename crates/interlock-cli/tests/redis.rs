@@ -358,3 +358,23 @@ fn run_sends_sigterm_when_the_backend_reports_the_loss() {
     assert_eq!(done.status.code(), Some(75), "{stderr}");
     assert!(stderr.contains("no longer holds") && stderr.contains("SIGTERM"), "{stderr}");
 }
+
+/// A host with two ports (`127.0.0.1:31001:99`) is a bad URL, not a host name to look up: from
+/// `connect` `InvalidUrl` at once, and from the CLI exit 64 with one line; never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_with_two_ports_is_a_bad_url_not_a_name_to_look_up() {
+    let url = "redis://:pw-31@127.0.0.1:31001:99/0";
+    let e = interlock::connect(url).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidUrl { .. }), "{e:?}");
+    let s = one_line(&e);
+    assert!(s.contains("one `:PORT` per host") && !s.contains("pw-31"), "{s}");
+    let out = std::process::Command::new(BIN)
+        .args(["run", "-u", url, "job", "--", "true"])
+        .env_remove("INTERLOCK_LOG")
+        .output()
+        .expect("run interlock");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("one `:PORT` per host") && !stderr.contains("pw-31"), "{stderr}");
+}
