@@ -479,3 +479,47 @@ async fn one_paused_master_of_five_never_slows_a_call() {
 async fn two_paused_masters_of_five_never_slow_a_call() {
     paused_masters_never_slow_a_call(2).await;
 }
+
+/// A TCP forwarder on a leased loopback port to `target`: another address of the same server.
+fn forwarder(target: u16) -> PortLease {
+    let lease = PortLease::reserve();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", lease.port())).expect("bind the forwarder");
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
+            let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else { continue };
+            let (mut c, mut s) = (client, server);
+            std::thread::spawn(move || std::io::copy(&mut c, &mut s));
+            std::thread::spawn(move || std::io::copy(&mut s2, &mut c2));
+        }
+    });
+    lease
+}
+
+/// One server named twice is refused at connect (`InvalidUrl`, CLI exit 64, one line, no
+/// password), not counted as two masters: by its address (`127.0.0.1:X` and `localhost:X`), and
+/// by its `run_id` when it is reached through two addresses (here a forwarder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_server_named_twice_is_refused_at_connect() {
+    let Some(h) = shared(3) else { return };
+    let (x, y) = (h.group().member(0).port(), h.group().member(1).port());
+    let db = h.ns().db;
+    let via = forwarder(x);
+    for (url, why) in [
+        (
+            format!("redlock://:pw-7@127.0.0.1:{x},localhost:{x},127.0.0.1:{y}/{db}"),
+            format!("(both are 127.0.0.1:{x})"),
+        ),
+        (format!("redlock://:pw-7@127.0.0.1:{x},127.0.0.1:{},127.0.0.1:{y}/{db}", via.port()), "run_id".to_owned()),
+    ] {
+        let e = interlock::connect(&url).await.map(drop).unwrap_err();
+        assert!(matches!(e, Error::InvalidUrl { .. }), "{url}: {e:?}");
+        let s = one_line(&e);
+        assert!(s.contains("are the same server") && s.contains(&why) && !s.contains("pw-7"), "{s}");
+        let out = Command::new(BIN).args(["run", "-u", &url, "x", "--", "true"]).env_remove("INTERLOCK_LOG").output();
+        let out = out.expect("run interlock");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert!(stderr.trim_end().lines().count() == 1 && !stderr.contains("pw-7"), "{stderr}");
+    }
+}

@@ -4,8 +4,9 @@
 //! requests sent to all masters at once, decided by a quorum.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,63 @@ pub(crate) struct Master {
     /// A script of ours ran here: the master has them cached, so an `EVALSHA` is one request
     /// (without them it is a `NOSCRIPT` answer, then the script sent again).
     scripted: AtomicBool,
+    /// What the provider's masters found out about each other (one server named twice).
+    peers: Arc<Peers>,
+}
+
+/// What each master of one provider is, as found when it first connected: its addresses and
+/// its server's `run_id`, so that two masters of the URL that are one server (`127.0.0.1:6379` and
+/// `localhost:6379`, or two addresses of one host) are refused: they would count twice in the
+/// quorum, and a "majority" could then be a minority of the servers.
+#[derive(Debug)]
+pub(crate) struct Peers {
+    /// The provider's URL, password redacted, for the error.
+    url: String,
+    /// Per master: its name in the URL, its addresses, its `run_id`.
+    seen: StdMutex<Vec<Seen>>,
+}
+
+/// One master in [`Peers`]: its name in the URL, its addresses, its server's `run_id`.
+type Seen = (String, Vec<SocketAddr>, Option<String>);
+
+impl Peers {
+    fn new(config: &RedlockConfig) -> Arc<Peers> {
+        let seen = config.masters.iter().map(|m| (m.shown.clone(), Vec::new(), None)).collect();
+        Arc::new(Peers { url: config.shown.clone(), seen: StdMutex::new(seen) })
+    }
+
+    /// Records what master `i` is; an error naming the other master when one is the same server.
+    fn claim(&self, i: usize, addrs: Option<Vec<SocketAddr>>, run_id: Option<String>) -> Result<()> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let same = seen.iter().enumerate().filter(|(j, _)| *j != i).find_map(|(_, (other, their_addrs, theirs))| {
+            if let Some(a) = addrs.as_ref().and_then(|a| a.iter().find(|a| their_addrs.contains(a))) {
+                return Some(format!("{other} (both are {a})"));
+            }
+            match (&run_id, theirs) {
+                (Some(ours), Some(theirs)) if ours == theirs => {
+                    Some(format!("{other} (the same run_id in INFO server)"))
+                }
+                _ => None,
+            }
+        });
+        if let Some(other) = same {
+            return Err(Error::InvalidUrl {
+                url: self.url.clone(),
+                reason: format!(
+                    "masters {} and {other} are the same server: each master counts once in the quorum, so name \
+                     each server once",
+                    seen[i].0
+                ),
+            });
+        }
+        if let Some(a) = addrs {
+            seen[i].1 = a;
+        }
+        if run_id.is_some() {
+            seen[i].2 = run_id;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Master {
@@ -71,11 +129,11 @@ fn rebrand(e: Error) -> Error {
 }
 
 impl Master {
-    fn new(index: usize, config: RedisConfig, wakeups: Arc<Wakeups>) -> Result<Master> {
+    fn new(index: usize, config: RedisConfig, wakeups: Arc<Wakeups>, peers: Arc<Peers>) -> Result<Master> {
         // The redis backend's client (plain, or TLS with the URL's certificates), in RESP3 for
         // the wake-ups' push messages.
         let client = client_speaking(&config, Some(ProtocolVersion::RESP3)).map_err(rebrand)?;
-        Ok(Master { index, config, client, conn: OnceCell::new(), wakeups, scripted: AtomicBool::new(false) })
+        Ok(Master { index, config, client, conn: OnceCell::new(), wakeups, scripted: AtomicBool::new(false), peers })
     }
 
     fn err(&self, what: &str, e: RedisError) -> Error {
@@ -94,6 +152,10 @@ impl Master {
 
     async fn open(&self) -> Result<ConnectionManager> {
         let t = self.timeout();
+        // The same address as another master's is the same server (a name that does not resolve
+        // is left to the connection's own error).
+        let addrs = tokio::net::lookup_host((self.config.host.as_str(), self.config.port)).await.ok();
+        self.peers.claim(self.index, addrs.map(Iterator::collect), None)?;
         // A plain connection first: a refused password fails here at once (the manager would
         // retry it with backoff).
         let mut first = self
@@ -103,7 +165,18 @@ impl Master {
             )
             .await
             .map_err(|e| self.err("connect", e))?;
-        redis::cmd("PING").query_async::<redis::Value>(&mut first).await.map_err(|e| self.err("PING", e))?;
+        // PING and the server's run_id in one round trip (both queued at once). INFO may be
+        // refused to an ACL user: then only the addresses tell two masters apart.
+        let mut second = first.clone();
+        let info = async move { redis::cmd("INFO").arg("server").query_async::<String>(&mut second).await };
+        let ping_cmd = redis::cmd("PING");
+        let ping = ping_cmd.query_async::<redis::Value>(&mut first);
+        let (ping, info) = tokio::join!(ping, info);
+        ping.map_err(|e| self.err("PING", e))?;
+        let run_id = info
+            .ok()
+            .and_then(|text| text.lines().find_map(|l| l.strip_prefix("run_id:")).map(|id| id.trim().to_owned()));
+        self.peers.claim(self.index, None, run_id)?;
         drop(first);
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(t))
@@ -506,11 +579,12 @@ impl RedlockProvider {
     /// A refused password on any master is `Error::Auth`.
     pub(crate) async fn connect(config: RedlockConfig) -> Result<RedlockProvider> {
         let wakeups = Arc::new(Wakeups::default());
+        let peers = Peers::new(&config);
         let masters: Arc<[Arc<Master>]> = config
             .masters
             .iter()
             .enumerate()
-            .map(|(i, c)| Master::new(i, c.clone(), wakeups.clone()).map(Arc::new))
+            .map(|(i, c)| Master::new(i, c.clone(), wakeups.clone(), peers.clone()).map(Arc::new))
             .collect::<Result<Vec<_>>>()?
             .into();
         let (n, quorum) = (masters.len(), config.quorum());
@@ -530,6 +604,10 @@ impl RedlockProvider {
             if ok >= quorum && stragglers.is_none() {
                 stragglers = Some(straggler_deadline(started));
             }
+        }
+        // One server named twice, a refused password: the URL is wrong, whatever the quorum.
+        if let Some(i) = errors.iter().position(|e| matches!(e, Error::InvalidUrl { .. })) {
+            return Err(errors.swap_remove(i));
         }
         if let Some(i) = errors.iter().position(|e| matches!(e, Error::Auth { .. })) {
             return Err(errors.swap_remove(i));
