@@ -188,8 +188,8 @@ async fn a_key_of_the_wrong_type_is_a_clear_error() {
 async fn a_fencing_counter_behind_or_lost_still_gives_higher_tokens() {
     let Some(h) = shared() else { return };
     let name = unique("fence-behind");
-    let key = h.key(&name);
-    let (fence, sem_fence) = (format!("{{{key}}}:fence"), format!("{{{key}}}:sem:fence"));
+    let base = h.side(&name);
+    let (fence, sem_fence) = (format!("{base}:fence"), format!("{base}:sem:fence"));
     let p = h.provider().await;
     let (m, rw, sem) = (p.mutex(&name).unwrap(), p.rwlock(&name).unwrap(), p.semaphore(&name, 2).unwrap());
     let token = |g: &interlock::Guard| g.fencing_token().expect("redis guards have tokens");
@@ -274,8 +274,8 @@ async fn cancelled_and_timed_out_waiters_leave_only_the_fencing_counters() {
     assert!(waiter.await.unwrap_err().is_cancelled());
     g.release().await.unwrap();
     s.release().await.unwrap();
-    let key = h.key(&name);
-    let expected = vec![format!("{{{key}}}:fence"), format!("{{{key}}}:sem:fence")];
+    let base = h.side(&name);
+    let expected = vec![format!("{base}:fence"), format!("{base}:sem:fence")];
     let deadline = Instant::now() + EVENTUALLY;
     loop {
         let keys: Vec<String> = h.ns().keys().unwrap().into_iter().filter(|k| k.contains(&name)).collect();
@@ -377,4 +377,38 @@ async fn a_host_with_two_ports_is_a_bad_url_not_a_name_to_look_up() {
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("one `:PORT` per host") && !stderr.contains("pw-31"), "{stderr}");
+}
+
+/// An ACL user limited to the keys `~app:*` (and no `@dangerous` commands) with `?prefix=app:`:
+/// every key of its locks starts with the prefix (the side keys are `app:{app:NAME}:...`), so a
+/// mutex, a read lock, a semaphore, a waiter woken by a release and `status` all work, and leave
+/// only counters under `app:`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acl_user_limited_to_its_prefix_reaches_every_key_of_its_locks() {
+    let Some(r) = Redis::start_or_skip(&RedisOptions::default()) else { return };
+    let acl = ["ACL", "SETUSER", "app", "on", ">app-pw-1", "~app:*", "&app:*", "+@all", "-@dangerous"];
+    assert_eq!(r.cmd(0, &acl).unwrap(), Resp::Simple("OK".into()));
+    let url = format!("redis://app:app-pw-1@127.0.0.1:{}/0?prefix=app:&lease=2s", r.port());
+    let (p, q) = (interlock::connect(&url).await.expect("connect"), interlock::connect(&url).await.unwrap());
+    let name = unique("acl");
+    let g = p.mutex(&name).unwrap().lock().await.expect("a mutex with the side keys under app:");
+    let waiter = {
+        let m = q.mutex(&name).unwrap();
+        tokio::spawn(async move { m.lock_timeout(EVENTUALLY).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(q.status(&name).await.expect("status").waiters, Some(1));
+    g.release().await.unwrap();
+    waiter.await.unwrap().expect("the waiter, woken by the release").release().await.unwrap();
+    p.rwlock(&name).unwrap().read().await.expect("a read lock").release().await.unwrap();
+    p.semaphore(&name, 2).unwrap().acquire().await.expect("a permit").release().await.unwrap();
+    let keys: Vec<String> = match r.cmd(0, &["KEYS", &format!("*{name}*")]).unwrap() {
+        Resp::Array(a) => a.iter().filter_map(Resp::text).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert!(!keys.is_empty() && keys.iter().all(|k| k.starts_with("app:") && k.ends_with("fence")), "{keys:?}");
+    // Outside its keys, the same user is refused (nothing is held).
+    let other = format!("redis://app:app-pw-1@127.0.0.1:{}/0?prefix=other:", r.port());
+    let e = interlock::connect(&other).await.unwrap().mutex(&name).unwrap().try_lock().await.map(drop).unwrap_err();
+    assert!(!one_line(&e).contains("app-pw-1"), "{e}");
 }

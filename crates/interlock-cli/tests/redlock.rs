@@ -133,7 +133,7 @@ async fn sigstop_holder_past_its_lease_reports_lost_on_5_masters() {
 async fn fencing_token_is_the_quorum_max_written_back_to_a_majority() {
     let Some(h) = shared(3) else { return };
     let name = unique("writeback");
-    let fence = format!("{{{}}}:fence", h.key(&name));
+    let fence = format!("{}:fence", h.side(&name));
     let p = h.provider().await;
     let m = p.mutex(&name).unwrap();
     let g = m.lock().await.unwrap();
@@ -164,7 +164,7 @@ async fn fencing_token_is_the_quorum_max_written_back_to_a_majority() {
 async fn a_name_in_use_gets_consecutive_tokens_from_agreeing_counters() {
     let Some(h) = shared(3) else { return };
     let name = unique("agree");
-    let fence = format!("{{{}}}:fence", h.key(&name));
+    let fence = format!("{}:fence", h.side(&name));
     let p = h.provider().await;
     let m = p.mutex(&name).unwrap();
     let mut last = 0;
@@ -235,9 +235,8 @@ async fn cancelled_and_timed_out_acquisitions_leave_nothing_on_any_master() {
     let w = p2.rwlock(&name).unwrap();
     let waiter = tokio::spawn(async move { w.write().await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let key = h.key(&name);
-    let channel = format!("{{{key}}}:released");
-    let writers = format!("{{{key}}}:writers");
+    let channel = format!("{}:released", h.side(&name));
+    let writers = format!("{}:writers", h.side(&name));
     let numsub = |i: usize| match h.group().member(i).cmd(0, &["PUBSUB", "NUMSUB", &channel]).unwrap() {
         Resp::Array(a) => a.get(1).and_then(Resp::int).unwrap_or(-1),
         other => panic!("{other:?}"),
@@ -247,7 +246,7 @@ async fn cancelled_and_timed_out_acquisitions_leave_nothing_on_any_master() {
     waiter.abort();
     assert!(waiter.await.unwrap_err().is_cancelled());
     r.release().await.unwrap();
-    let expected = vec![format!("{{{key}}}:fence")];
+    let expected = vec![format!("{}:fence", h.side(&name))];
     let deadline = Instant::now() + EVENTUALLY;
     for i in 0..3 {
         loop {
@@ -337,7 +336,7 @@ async fn bad_urls_and_unreachable_masters_are_one_line_errors() {
 async fn a_release_publishes_on_every_master() {
     let Some(h) = shared(3) else { return };
     let name = unique("publish");
-    let channel = format!("{{{}}}:released", h.key(&name));
+    let channel = format!("{}:released", h.side(&name));
     let mut conns: Vec<redis::Connection> = h
         .group()
         .members()
@@ -521,5 +520,39 @@ async fn one_server_named_twice_is_refused_at_connect() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{stderr}");
         assert!(stderr.trim_end().lines().count() == 1 && !stderr.contains("pw-7"), "{stderr}");
+    }
+}
+
+/// An ACL user limited to `~app:*` and the channels `&app:*` on every master, with
+/// `?prefix=app:`: every key and the release channel start with the prefix, so a mutex, a waiter
+/// woken by the release's publish, a read lock and `status` work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acl_user_limited_to_its_prefix_reaches_every_key_and_channel_of_its_locks() {
+    let Some(g) = RedisGroup::start_or_skip(3, &RedisOptions::default()) else { return };
+    let acl = ["ACL", "SETUSER", "app", "on", ">app-pw-2", "~app:*", "&app:*", "+@all", "-@dangerous"];
+    for r in g.members() {
+        assert_eq!(r.cmd(0, &acl).unwrap(), Resp::Simple("OK".into()));
+    }
+    let hosts: Vec<String> = g.members().iter().map(|r| format!("127.0.0.1:{}", r.port())).collect();
+    let url = format!("redlock://app:app-pw-2@{}/0?prefix=app:&lease=2s", hosts.join(","));
+    let (p, q) = (interlock::connect(&url).await.expect("connect"), interlock::connect(&url).await.unwrap());
+    let name = unique("acl");
+    let held = p.mutex(&name).unwrap().lock().await.expect("a mutex with the side keys under app:");
+    let waiter = {
+        let m = q.mutex(&name).unwrap();
+        tokio::spawn(async move { timed(m.lock_timeout(EVENTUALLY)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(q.status(&name).await.expect("status").waiters, Some(1));
+    held.release().await.unwrap();
+    let (w, _) = waiter.await.unwrap();
+    w.expect("the waiter, woken by the release").release().await.unwrap();
+    p.rwlock(&name).unwrap().read().await.expect("a read lock").release().await.unwrap();
+    for r in g.members() {
+        let keys: Vec<String> = match r.cmd(0, &["KEYS", &format!("*{name}*")]).unwrap() {
+            Resp::Array(a) => a.iter().filter_map(Resp::text).collect(),
+            other => panic!("{other:?}"),
+        };
+        assert!(keys.iter().all(|k| k.starts_with("app:")), "{keys:?}");
     }
 }
