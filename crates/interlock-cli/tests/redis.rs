@@ -412,3 +412,32 @@ async fn an_acl_user_limited_to_its_prefix_reaches_every_key_of_its_locks() {
     let e = interlock::connect(&other).await.unwrap().mutex(&name).unwrap().try_lock().await.map(drop).unwrap_err();
     assert!(!one_line(&e).contains("app-pw-1"), "{e}");
 }
+
+/// `maxmemory` with `allkeys-lru`: filler written past the limit evicts the lock key and its
+/// fencing counter (they have not been used as recently). The holder learns it from its next
+/// renewal (`interlock hold` exits 75, as for a deleted key), and the next acquisition's token is
+/// still higher (tokens never fall below the server clock in µs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eviction_under_maxmemory_is_a_lost_lock_and_tokens_still_increase() {
+    let Some(h) = own() else { return };
+    let r = h.ns().redis();
+    let info = r.cmd(0, &["INFO", "memory"]).unwrap().text().unwrap_or_default();
+    let used: u64 = info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap();
+    let limit = (used + 2_000_000).to_string();
+    assert_eq!(r.cmd(0, &["CONFIG", "SET", "maxmemory", &limit]).unwrap(), Resp::Simple("OK".into()));
+    assert_eq!(r.cmd(0, &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]).unwrap(), Resp::Simple("OK".into()));
+    let name = unique("evicted");
+    let hold = Hold::start(h.bin().unwrap(), &h.url(), &name, &["--lease", "3s"]).await;
+    let token = hold.token.unwrap();
+    let filler = "x".repeat(10_000);
+    for i in 0..1000 {
+        h.ns().cmd(&["SET", &format!("filler:{i}"), &filler]).expect("SET filler");
+    }
+    let gone = h.ns().cmd(&["EXISTS", &h.key(&name), &format!("{}:fence", h.side(&name))]).unwrap().int();
+    assert_eq!(gone, Some(0), "the lock key and its counter were evicted");
+    assert_eq!(hold.wait_exit(EVENTUALLY).await, Some(75), "the holder reports the evicted lock as lost");
+    r.cmd(0, &["CONFIG", "SET", "maxmemory", "0"]).unwrap();
+    let g = h.provider().await.mutex(&name).unwrap().try_lock().await.unwrap().expect("free again");
+    assert!(g.fencing_token().unwrap() > token, "a token after an evicted counter is still higher");
+    g.release().await.unwrap();
+}
