@@ -112,15 +112,15 @@ fn short_pauses_of_interlock_change_nothing(url: &str) {
     assert_eq!(a.stderr(), "", "the guardian stopped the command");
 }
 
-/// Renewals that come inside the guardian's margin (lease 2 s, one renewal every 1.7 s: the
-/// margin starts 1.5 s after each): the command is stopped before each renewal and continued
-/// when it comes; it runs to its end with exit 0.
+/// Renewals that come inside the guardian's margin (lease 4 s, one renewal every 3.4 s: the
+/// margin, 1 s, starts 3 s after each, and the renewal has 600 ms to come back): the command is
+/// stopped before the renewal and continued when it comes; it runs to its end with exit 0.
 fn a_renewal_inside_the_margin_continues_the_command(url: &str) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("a");
     // The URL's lease and renewal interval (`--lease` would set the renewal to a third of it).
-    let url = format!("{url}{}lease=2s&renew=1700ms", if url.contains('?') { '&' } else { '?' });
-    let mut a = start(&url, &[], &unique("late-renewal"), &heartbeats(&log, 2.5));
+    let url = format!("{url}{}lease=4s&renew=3400ms", if url.contains('?') { '&' } else { '?' });
+    let mut a = start(&url, &[], &unique("late-renewal"), &heartbeats(&log, 4.5));
     assert_eq!(a.line(), "ready", "{}", a.stderr());
     assert_eq!(a.wait().code(), Some(0), "{}", a.stderr());
     assert!(beats(&log).1, "the command ran to its end");
