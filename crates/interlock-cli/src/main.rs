@@ -50,7 +50,9 @@ enum Command {
              TSTP, CONT) are passed on to each process of COMMAND once, with job control as in a shell; \
              signals ignored when interlock started stay ignored; SIGKILL cannot be passed on (see docs/run.md). On the file backend COMMAND inherits \
              the lock's descriptor, as with flock(1). If the lock is lost while COMMAND runs, every process of \
-             it gets SIGTERM, then SIGKILL after --kill-after, and interlock exits 75.\n\n",
+             it gets SIGTERM, then SIGKILL after --kill-after, and interlock exits 75; COMMAND never runs \
+             past the lock's lease, even when interlock itself is paused (a guardian stops it, and kills it \
+             when the lease ends).\n\n",
             exit::help_text!()
         )
     )]

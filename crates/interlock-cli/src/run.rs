@@ -5,7 +5,11 @@
 //! the lock only once the last of them has exited. On the file backend the command also inherits
 //! the lock's descriptor, so the lock outlives even `kill -9` of interlock, as with `flock(1)`. On
 //! backends whose locks expire, the command gets SIGKILL if interlock dies (nobody would renew the
-//! lock any more), and so does its process group, from a guardian process (`guard.rs`).
+//! lock any more), and so does its process group, from a guardian process (`guard.rs`). The
+//! guardian also keeps the tree inside the lease when interlock itself is paused or cannot renew:
+//! interlock tells it each new validity instant, and it stops the tree (SIGSTOP) a margin before
+//! the newest one runs out, continues it if a renewal comes in time, and kills it at the instant
+//! itself; interlock passes no SIGCONT on to a tree inside that margin.
 //!
 //! Signals: the command runs in a process group of its own, so that a signal sent to interlock's
 //! group (`timeout`, a shell's job control, the terminal's Ctrl-C while interlock has it) reaches
@@ -22,7 +26,7 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use interlock::Guard;
+use interlock::{Guard, ValidityWatch};
 use rustix::process::{Pid, Signal, WaitStatus};
 
 use crate::acquire::{self, Held, LockArgs};
@@ -88,14 +92,18 @@ pub async fn run(args: RunArgs) -> Outcome {
     };
     let ignored: Vec<Signal> =
         signals.registered().iter().copied().filter(|s| signals::ignored_at_start().contains(*s)).collect();
-    // Locks that expire once interlock no longer renews them: the command must not outlive it.
+    // Locks that expire once interlock no longer renews them: the command must not outlive it,
+    // nor its lease.
     let expiring = provider.capabilities().can_lose;
+    let lease = args.lock.lease.unwrap_or(provider.default_lease().lease);
+    let lease_watch = guard.validity_watch().filter(|_| expiring).map(|w| (w, crate::guard::margin(lease)));
     let spec = Spec {
         death_signal: expiring.then_some(Signal::KILL),
         inherit: &inherit,
         caught: signals.registered(),
         ignored: &ignored,
         guardian: expiring,
+        lease: lease_watch.as_ref().and_then(|(w, margin)| w.valid_until().map(|t| (t, *margin))),
     };
     let mut cmd = std::process::Command::new(program);
     let token = guard.fencing_token().map(|t| t.to_string()).unwrap_or_default();
@@ -106,7 +114,15 @@ pub async fn run(args: RunArgs) -> Outcome {
     };
     // interlock's own copies are not needed: the guard holds the lock, the command its copies.
     drop(inherit);
-    let mut runner = Runner::new(&mut tree, &mut signals);
+    // Each renewal's new validity goes to the guardian (the first went with its start).
+    let forwarder = tree.lease_feed().zip(lease_watch.clone()).map(|(feed, (mut watch, _))| {
+        tokio::spawn(async move {
+            while let Some(until) = watch.changed().await {
+                feed.send(until);
+            }
+        })
+    });
+    let mut runner = Runner::new(&mut tree, &mut signals, lease_watch);
     let lost = guard.lost();
     tokio::pin!(lost);
     let finished = tokio::select! {
@@ -114,8 +130,11 @@ pub async fn run(args: RunArgs) -> Outcome {
         () = &mut lost => None,
     };
     runner.take_terminal_back();
+    if let Some(f) = forwarder {
+        f.abort();
+    }
     match finished {
-        Some(Ok(())) => finish(guard, runner.tree.status()).await,
+        Some(Ok(())) => finish(guard, runner.tree).await,
         Some(Err(e)) => {
             // Never release while the command may still run: end it first.
             runner.kill_all().await;
@@ -140,6 +159,8 @@ struct Runner<'a> {
     terminal: Option<Terminal>,
     /// The command stopped to use the terminal: hand it the terminal whenever we have it.
     wants_terminal: bool,
+    /// The lock's validity, and the guardian's margin before it, on backends whose locks expire.
+    lease: Option<(ValidityWatch, Duration)>,
 }
 
 /// A second copy of one signal from one sender that arrives within this time is the same event:
@@ -148,7 +169,7 @@ struct Runner<'a> {
 const SAME_EVENT: Duration = Duration::from_millis(10);
 
 impl<'a> Runner<'a> {
-    fn new(tree: &'a mut Tree, signals: &'a mut Signals) -> Runner<'a> {
+    fn new(tree: &'a mut Tree, signals: &'a mut Signals, lease: Option<(ValidityWatch, Duration)>) -> Runner<'a> {
         Runner {
             tree,
             signals,
@@ -157,6 +178,17 @@ impl<'a> Runner<'a> {
             last: None,
             terminal: Terminal::open(),
             wants_terminal: false,
+            lease,
+        }
+    }
+
+    /// Whether the command may be continued (SIGCONT): not when its lease's validity ends within
+    /// the guardian's margin (the guardian stops the tree then, and continues it itself after a
+    /// renewal), nor once the lock was released after a loss. Always on locks that do not expire.
+    fn may_continue(&self) -> bool {
+        match &self.lease {
+            None => true,
+            Some((watch, margin)) => watch.valid_until().is_some_and(|t| Instant::now() + *margin < t),
         }
     }
 
@@ -188,6 +220,12 @@ impl<'a> Runner<'a> {
                     self.tree.signal(Signal::TSTP);
                 }
                 stop_ourselves();
+                Ok(Reaped::Running)
+            }
+            Signal::CONT if !self.may_continue() => {
+                // The guardian keeps the tree stopped until a renewal comes (it then continues
+                // it): a SIGCONT now would let it run on as the lease runs out.
+                tracing::debug!("SIGCONT not passed on: the lock's lease is about to run out unrenewed");
                 Ok(Reaped::Running)
             }
             sig => {
@@ -232,7 +270,9 @@ impl<'a> Runner<'a> {
             kill_group(self.my_group, Signal::TSTP);
         } else if terminal.is_ours() {
             self.hand_terminal_over();
-            kill_group(self.tree.group, Signal::CONT);
+            if self.may_continue() {
+                kill_group(self.tree.group, Signal::CONT);
+            }
         } else {
             stop_ourselves();
         }
@@ -280,13 +320,27 @@ impl<'a> Runner<'a> {
     }
 
     /// The lock is gone: says so, then stops the command's tree (SIGTERM, SIGKILL after `grace`),
-    /// still passing our signals on meanwhile.
+    /// still passing our signals on meanwhile. Never past the lease it had: when the lease ran
+    /// out (the guardian stopped the tree before its end and kills it), SIGKILL at once; when
+    /// the backend reported the loss earlier, the grace ends where the guardian's margin begins.
     async fn stop_after_loss(&mut self, guard: Guard, grace: Duration) {
         let name = guard.name().to_owned();
+        let left = match &self.lease {
+            Some((_, margin)) => {
+                guard.valid_until().map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now() + *margin))
+            }
+            None => grace,
+        };
         let why = match guard.release().await {
             Err(e) => e.to_string(),
             Ok(()) => format!("lock {} was lost while held", exit::show_name(&name)),
         };
+        if left.is_zero() {
+            exit::say(&format!("{why}; the command, stopped before the lease ran out, is killed (SIGKILL)"));
+            self.kill_all().await;
+            return;
+        }
+        let grace = grace.min(left);
         exit::say(&format!("{why}; stopping the command (SIGTERM, then SIGKILL after {grace:?})"));
         self.tree.signal(Signal::TERM);
         if let Ok(Ok(())) = tokio::time::timeout(grace, self.until_done()).await {
@@ -327,10 +381,17 @@ fn stop_ourselves() {
     }
 }
 
-/// Releases the lock after the command's tree has exited, and picks the exit code.
-async fn finish(guard: Guard, status: Option<WaitStatus>) -> Outcome {
+/// Releases the lock after the command's tree has exited, and picks the exit code: 75 when the
+/// guardian killed the tree because the lease ran out, even if a late renewal kept the lock.
+async fn finish(guard: Guard, tree: &Tree) -> Outcome {
+    let status: Option<WaitStatus> = tree.status();
     let code = status.map_or(1, |st| exit::child_code(std::os::unix::process::ExitStatusExt::from_raw(st.as_raw())));
+    let name = exit::show_name(guard.name());
     match guard.release().await {
+        Ok(()) if tree.killed_by_guardian() => Err(Failure::new(
+            exit::LOCK_LOST,
+            format!("lock {name}: the command was killed when its lease ran out before a renewal reached the guardian"),
+        )),
         Ok(()) => Ok(code),
         Err(e) if e.is_lock_lost() => Err(Failure::from_lock(&e, exit::CONFLICT_DEFAULT)),
         Err(e) => {

@@ -4,10 +4,12 @@
 //! one is gone. Linux only, like the rest of interlock.
 
 use std::collections::HashSet;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rustix::io::FdFlags;
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
@@ -31,6 +33,26 @@ pub struct Spec<'a> {
     /// Start a guardian first (see [`Tree::spawn`]), for locks that expire once interlock no
     /// longer renews them.
     pub guardian: bool,
+    /// For the guardian: the lock's validity when the command starts, and how long before the
+    /// validity runs out unrenewed the guardian stops the tree (`guard.rs`). Later instants go
+    /// through [`Tree::lease_feed`].
+    pub lease: Option<(Instant, Duration)>,
+}
+
+/// interlock's end of the guardian's lease feed (its standard input): one message per validity
+/// instant of the lock. Non-blocking: a guardian that does not read (stopped with the whole tree)
+/// never holds interlock up; the newest instant is what counts, and a full pipe (thousands of
+/// unread renewals) only loses older ones.
+#[derive(Clone, Debug)]
+pub struct LeaseFeed(Arc<std::io::PipeWriter>);
+
+impl LeaseFeed {
+    /// Tells the guardian that the lock is valid until `until`.
+    pub fn send(&self, until: Instant) {
+        if let Err(e) = (&*self.0).write_all(&crate::guard::encode(until)) {
+            tracing::debug!(error = %e, "cannot tell the guardian the lock's new validity");
+        }
+    }
 }
 
 /// What [`Tree::reap`] found.
@@ -56,6 +78,11 @@ pub struct Tree {
     /// The guardian (`interlock guard`) that kills the command's group if interlock dies: a
     /// child of ours, but not part of the tree.
     guardian: Option<Pid>,
+    /// How the guardian ended, once reaped.
+    guardian_status: Option<WaitStatus>,
+    /// The guardian's lease feed (held as long as the tree: its end-of-file tells the guardian
+    /// that interlock is gone).
+    feed: Option<LeaseFeed>,
 }
 
 /// Makes this process the child subreaper of everything it starts from now on: orphaned
@@ -84,7 +111,12 @@ impl Tree {
     /// could not be started).
     pub fn spawn(cmd: &mut Command, spec: &Spec<'_>) -> io::Result<Tree> {
         let me = rustix::process::getpid();
-        let guardian = if spec.guardian { Some(spawn_guardian(me)?) } else { None };
+        let (guardian, feed) = if spec.guardian {
+            let (pid, feed) = spawn_guardian(me, spec.lease)?;
+            (Some(pid), feed)
+        } else {
+            (None, None)
+        };
         // The raw numbers are copied into the closure, which runs in the child where the
         // descriptors are the same numbers.
         let fds: Vec<i32> = spec.inherit.iter().map(AsRawFd::as_raw_fd).collect();
@@ -109,7 +141,7 @@ impl Tree {
         };
         // std's `Child` is dropped without waiting: we reap with `waitpid` ourselves.
         drop(child);
-        Ok(Tree { me, child: pid, group: guardian.unwrap_or(pid), status: None, guardian })
+        Ok(Tree { me, child: pid, group: guardian.unwrap_or(pid), status: None, guardian, guardian_status: None, feed })
     }
 
     /// Reaps every child whose state changed (the command, and descendants re-parented to us);
@@ -129,10 +161,11 @@ impl Tree {
                         seen = Reaped::Stopped(sig);
                     }
                 }
-                Ok(Some((pid, _))) if Some(pid) == self.guardian => {
-                    // Killed by someone (or by our SIGKILL to the whole group).
-                    tracing::debug!("the guardian process ended");
+                Ok(Some((pid, st))) if Some(pid) == self.guardian => {
+                    // It killed the tree when the lease ran out, or someone killed it.
+                    tracing::debug!(status = ?st, "the guardian process ended");
                     self.guardian = None;
+                    self.guardian_status = Some(st);
                 }
                 Ok(Some(_)) => {} // a descendant re-parented to us: reaped
                 Ok(None) => {
@@ -167,6 +200,17 @@ impl Tree {
     /// The command's own exit status, once it has exited.
     pub fn status(&self) -> Option<WaitStatus> {
         self.status
+    }
+
+    /// The guardian's lease feed, when it has one.
+    pub fn lease_feed(&self) -> Option<LeaseFeed> {
+        self.feed.clone()
+    }
+
+    /// True when the guardian killed the tree because the lock's lease ran out unrenewed (it
+    /// then exits 75).
+    pub fn killed_by_guardian(&self) -> bool {
+        self.guardian_status.is_some_and(|st| st.exit_status() == Some(i32::from(crate::exit::LOCK_LOST)))
     }
 
     /// Sends `sig` to every process of the tree, each once: the command's process group with one
@@ -237,6 +281,34 @@ fn signal_scanned(p: ProcEntry, sig: Signal) -> io::Result<bool> {
     match rustix::process::pidfd_send_signal(&pidfd, sig) {
         Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(true),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends `sig` to every descendant of `root` but `except` (the guardian, from inside the command's
+/// group, where a group-wide SIGSTOP would stop it too), each once, rescanning until a scan finds
+/// none not yet signalled. While interlock lives, every process of the command's tree is its
+/// descendant (it is their subreaper).
+pub fn signal_all_below(root: Pid, except: Pid, sig: Signal) {
+    let except = except.as_raw_nonzero().get();
+    let mut done: HashSet<i32> = HashSet::new();
+    for _ in 0..16 {
+        let mut fresh = false;
+        for p in descendants(root).into_iter().filter(|p| p.pid != except) {
+            if !done.insert(p.pid) {
+                continue;
+            }
+            fresh = true;
+            match signal_scanned(p, sig) {
+                Ok(true) => {}
+                Ok(false) => {
+                    done.remove(&p.pid);
+                }
+                Err(e) => tracing::debug!(pid = p.pid, error = %e, "cannot signal a process of the command"),
+            }
+        }
+        if !fresh {
+            return;
+        }
     }
 }
 
@@ -312,14 +384,35 @@ fn child_setup(cmd: &mut Command, setup: ChildSetup) {
 }
 
 /// Starts `interlock guard --parent ME` in a process group of its own, with SIGTERM as its
-/// parent-death signal; returns its pid, which is also its group's id.
-fn spawn_guardian(me: Pid) -> io::Result<Pid> {
+/// parent-death signal; returns its pid, which is also its group's id. With `lease`, its standard
+/// input is a pipe that already holds the first validity instant (`--margin-ms`), and the feed of
+/// later ones is returned.
+fn spawn_guardian(me: Pid, lease: Option<(Instant, Duration)>) -> io::Result<(Pid, Option<LeaseFeed>)> {
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg("guard").arg("--parent").arg(me.as_raw_nonzero().to_string());
-    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).process_group(0);
+    let feed = match lease {
+        Some((until, margin)) => {
+            // Both ends close-on-exec: the command never holds either.
+            let (reader, writer) = std::io::pipe()?;
+            let mut flags = rustix::fs::fcntl_getfl(&writer)?;
+            flags |= rustix::fs::OFlags::NONBLOCK;
+            rustix::fs::fcntl_setfl(&writer, flags)?;
+            let feed = LeaseFeed(Arc::new(writer));
+            feed.send(until);
+            cmd.arg("--margin-ms").arg(margin.as_millis().max(1).to_string());
+            cmd.stdin(reader);
+            Some(feed)
+        }
+        None => {
+            cmd.stdin(std::process::Stdio::null());
+            None
+        }
+    };
+    cmd.stdout(std::process::Stdio::null()).process_group(0);
     guardian_setup(&mut cmd);
     let child = cmd.spawn()?;
-    i32::try_from(child.id()).ok().and_then(Pid::from_raw).ok_or_else(|| io::Error::other("bad pid"))
+    let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw).ok_or_else(|| io::Error::other("bad pid"))?;
+    Ok((pid, feed))
 }
 
 /// Sets up the guardian between `fork` and `exec`: SIGTERM when interlock dies.

@@ -211,7 +211,7 @@ mod on_redis {
 
     /// The keys left in the namespace's database: the run's `count` and `sales` are gone.
     fn assert_keys_removed(ns: &RedisNs<'_>, locked: bool) {
-        let fence = format!("{{{}flash-sale}}:fence", ns.prefix);
+        let fence = format!("{}:fence", interlock::redis::side_key_base(&ns.prefix, "flash-sale"));
         let expected = if locked { vec![fence] } else { Vec::new() };
         assert_eq!(ns.keys().unwrap(), expected, "only the lock's fencing counter stays");
     }

@@ -227,13 +227,13 @@ async fn both_ways(peer: &Peer) {
     theirs.close_stdin();
     assert!(blocking(|| theirs.wait()).success(), "{}: {}", peer.tool, theirs.stderr());
     assert_eq!(get(&ns, &key), None, "{}: the lock is free", peer.tool);
-    only_the_fencing_counter_left(&ns, &key, &name, peer.own_keys).await;
+    only_the_fencing_counter_left(&ns, peer.prefix, &name, peer.own_keys).await;
 }
 
 /// Of interlock's keys for the name only the fencing counter stays (no queue entry, no wake-up
 /// list); keys the tool keeps of its own (`own`) are left out.
-async fn only_the_fencing_counter_left(ns: &RedisNs<'_>, key: &str, name: &str, own: Option<&str>) {
-    let expected = vec![format!("{{{key}}}:fence")];
+async fn only_the_fencing_counter_left(ns: &RedisNs<'_>, prefix: &str, name: &str, own: Option<&str>) {
+    let expected = vec![format!("{}:fence", interlock::redis::side_key_base(prefix, name))];
     let deadline = Instant::now() + EVENTUALLY;
     loop {
         let keys: Vec<String> = ns
@@ -291,5 +291,5 @@ async fn redis_cli_set_nx_px_excludes_and_is_excluded() {
     reader.release().await.unwrap();
     assert_eq!(redis_cli(&ns, &set_nx), "OK");
     assert_eq!(redis_cli(&ns, &["DEL", &name]), "1");
-    only_the_fencing_counter_left(&ns, &name, &name, None).await;
+    only_the_fencing_counter_left(&ns, "", &name, None).await;
 }

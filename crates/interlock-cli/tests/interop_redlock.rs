@@ -135,7 +135,7 @@ async fn both_ways(peer: &Peer) {
     // key may stay on one master with the tool's value (seen with pottery, under load: its
     // acquire returns at a quorum, and a late SET can land after its release); it expires with
     // the tool's TTL and is not interlock's.
-    let expected = vec![format!("{{{key}}}:fence")];
+    let expected = vec![format!("{}:fence", interlock::redis::side_key_base(peer.prefix, &name))];
     let deadline = Instant::now() + EVENTUALLY;
     for i in 0..3 {
         loop {

@@ -189,8 +189,8 @@ async fn a_key_of_the_wrong_type_is_a_clear_error() {
 async fn a_fencing_counter_behind_or_lost_still_gives_higher_tokens() {
     let Some(h) = shared() else { return };
     let name = unique("fence-behind");
-    let key = h.key(&name);
-    let (fence, sem_fence) = (format!("{{{key}}}:fence"), format!("{{{key}}}:sem:fence"));
+    let base = h.side(&name);
+    let (fence, sem_fence) = (format!("{base}:fence"), format!("{base}:sem:fence"));
     let p = h.provider().await;
     let (m, rw, sem) = (p.mutex(&name).unwrap(), p.rwlock(&name).unwrap(), p.semaphore(&name, 2).unwrap());
     let token = |g: &interlock::Guard| g.fencing_token().expect("redis guards have tokens");
@@ -275,8 +275,8 @@ async fn cancelled_and_timed_out_waiters_leave_only_the_fencing_counters() {
     assert!(waiter.await.unwrap_err().is_cancelled());
     g.release().await.unwrap();
     s.release().await.unwrap();
-    let key = h.key(&name);
-    let expected = vec![format!("{{{key}}}:fence"), format!("{{{key}}}:sem:fence")];
+    let base = h.side(&name);
+    let expected = vec![format!("{base}:fence"), format!("{base}:sem:fence")];
     let deadline = Instant::now() + EVENTUALLY;
     loop {
         let keys: Vec<String> = h.ns().keys().unwrap().into_iter().filter(|k| k.contains(&name)).collect();
@@ -450,4 +450,117 @@ async fn an_acl_user_without_a_permission_is_told_which() {
         assert!(s.contains(says), "{s} should name {says}");
         assert!(!s.contains("pw-"), "{s}");
     }
+}
+
+/// `interlock run` whose key is deleted (an administrator, `FLUSHDB`): the next renewal reports
+/// the loss, the command gets SIGTERM and may handle it (within what is left of the lease it had:
+/// about 3 s here, lease 6 s, margin 1 s), and interlock exits 75.
+#[test]
+fn run_sends_sigterm_when_the_backend_reports_the_loss() {
+    use std::io::{BufRead, BufReader};
+    let Some(h) = shared() else { return };
+    let name = unique("run-deleted");
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "-u", &h.url(), "--lease", "6s", "--kill-after", "20s", &name, "--", "sh", "-c"])
+        .arg("trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.05; done")
+        .env_remove("INTERLOCK_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run interlock");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    h.ns().cmd(&["DEL", &h.key(&name)]).expect("DEL");
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "got-term", "the command handles SIGTERM after a loss the backend reported");
+    let done = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("no longer holds") && stderr.contains("SIGTERM"), "{stderr}");
+}
+
+/// A host with two ports (`127.0.0.1:31001:99`) is a bad URL, not a host name to look up: from
+/// `connect` `InvalidUrl` at once, and from the CLI exit 64 with one line; never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_with_two_ports_is_a_bad_url_not_a_name_to_look_up() {
+    let url = "redis://:pw-31@127.0.0.1:31001:99/0";
+    let e = interlock::connect(url).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidUrl { .. }), "{e:?}");
+    let s = one_line(&e);
+    assert!(s.contains("one `:PORT` per host") && !s.contains("pw-31"), "{s}");
+    let out = std::process::Command::new(BIN)
+        .args(["run", "-u", url, "job", "--", "true"])
+        .env_remove("INTERLOCK_LOG")
+        .output()
+        .expect("run interlock");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("one `:PORT` per host") && !stderr.contains("pw-31"), "{stderr}");
+}
+
+/// An ACL user limited to the keys `~app:*` (and no `@dangerous` commands) with `?prefix=app:`:
+/// every key of its locks starts with the prefix (the side keys are `app:{app:NAME}:...`), so a
+/// mutex, a read lock, a semaphore, a waiter woken by a release and `status` all work, and leave
+/// only counters under `app:`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acl_user_limited_to_its_prefix_reaches_every_key_of_its_locks() {
+    let Some(r) = Redis::start_or_skip(&RedisOptions::default()) else { return };
+    let acl = ["ACL", "SETUSER", "app", "on", ">app-pw-1", "~app:*", "&app:*", "+@all", "-@dangerous"];
+    assert_eq!(r.cmd(0, &acl).unwrap(), Resp::Simple("OK".into()));
+    let url = format!("redis://app:app-pw-1@127.0.0.1:{}/0?prefix=app:&lease=2s", r.port());
+    let (p, q) = (interlock::connect(&url).await.expect("connect"), interlock::connect(&url).await.unwrap());
+    let name = unique("acl");
+    let g = p.mutex(&name).unwrap().lock().await.expect("a mutex with the side keys under app:");
+    let waiter = {
+        let m = q.mutex(&name).unwrap();
+        tokio::spawn(async move { m.lock_timeout(EVENTUALLY).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(q.status(&name).await.expect("status").waiters, Some(1));
+    g.release().await.unwrap();
+    waiter.await.unwrap().expect("the waiter, woken by the release").release().await.unwrap();
+    p.rwlock(&name).unwrap().read().await.expect("a read lock").release().await.unwrap();
+    p.semaphore(&name, 2).unwrap().acquire().await.expect("a permit").release().await.unwrap();
+    let keys: Vec<String> = match r.cmd(0, &["KEYS", &format!("*{name}*")]).unwrap() {
+        Resp::Array(a) => a.iter().filter_map(Resp::text).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert!(!keys.is_empty() && keys.iter().all(|k| k.starts_with("app:") && k.ends_with("fence")), "{keys:?}");
+    // Outside its keys, the same user is refused (nothing is held).
+    let other = format!("redis://app:app-pw-1@127.0.0.1:{}/0?prefix=other:", r.port());
+    let e = interlock::connect(&other).await.unwrap().mutex(&name).unwrap().try_lock().await.map(drop).unwrap_err();
+    assert!(!one_line(&e).contains("app-pw-1"), "{e}");
+}
+
+/// `maxmemory` with `allkeys-lru`: filler written past the limit evicts the lock key and its
+/// fencing counter (they have not been used as recently). The holder learns it from its next
+/// renewal (`interlock hold` exits 75, as for a deleted key), and the next acquisition's token is
+/// still higher (tokens never fall below the server clock in µs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eviction_under_maxmemory_is_a_lost_lock_and_tokens_still_increase() {
+    let Some(h) = own() else { return };
+    let r = h.ns().redis();
+    let info = r.cmd(0, &["INFO", "memory"]).unwrap().text().unwrap_or_default();
+    let used: u64 = info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap();
+    let limit = (used + 2_000_000).to_string();
+    assert_eq!(r.cmd(0, &["CONFIG", "SET", "maxmemory", &limit]).unwrap(), Resp::Simple("OK".into()));
+    assert_eq!(r.cmd(0, &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]).unwrap(), Resp::Simple("OK".into()));
+    let name = unique("evicted");
+    let hold = Hold::start(h.bin().unwrap(), &h.url(), &name, &["--lease", "3s"]).await;
+    let token = hold.token.unwrap();
+    let filler = "x".repeat(10_000);
+    for i in 0..1000 {
+        h.ns().cmd(&["SET", &format!("filler:{i}"), &filler]).expect("SET filler");
+    }
+    let gone = h.ns().cmd(&["EXISTS", &h.key(&name), &format!("{}:fence", h.side(&name))]).unwrap().int();
+    assert_eq!(gone, Some(0), "the lock key and its counter were evicted");
+    assert_eq!(hold.wait_exit(EVENTUALLY).await, Some(75), "the holder reports the evicted lock as lost");
+    r.cmd(0, &["CONFIG", "SET", "maxmemory", "0"]).unwrap();
+    let g = h.provider().await.mutex(&name).unwrap().try_lock().await.unwrap().expect("free again");
+    assert!(g.fencing_token().unwrap() > token, "a token after an evicted counter is still higher");
+    g.release().await.unwrap();
 }

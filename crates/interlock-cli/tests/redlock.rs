@@ -133,7 +133,7 @@ async fn sigstop_holder_past_its_lease_reports_lost_on_5_masters() {
 async fn fencing_token_is_the_quorum_max_written_back_to_a_majority() {
     let Some(h) = shared(3) else { return };
     let name = unique("writeback");
-    let fence = format!("{{{}}}:fence", h.key(&name));
+    let fence = format!("{}:fence", h.side(&name));
     let p = h.provider().await;
     let m = p.mutex(&name).unwrap();
     let g = m.lock().await.unwrap();
@@ -164,7 +164,7 @@ async fn fencing_token_is_the_quorum_max_written_back_to_a_majority() {
 async fn a_name_in_use_gets_consecutive_tokens_from_agreeing_counters() {
     let Some(h) = shared(3) else { return };
     let name = unique("agree");
-    let fence = format!("{{{}}}:fence", h.key(&name));
+    let fence = format!("{}:fence", h.side(&name));
     let p = h.provider().await;
     let m = p.mutex(&name).unwrap();
     let mut last = 0;
@@ -235,9 +235,8 @@ async fn cancelled_and_timed_out_acquisitions_leave_nothing_on_any_master() {
     let w = p2.rwlock(&name).unwrap();
     let waiter = tokio::spawn(async move { w.write().await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let key = h.key(&name);
-    let channel = format!("{{{key}}}:released");
-    let writers = format!("{{{key}}}:writers");
+    let channel = format!("{}:released", h.side(&name));
+    let writers = format!("{}:writers", h.side(&name));
     let numsub = |i: usize| match h.group().member(i).cmd(0, &["PUBSUB", "NUMSUB", &channel]).unwrap() {
         Resp::Array(a) => a.get(1).and_then(Resp::int).unwrap_or(-1),
         other => panic!("{other:?}"),
@@ -247,7 +246,7 @@ async fn cancelled_and_timed_out_acquisitions_leave_nothing_on_any_master() {
     waiter.abort();
     assert!(waiter.await.unwrap_err().is_cancelled());
     r.release().await.unwrap();
-    let expected = vec![format!("{{{key}}}:fence")];
+    let expected = vec![format!("{}:fence", h.side(&name))];
     let deadline = Instant::now() + EVENTUALLY;
     for i in 0..3 {
         loop {
@@ -337,7 +336,7 @@ async fn bad_urls_and_unreachable_masters_are_one_line_errors() {
 async fn a_release_publishes_on_every_master() {
     let Some(h) = shared(3) else { return };
     let name = unique("publish");
-    let channel = format!("{{{}}}:released", h.key(&name));
+    let channel = format!("{}:released", h.side(&name));
     let mut conns: Vec<redis::Connection> = h
         .group()
         .members()
@@ -416,4 +415,204 @@ async fn a_side_key_of_the_wrong_type_is_an_error_naming_it() {
     let s = one_line(&e);
     assert!(matches!(e, Error::Backend { backend: "redlock", .. }), "{e:?}");
     assert!(s.contains(&format!("{writers:?} holds a list, where interlock keeps a zset")), "{s}");
+}
+
+/// Runs `f` and returns its result and how long it took.
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let out = f.await;
+    (out, started.elapsed())
+}
+
+/// `k` of 5 masters paused with SIGSTOP (not killed), before and after the provider connected:
+/// connect, acquire, release, status, a handoff to a waiter and renewals go on with the others
+/// and never wait for a paused master (each call well under the 5 s command timeout, the figures
+/// printed next to the healthy ones); exclusion holds; `interlock run` and `status` (with
+/// `connect_timeout=3s`) do the same; and once the masters are continued, they hold no stale
+/// key of the lock (a grant or registration that reached them late was undone there).
+#[allow(clippy::unwrap_used)]
+async fn paused_masters_never_slow_a_call(k: usize) {
+    let Some(h) = own(5) else { return };
+    let url = h.base_url();
+    let name = unique("paused-masters");
+    let bound = Duration::from_secs(2);
+    let figures = |what: &str, healthy: Duration, paused: Duration| {
+        eprintln!("{k} of 5 paused: {what}: {paused:?} (healthy: {healthy:?})");
+        assert!(paused < bound, "{what} took {paused:?} with {k} of 5 masters paused");
+    };
+    // Healthy figures first.
+    let (p, healthy_connect) = timed(interlock::connect(&url)).await;
+    let p = p.expect("connect");
+    let m = p.mutex(&name).unwrap();
+    let (g, healthy_acquire) = timed(m.lock()).await;
+    let (r, healthy_release) = timed(g.unwrap().release()).await;
+    r.unwrap();
+    let (_, healthy_status) = timed(p.status(&name)).await;
+    // Paused after the provider connected.
+    let early = interlock::connect(&url).await.expect("connect");
+    for i in 0..k {
+        h.group().member(i).server().pause();
+    }
+    let (g, took) = timed(early.mutex(&name).unwrap().lock()).await;
+    let g = g.expect("a lock with a quorum answering");
+    figures("acquire (connected before the pause)", healthy_acquire, took);
+    assert!(p.mutex(&name).unwrap().try_lock().await.unwrap().is_none(), "exclusion with masters paused");
+    let waiter = {
+        let m = p.mutex(&name).unwrap();
+        tokio::spawn(async move { timed(m.lock_timeout(EVENTUALLY)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (r, took) = timed(g.release()).await;
+    r.expect("released on a quorum");
+    figures("release (connected before the pause)", healthy_release, took);
+    let (w, _) = waiter.await.unwrap();
+    let w = w.expect("the waiter gets the lock after the release");
+    w.release().await.unwrap();
+    // Renewals by quorum: a 1.5 s lease kept through 3 s.
+    let opts = AcquireOptions::forever().lease(Duration::from_millis(1500));
+    let held = early.mutex(unique("renewed")).unwrap().lock_with(opts).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!held.is_lost(), "renewals on a quorum keep the lock");
+    held.release().await.unwrap();
+    // A provider that connects while they are paused.
+    let (q, took) = timed(interlock::connect(&format!("{url}?connect_timeout=3s"))).await;
+    let q = q.expect("connect with a quorum answering");
+    figures("connect", healthy_connect, took);
+    let (g, took) = timed(q.mutex(&name).unwrap().lock()).await;
+    let g = g.unwrap();
+    figures("acquire", healthy_acquire, took);
+    let (r, took) = timed(g.release()).await;
+    r.unwrap();
+    figures("release", healthy_release, took);
+    let (st, took) = timed(q.status(&name)).await;
+    let st = st.expect("status with a quorum answering");
+    figures("status", healthy_status, took);
+    let location = st.location.unwrap_or_default();
+    assert!(
+        st.held.is_none() && location.contains(&format!("answered by {} of 5 masters; {k} did not answer", 5 - k)),
+        "{location}"
+    );
+    // The command.
+    let cli = |args: &[&str]| {
+        let started = Instant::now();
+        let out = Command::new(BIN).args(args).env_remove("INTERLOCK_LOG").output().expect("run interlock");
+        (out, started.elapsed())
+    };
+    let ct = format!("{url}?connect_timeout=3s");
+    let (out, took) = cli(&["run", "-u", &ct, &name, "--", "true"]);
+    assert!(out.status.success(), "{out:?}");
+    eprintln!("{k} of 5 paused: interlock run: {took:?}");
+    assert!(took < Duration::from_secs(5), "interlock run took {took:?}");
+    let (out, took) = cli(&["status", "-u", &ct, &name]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("free") && stdout.contains("did not answer"), "{out:?}");
+    eprintln!("{k} of 5 paused: interlock status: {took:?}: {}", stdout.trim());
+    assert!(took < Duration::from_secs(5), "interlock status took {took:?}");
+    // Continued: what reached them while paused runs now; nothing of the lock stays but counters.
+    for i in 0..k {
+        h.group().member(i).server().resume();
+    }
+    // Within 6 s: the undo of a late answer goes out when its request times out (5 s after the
+    // attempt), well before a stale key's 10 s lease would have expired it.
+    let resumed = Instant::now();
+    let deadline = resumed + Duration::from_secs(6);
+    for i in 0..5 {
+        loop {
+            let keys: Vec<String> = h.ns().keys_on(i).unwrap().into_iter().filter(|k| k.contains(&name)).collect();
+            if keys.iter().all(|k| k.ends_with(":fence")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "left behind on master {i}: {keys:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!("{k} of 5 paused: no stale key {:?} after the masters were continued", resumed.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_paused_master_of_five_never_slows_a_call() {
+    paused_masters_never_slow_a_call(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_paused_masters_of_five_never_slow_a_call() {
+    paused_masters_never_slow_a_call(2).await;
+}
+
+/// A TCP forwarder on a leased loopback port to `target`: another address of the same server.
+fn forwarder(target: u16) -> PortLease {
+    let lease = PortLease::reserve();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", lease.port())).expect("bind the forwarder");
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
+            let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else { continue };
+            let (mut c, mut s) = (client, server);
+            std::thread::spawn(move || std::io::copy(&mut c, &mut s));
+            std::thread::spawn(move || std::io::copy(&mut s2, &mut c2));
+        }
+    });
+    lease
+}
+
+/// One server named twice is refused at connect (`InvalidUrl`, CLI exit 64, one line, no
+/// password), not counted as two masters: by its address (`127.0.0.1:X` and `localhost:X`), and
+/// by its `run_id` when it is reached through two addresses (here a forwarder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_server_named_twice_is_refused_at_connect() {
+    let Some(h) = shared(3) else { return };
+    let (x, y) = (h.group().member(0).port(), h.group().member(1).port());
+    let db = h.ns().db;
+    let via = forwarder(x);
+    for (url, why) in [
+        (
+            format!("redlock://:pw-7@127.0.0.1:{x},localhost:{x},127.0.0.1:{y}/{db}"),
+            format!("(both are 127.0.0.1:{x})"),
+        ),
+        (format!("redlock://:pw-7@127.0.0.1:{x},127.0.0.1:{},127.0.0.1:{y}/{db}", via.port()), "run_id".to_owned()),
+    ] {
+        let e = interlock::connect(&url).await.map(drop).unwrap_err();
+        assert!(matches!(e, Error::InvalidUrl { .. }), "{url}: {e:?}");
+        let s = one_line(&e);
+        assert!(s.contains("are the same server") && s.contains(&why) && !s.contains("pw-7"), "{s}");
+        let out = Command::new(BIN).args(["run", "-u", &url, "x", "--", "true"]).env_remove("INTERLOCK_LOG").output();
+        let out = out.expect("run interlock");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert!(stderr.trim_end().lines().count() == 1 && !stderr.contains("pw-7"), "{stderr}");
+    }
+}
+
+/// An ACL user limited to `~app:*` and the channels `&app:*` on every master, with
+/// `?prefix=app:`: every key and the release channel start with the prefix, so a mutex, a waiter
+/// woken by the release's publish, a read lock and `status` work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acl_user_limited_to_its_prefix_reaches_every_key_and_channel_of_its_locks() {
+    let Some(g) = RedisGroup::start_or_skip(3, &RedisOptions::default()) else { return };
+    let acl = ["ACL", "SETUSER", "app", "on", ">app-pw-2", "~app:*", "&app:*", "+@all", "-@dangerous"];
+    for r in g.members() {
+        assert_eq!(r.cmd(0, &acl).unwrap(), Resp::Simple("OK".into()));
+    }
+    let hosts: Vec<String> = g.members().iter().map(|r| format!("127.0.0.1:{}", r.port())).collect();
+    let url = format!("redlock://app:app-pw-2@{}/0?prefix=app:&lease=2s", hosts.join(","));
+    let (p, q) = (interlock::connect(&url).await.expect("connect"), interlock::connect(&url).await.unwrap());
+    let name = unique("acl");
+    let held = p.mutex(&name).unwrap().lock().await.expect("a mutex with the side keys under app:");
+    let waiter = {
+        let m = q.mutex(&name).unwrap();
+        tokio::spawn(async move { timed(m.lock_timeout(EVENTUALLY)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(q.status(&name).await.expect("status").waiters, Some(1));
+    held.release().await.unwrap();
+    let (w, _) = waiter.await.unwrap();
+    w.expect("the waiter, woken by the release").release().await.unwrap();
+    p.rwlock(&name).unwrap().read().await.expect("a read lock").release().await.unwrap();
+    for r in g.members() {
+        let keys: Vec<String> = match r.cmd(0, &["KEYS", &format!("*{name}*")]).unwrap() {
+            Resp::Array(a) => a.iter().filter_map(Resp::text).collect(),
+            other => panic!("{other:?}"),
+        };
+        assert!(keys.iter().all(|k| k.starts_with("app:")), "{keys:?}");
+    }
 }

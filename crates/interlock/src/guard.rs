@@ -185,6 +185,45 @@ impl Guard {
         }
     }
 
+    /// The instant until which this lock is known to be held, by this process's monotonic clock
+    /// (`CLOCK_MONOTONIC` on Linux): the last successful renewal's send time plus the lease
+    /// (minus the backend's drift allowance), as the lease monitor counts it. `None` for locks that
+    /// do not expire (`file`, `memory` without a lease) and once the guard is released.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> interlock::Result<()> {
+    /// let locks = interlock::connect("memory://?lease=30s").await?;
+    /// let guard = locks.mutex("job")?.lock().await?;
+    /// assert!(guard.valid_until().is_some_and(|t| t > std::time::Instant::now()));
+    /// # Ok(()) }
+    /// ```
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.validity.as_ref().and_then(|v| v.get())
+    }
+
+    /// Follows [`Guard::valid_until`] as renewals extend it, for a process that must act on the
+    /// lease itself (`interlock run` hands each new instant to the guardian that stops the
+    /// command's tree when the lease is about to run out unrenewed). `None` for locks that do not
+    /// expire. It does not borrow the guard.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> interlock::Result<()> {
+    /// let locks = interlock::connect("memory://?lease=30s").await?;
+    /// let guard = locks.mutex("job")?.lock().await?;
+    /// let mut watch = guard.validity_watch().expect("a lock with a lease");
+    /// assert_eq!(watch.valid_until(), guard.valid_until());
+    /// guard.release().await?;
+    /// assert_eq!(watch.changed().await, None); // released: no validity any more
+    /// # Ok(()) }
+    /// ```
+    pub fn validity_watch(&self) -> Option<ValidityWatch> {
+        self.validity.as_ref().map(|v| ValidityWatch(v.subscribe()))
+    }
+
     /// Duplicates of the file descriptors that hold this lock, on backends whose locks live in open
     /// file descriptions (`file`: the lock file, and for a semaphore its permit and metadata
     /// files); empty on every other backend, and once the guard is released.
@@ -276,6 +315,27 @@ impl Guard {
             });
         }
         result.map(drop)
+    }
+}
+
+/// Follows a guard's validity instant ([`Guard::validity_watch`]).
+#[derive(Debug, Clone)]
+pub struct ValidityWatch(tokio::sync::watch::Receiver<Option<Instant>>);
+
+impl ValidityWatch {
+    /// The current validity instant (`None` once the guard is released).
+    pub fn valid_until(&self) -> Option<Instant> {
+        *self.0.borrow()
+    }
+
+    /// Waits for the next change and returns the new instant: a renewal extended it (`Some`), or
+    /// the guard was released (`None`, also when the guard is gone). Changes made since the last
+    /// call (or since the watch was made) are not missed.
+    pub async fn changed(&mut self) -> Option<Instant> {
+        match self.0.changed().await {
+            Ok(()) => *self.0.borrow_and_update(),
+            Err(_) => None,
+        }
     }
 }
 

@@ -8,8 +8,8 @@
 //! and is declared lost as soon as that instant passes without a newer one, even if the backend
 //! cannot be reached to say so.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
@@ -17,35 +17,44 @@ use tokio::task::JoinHandle;
 use crate::raw::{BoxFuture, LeaseConfig, LostSignal, RawHeld, Renewal};
 
 /// The instant until which a lock is known to be valid, shared by the guard and its monitor;
-/// `None` once the guard released it (a released lock never "expires").
+/// `None` once the guard released it (a released lock never "expires"). A watch, so that
+/// [`crate::ValidityWatch`] can follow each renewal.
 #[derive(Debug)]
-pub(crate) struct Validity(StdMutex<Option<Instant>>);
+pub(crate) struct Validity(tokio::sync::watch::Sender<Option<Instant>>);
 
 impl Validity {
     pub(crate) fn new(until: Instant) -> Arc<Self> {
-        Arc::new(Validity(StdMutex::new(Some(until))))
+        Arc::new(Validity(tokio::sync::watch::Sender::new(Some(until))))
     }
 
     pub(crate) fn get(&self) -> Option<Instant> {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        *self.0.borrow()
     }
 
     /// Extends the validity, unless the lock was released meanwhile.
     fn extend(&self, until: Instant) {
-        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if v.is_some() {
-            *v = Some(until);
-        }
+        self.0.send_if_modified(|v| {
+            let changed = v.is_some_and(|t| t != until);
+            if changed {
+                *v = Some(until);
+            }
+            changed
+        });
     }
 
     /// The guard released the lock: from now on it neither expires nor is lost.
     pub(crate) fn release(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.0.send_if_modified(|v| v.take().is_some());
     }
 
     /// True when the validity has run out by the local clock (never after release).
     pub(crate) fn expired(&self) -> bool {
         self.get().is_some_and(|t| Instant::now() >= t)
+    }
+
+    /// A receiver that sees every change from now on.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Instant>> {
+        self.0.subscribe()
     }
 }
 

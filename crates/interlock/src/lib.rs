@@ -76,7 +76,7 @@ pub mod url;
 
 pub use backends::{file, memory, redis, redlock};
 pub use error::{BoxError, Error, Result};
-pub use guard::Guard;
+pub use guard::{Guard, ValidityWatch};
 pub use name::{LockName, MAX_NAME_LEN};
 pub use provider::{AcquireOptions, DEFAULT_LEASE, Mutex, Provider, RwLock, Semaphore, WaitFor};
 pub use raw::{HeldMode, LockKind, LockStatus, finish_cleanups};

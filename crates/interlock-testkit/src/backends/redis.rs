@@ -44,6 +44,12 @@ impl RedisHarness {
     pub fn key(&self, name: &str) -> String {
         interlock::redis::lock_key(&self.ns().prefix, name)
     }
+
+    /// The base of the side keys of `name` in this harness's URL
+    /// ([`interlock::redis::side_key_base`]).
+    pub fn side(&self, name: &str) -> String {
+        interlock::redis::side_key_base(&self.ns().prefix, name)
+    }
 }
 
 impl Drop for RedisHarness {
@@ -68,7 +74,7 @@ impl Harness for RedisHarness {
     /// Deletes the lock's keys, as their lease running out would.
     async fn expire(&self, name: &str) -> bool {
         let key = self.key(name);
-        let tag = format!("{{{key}}}");
+        let tag = self.side(name);
         self.ns().cmd(&["DEL", &key, &format!("{tag}:readers"), &format!("{tag}:sem")]).expect("DEL");
         true
     }

@@ -51,6 +51,12 @@ impl RedlockHarness {
         interlock::redlock::lock_key(&self.ns().prefix, name)
     }
 
+    /// The base of the side keys (and the channel) of `name` on every master: the redis
+    /// backend's rule ([`interlock::redis::side_key_base`]).
+    pub fn side(&self, name: &str) -> String {
+        interlock::redis::side_key_base(&self.ns().prefix, name)
+    }
+
     /// `redlock://127.0.0.1:P1,127.0.0.1:P2,.../DB`, without options.
     pub fn base_url(&self) -> String {
         let hosts: Vec<String> = self.group().members().iter().map(|r| format!("127.0.0.1:{}", r.port())).collect();
@@ -87,7 +93,7 @@ impl Harness for RedlockHarness {
     /// Deletes the lock's keys on every master, as their lease running out would.
     async fn expire(&self, name: &str) -> bool {
         let key = self.key(name);
-        self.cmd_all(&["DEL", &key, &format!("{{{key}}}:readers")]);
+        self.cmd_all(&["DEL", &key, &format!("{}:readers", self.side(name))]);
         true
     }
 

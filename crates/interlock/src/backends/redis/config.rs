@@ -173,12 +173,19 @@ pub(crate) fn tls_files(
 pub(crate) fn split_host_port(h: &str) -> std::result::Result<(String, u16), String> {
     let (host, port) = if let Some(rest) = h.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or("an IPv6 address needs its closing `]`")?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("only an IPv6 address goes in brackets (`[::1]:6379`)".into());
+        }
         match after {
             "" => (host, None),
             p => (host, Some(p.strip_prefix(':').ok_or("expected `:PORT` after `]`")?)),
         }
     } else {
-        match h.rsplit_once(':') {
+        match h.split_once(':') {
+            // `127.0.0.1:31001:99` is no host name: refuse it rather than ask DNS for it.
+            Some((_, port)) if port.contains(':') => {
+                return Err("one `:PORT` per host (an IPv6 address goes in brackets: `[::1]:6379`)".into());
+            }
             Some((host, port)) => (host, Some(port)),
             None => (h, None),
         }
@@ -261,9 +268,14 @@ mod tests {
             ("redis://h?lease=1s&renew=2s", "renewal interval"),
             ("redis://h?command_timeout=0s", "command_timeout"),
             ("redis://[::1", "closing"),
+            ("redis://:pw-9@127.0.0.1:31001:99/0", "one `:PORT` per host"),
+            ("redis://::1", "one `:PORT` per host"),
+            ("redis://[db.example]:6379", "only an IPv6 address"),
         ] {
-            let e = cfg(url).unwrap_err().to_string();
-            assert!(e.contains(why), "{url}: {e}");
+            let e = cfg(url).unwrap_err();
+            assert!(matches!(e, Error::InvalidUrl { .. }), "{url}: {e:?}");
+            let e = e.to_string();
+            assert!(e.contains(why) && !e.contains("pw-9"), "{url}: {e}");
         }
         for (url, why) in [
             ("redis+cluster://h1:7000,h2:7001/1", "only database 0"),

@@ -17,6 +17,13 @@
 //! The base is unique per key (after its first `}`, `{K}` has a `:`, the others a digit, and
 //! `LEN:K` can be read back), so no two locks share a side key.
 //!
+//! With a key prefix `P` that has no `{`, the side keys start with the prefix too: their base is
+//! `P + B` (`app:{app:L}:fence` for prefix `app:` and name `L`), so that an ACL user limited to
+//! `~P*` reaches every key of its locks. `P` has no `{`, so the first `{` of the side key is still
+//! `B`'s: the same hash tag, the same slot, and the base stays unique (`P` ends where the first
+//! `{` is). An empty prefix changes nothing (`{deploy}:fence`); a prefix with a `{` keeps `B`
+//! alone, since its `{` could open another hash tag.
+//!
 //! | key | type | what |
 //! |---|---|---|
 //! | `K` | string | the lock: a holder's token (mutex, writer, peer tools), or [`READERS_VALUE`] while readers hold it |
@@ -127,9 +134,16 @@ fn tag_for_slot(slot: u16) -> &'static str {
     &table[usize::from(slot % SLOTS)]
 }
 
+/// The base of every side key of lock `name` under `prefix` (see the module docs): the prefix
+/// (when it has no `{`) and the key's [`side_base`].
+pub(crate) fn side_base_of(prefix: &str, name: &str) -> String {
+    let base = side_base(&lock_key(prefix, name));
+    if prefix.contains('{') { base } else { format!("{prefix}{base}") }
+}
+
 impl Keys {
     pub(crate) fn new(prefix: &str, name: &str, kind: LockKind) -> Keys {
-        let t = side_base(&lock_key(prefix, name));
+        let t = side_base_of(prefix, name);
         match kind {
             LockKind::Semaphore { .. } => Keys {
                 script_keys: [
@@ -176,12 +190,18 @@ mod tests {
         assert_eq!(k.script_keys, ["deploy", "{deploy}:fence", "{deploy}:readers", "{deploy}:q", "{deploy}:qx"]);
         assert_eq!(k.wake_prefix, "{deploy}:wake:");
         assert_eq!(Keys::new("", "deploy", LockKind::Read), k);
+        // With a prefix, the side keys start with it (an ACL user `~lock:*` reaches them).
         let k = Keys::new("lock:", "jobs/clean up ü", LockKind::Write);
         assert_eq!(k.script_keys[0], "lock:jobs/clean up ü");
-        assert_eq!(k.script_keys[1], "{lock:jobs/clean up ü}:fence");
+        assert_eq!(k.script_keys[1], "lock:{lock:jobs/clean up ü}:fence");
         let s = Keys::new("p:", "x", LockKind::Semaphore { permits: 3 });
-        assert_eq!(s.script_keys, ["{p:x}:sem", "{p:x}:sem:fence", "{p:x}:sem:permits", "{p:x}:sem:q", "{p:x}:sem:qx"]);
-        assert_eq!(s.wake_prefix, "{p:x}:sem:wake:");
+        assert_eq!(
+            s.script_keys,
+            ["p:{p:x}:sem", "p:{p:x}:sem:fence", "p:{p:x}:sem:permits", "p:{p:x}:sem:q", "p:{p:x}:sem:qx"]
+        );
+        assert_eq!(s.wake_prefix, "p:{p:x}:sem:wake:");
+        // A prefix with a `{` keeps the base alone (its `{` would open another hash tag).
+        assert_eq!(Keys::new("{t}:", "x", LockKind::Mutex).script_keys[1], "{t}5:{t}:x:fence");
         assert_eq!(
             Keys::status("", "n"),
             ["n", "{n}:readers", "{n}:q", "{n}:qx", "{n}:sem", "{n}:sem:permits", "{n}:sem:q", "{n}:sem:qx"]
@@ -196,8 +216,8 @@ mod tests {
         assert_eq!(k.script_keys, ["a{b}c", "{b}5:a{b}c:fence", "{b}5:a{b}c:readers", "{b}5:a{b}c:q", "{b}5:a{b}c:qx"]);
         assert_eq!(k.wake_prefix, "{b}5:a{b}c:wake:");
         let s = Keys::new("lock:", "{user1}", LockKind::Semaphore { permits: 2 });
-        assert_eq!(s.script_keys[0], "{user1}12:lock:{user1}:sem");
-        assert_eq!(s.wake_prefix, "{user1}12:lock:{user1}:sem:wake:");
+        assert_eq!(s.script_keys[0], "lock:{user1}12:lock:{user1}:sem");
+        assert_eq!(s.wake_prefix, "lock:{user1}12:lock:{user1}:sem:wake:");
         // A `{` without a `}` after it: no tag, the whole key is the tag (as before).
         assert_eq!(side_base("a{b"), "{a{b}");
         assert_eq!(side_base("{{a}}"), "{{a}5:{{a}}");
@@ -250,7 +270,7 @@ mod tests {
             "}}",
         ];
         let mut seen = std::collections::HashMap::new();
-        for prefix in ["", "p:", "{t}:", "q}"] {
+        for prefix in ["", "p:", "{t}:", "q}", "a{", "}{x"] {
             for name in names {
                 let key = lock_key(prefix, name);
                 if key.is_empty() {

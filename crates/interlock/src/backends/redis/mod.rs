@@ -38,7 +38,7 @@ mod scripts;
 use std::time::Duration;
 
 pub use keys::READERS_VALUE;
-pub(crate) use keys::side_base;
+pub(crate) use keys::side_base_of;
 
 #[cfg(feature = "redis")]
 use super::Connected;
@@ -96,18 +96,20 @@ pub fn lock_key(prefix: &str, name: &str) -> String {
 /// The start of every side key (fencing counter, readers, queue, wake-up lists, semaphore) of
 /// lock `name` with key prefix `prefix`: `{KEY}` for a key without `}` (`KEY` = `prefix +
 /// name`), otherwise `{TAG}LEN:KEY` with the key's own Redis Cluster hash tag, or a short tag of
-/// its slot, so that every key of one lock lives in the lock key's cluster slot. The side keys
-/// are this followed by `:fence`, `:readers`, `:q`, `:qx`, `:wake:...`, `:sem`, `:sem:...` (see
-/// docs/backends/redis.md, "Keys").
+/// its slot, so that every key of one lock lives in the lock key's cluster slot; preceded by the
+/// prefix itself when it has no `{`, so that an ACL user limited to `~prefix*` reaches every key.
+/// The side keys are this followed by `:fence`, `:readers`, `:q`, `:qx`, `:wake:...`, `:sem`,
+/// `:sem:...` (see docs/backends/redis.md, "Name mapping").
 ///
 /// # Examples
 ///
 /// ```
 /// assert_eq!(interlock::redis::side_key_base("", "deploy"), "{deploy}");
 /// assert_eq!(interlock::redis::side_key_base("", "user{42}"), "{42}8:user{42}");
+/// assert_eq!(interlock::redis::side_key_base("app:", "deploy"), "app:{app:deploy}");
 /// ```
 pub fn side_key_base(prefix: &str, name: &str) -> String {
-    keys::side_base(&lock_key(prefix, name))
+    keys::side_base_of(prefix, name)
 }
 
 /// How often, at most, a waiter re-checks a lock without a wake-up (a peer tool released it

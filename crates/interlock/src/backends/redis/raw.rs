@@ -864,7 +864,7 @@ impl Op {
                     "{what} {:?}: a key of this lock ({key:?} or one of its side keys {}:*) holds another type \
                      than interlock keeps there",
                     self.name.display(),
-                    keys::side_base(&key)
+                    keys::side_base_of(&config.prefix, self.name.as_str())
                 ),
                 source: Some(Box::new(e)),
             };
@@ -872,7 +872,10 @@ impl Op {
         match map_err(config, &format!("{what} {:?}", self.name.display()), e) {
             Error::Auth { backend, message, source } if message.contains("use a key of this lock") => Error::Auth {
                 backend,
-                message: format!("{message}: the lock key {key:?} and its side keys {}:*", keys::side_base(&key)),
+                message: format!(
+                    "{message}: the lock key {key:?} and its side keys {}:*",
+                    keys::side_base_of(&config.prefix, self.name.as_str())
+                ),
                 source,
             },
             other => other,

@@ -1,8 +1,9 @@
 //! Lock names to keys on each master (pinned by the golden tests below). The lock key is the
 //! redis backend's, `prefix + name` verbatim (what redlock-py uses, and pottery with prefix
 //! `redlock:`), so those tools and interlock exclude each other on every master. interlock's own
-//! side keys start as the redis backend's do: `{prefix + name}` for a lock key without `}`, the lock
-//! key's own hash tag otherwise (see the redis backend's keys), so all of them share one slot:
+//! side keys start as the redis backend's do: the prefix (when it has no `{`), then `{prefix +
+//! name}` for a lock key without `}`, the lock key's own hash tag otherwise (see the redis
+//! backend's keys), so all of them share one slot (`{K}` below stands for that base):
 //!
 //! | key | type | what |
 //! |---|---|---|
@@ -36,7 +37,7 @@ pub(crate) struct Keys {
 impl Keys {
     pub(crate) fn new(prefix: &str, name: &str) -> Keys {
         let lock = crate::backends::redis::lock_key(prefix, name);
-        let tag = crate::backends::redis::side_base(&lock);
+        let tag = crate::backends::redis::side_base_of(prefix, name);
         Keys {
             fence: format!("{tag}:fence"),
             readers: format!("{tag}:readers"),
@@ -69,8 +70,11 @@ mod tests {
                 "{deploy}:released"
             ]
         );
+        // With a prefix, the side keys and the channel start with it (an ACL user `~redlock:*`,
+        // `&redlock:*` reaches them), as the redis backend's do.
         let k = Keys::new("redlock:", "jobs/x ü");
-        assert_eq!((k.lock.as_str(), k.fence.as_str()), ("redlock:jobs/x ü", "{redlock:jobs/x ü}:fence"));
+        assert_eq!((k.lock.as_str(), k.fence.as_str()), ("redlock:jobs/x ü", "redlock:{redlock:jobs/x ü}:fence"));
+        assert_eq!(k.channel, "redlock:{redlock:jobs/x ü}:released");
         assert_eq!(READERS_VALUE, "interlock:readers");
         // A name with its own hash tag: the side keys follow it, as the redis backend's do.
         let k = Keys::new("", "a{b}c");

@@ -4,14 +4,15 @@
 //! requests sent to all masters at once, decided by a quorum.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Client, ProtocolVersion, RedisError};
-use tokio::sync::{OnceCell, mpsc};
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, OnceCell, mpsc};
 
 use super::config::{RedlockConfig, drift};
 use super::keys::{Keys, READERS_VALUE};
@@ -43,10 +44,72 @@ const REGISTRATION: Duration = Duration::from_secs(2);
 
 /// One master.
 pub(crate) struct Master {
+    /// Its place in the URL (and in every round's answers).
+    index: usize,
     config: RedisConfig,
     client: Client,
     conn: OnceCell<ConnectionManager>,
     wakeups: Arc<Wakeups>,
+    /// A script of ours ran here: the master has them cached, so an `EVALSHA` is one request
+    /// (without them it is a `NOSCRIPT` answer, then the script sent again).
+    scripted: AtomicBool,
+    /// What the provider's masters found out about each other (one server named twice).
+    peers: Arc<Peers>,
+}
+
+/// What each master of one provider is, as found when it first connected: its addresses and
+/// its server's `run_id`, so that two masters of the URL that are one server (`127.0.0.1:6379` and
+/// `localhost:6379`, or two addresses of one host) are refused: they would count twice in the
+/// quorum, and a "majority" could then be a minority of the servers.
+#[derive(Debug)]
+pub(crate) struct Peers {
+    /// The provider's URL, password redacted, for the error.
+    url: String,
+    /// Per master: its name in the URL, its addresses, its `run_id`.
+    seen: StdMutex<Vec<Seen>>,
+}
+
+/// One master in [`Peers`]: its name in the URL, its addresses, its server's `run_id`.
+type Seen = (String, Vec<SocketAddr>, Option<String>);
+
+impl Peers {
+    fn new(config: &RedlockConfig) -> Arc<Peers> {
+        let seen = config.masters.iter().map(|m| (m.shown.clone(), Vec::new(), None)).collect();
+        Arc::new(Peers { url: config.shown.clone(), seen: StdMutex::new(seen) })
+    }
+
+    /// Records what master `i` is; an error naming the other master when one is the same server.
+    fn claim(&self, i: usize, addrs: Option<Vec<SocketAddr>>, run_id: Option<String>) -> Result<()> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let same = seen.iter().enumerate().filter(|(j, _)| *j != i).find_map(|(_, (other, their_addrs, theirs))| {
+            if let Some(a) = addrs.as_ref().and_then(|a| a.iter().find(|a| their_addrs.contains(a))) {
+                return Some(format!("{other} (both are {a})"));
+            }
+            match (&run_id, theirs) {
+                (Some(ours), Some(theirs)) if ours == theirs => {
+                    Some(format!("{other} (the same run_id in INFO server)"))
+                }
+                _ => None,
+            }
+        });
+        if let Some(other) = same {
+            return Err(Error::InvalidUrl {
+                url: self.url.clone(),
+                reason: format!(
+                    "masters {} and {other} are the same server: each master counts once in the quorum, so name \
+                     each server once",
+                    seen[i].0
+                ),
+            });
+        }
+        if let Some(a) = addrs {
+            seen[i].1 = a;
+        }
+        if run_id.is_some() {
+            seen[i].2 = run_id;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Master {
@@ -66,11 +129,11 @@ fn rebrand(e: Error) -> Error {
 }
 
 impl Master {
-    fn new(config: RedisConfig, wakeups: Arc<Wakeups>) -> Result<Master> {
+    fn new(index: usize, config: RedisConfig, wakeups: Arc<Wakeups>, peers: Arc<Peers>) -> Result<Master> {
         // The redis backend's client (plain, or TLS with the URL's certificates), in RESP3 for
         // the wake-ups' push messages.
         let client = client_speaking(&config, Some(ProtocolVersion::RESP3)).map_err(rebrand)?;
-        Ok(Master { config, client, conn: OnceCell::new(), wakeups })
+        Ok(Master { index, config, client, conn: OnceCell::new(), wakeups, scripted: AtomicBool::new(false), peers })
     }
 
     fn err(&self, what: &str, e: RedisError) -> Error {
@@ -89,6 +152,10 @@ impl Master {
 
     async fn open(&self) -> Result<ConnectionManager> {
         let t = self.timeout();
+        // The same address as another master's is the same server (a name that does not resolve
+        // is left to the connection's own error).
+        let addrs = tokio::net::lookup_host((self.config.host.as_str(), self.config.port)).await.ok();
+        self.peers.claim(self.index, addrs.map(Iterator::collect), None)?;
         // A plain connection first: a refused password fails here at once (the manager would
         // retry it with backoff).
         let mut first = self
@@ -98,7 +165,18 @@ impl Master {
             )
             .await
             .map_err(|e| self.err("connect", e))?;
-        redis::cmd("PING").query_async::<redis::Value>(&mut first).await.map_err(|e| self.err("PING", e))?;
+        // PING and the server's run_id in one round trip (both queued at once). INFO may be
+        // refused to an ACL user: then only the addresses tell two masters apart.
+        let mut second = first.clone();
+        let info = async move { redis::cmd("INFO").arg("server").query_async::<String>(&mut second).await };
+        let ping_cmd = redis::cmd("PING");
+        let ping = ping_cmd.query_async::<redis::Value>(&mut first);
+        let (ping, info) = tokio::join!(ping, info);
+        ping.map_err(|e| self.err("PING", e))?;
+        let run_id = info
+            .ok()
+            .and_then(|text| text.lines().find_map(|l| l.strip_prefix("run_id:")).map(|id| id.trim().to_owned()));
+        self.peers.claim(self.index, None, run_id)?;
         drop(first);
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(t))
@@ -176,7 +254,17 @@ impl Master {
         op.map_err(self, what, e)
     }
 
-    async fn acquire(&self, op: &Op, wait: bool) -> Result<Vec<i64>> {
+    /// The acquire script, made again on a new connection when the connection was lost (as
+    /// [`Master::invoke`]). `sending` is given up once the request is in the connection's queue
+    /// (or given up): a release of `op` on this master waits for that, so that it comes after
+    /// the acquire on the same connection, which the master runs in order (a late grant on a
+    /// slow master is released there, never left behind). Where the master may not have the
+    /// script yet (no script of ours ran on it through this provider), the acquire may take a
+    /// second request (`NOSCRIPT`, then the script), so `sending` is kept until the answer. A
+    /// request made again after a lost connection is counted as on its way again; a release
+    /// already sent by then (the attempt was decided meanwhile) may come first on the new
+    /// connection, and a grant it then misses expires with its lease on this master alone.
+    async fn acquire(&self, op: &Op, wait: bool, sending: Sending) -> Result<Vec<i64>> {
         let mut inv = scripts::ACQUIRE.prepare_invoke();
         inv.key(&op.keys.lock)
             .key(&op.keys.fence)
@@ -191,9 +279,35 @@ impl Master {
             .arg(if wait { "1" } else { "0" })
             .arg(duration_ms(REGISTRATION))
             .arg(op.arrival);
-        match self.invoke(&inv, &mut false).await {
-            Ok(v) => Ok(v),
-            Err(f) => Err(self.explain(op, "acquire", f).await),
+        let again = sending.op.clone();
+        let mut sending = Some(sending);
+        let mut reconnect = Reconnect::within(self.timeout());
+        loop {
+            let mut c = self.conn().await?;
+            let request = inv.invoke_async(&mut c);
+            tokio::pin!(request);
+            // The first poll puts the request in the connection's queue (the `redis` crate's
+            // multiplexed pipeline: a FIFO channel, or a fair wait for room in it).
+            let first = std::future::poll_fn(|cx| Poll::Ready(request.as_mut().poll(cx))).await;
+            if self.scripted.load(Ordering::SeqCst) {
+                drop(sending.take());
+            }
+            let reply = match first {
+                Poll::Ready(reply) => reply,
+                Poll::Pending => request.await,
+            };
+            match reply {
+                Ok(v) => {
+                    self.scripted.store(true, Ordering::SeqCst);
+                    return Ok(v);
+                }
+                Err(e) if reconnect.again(&e).await => {
+                    if sending.is_none() {
+                        sending = Some(again.sending(self.index));
+                    }
+                }
+                Err(e) => return Err(self.explain(op, "acquire", Failed::Redis(e)).await),
+            }
         }
     }
 
@@ -282,12 +396,27 @@ where
     F: Fn(Arc<Master>) -> Fut,
     Fut: Future<Output = Result<T>> + Send + 'static,
 {
+    gated_round(masters, None, f)
+}
+
+/// A [`round`] whose request to each master is sent only once every acquire request of `after`
+/// to that master is in its connection's queue (or was given up), so that the master runs it
+/// after them; the command timeout counts from then.
+fn gated_round<T, F, Fut>(masters: &[Arc<Master>], after: Option<&Arc<Op>>, f: F) -> Round<T>
+where
+    T: Send + 'static,
+    F: Fn(Arc<Master>) -> Fut,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+{
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut handles = Vec::with_capacity(masters.len());
-    for (i, m) in masters.iter().enumerate() {
-        let (tx, t, shown) = (tx.clone(), m.timeout(), m.config.shown.clone());
+    for m in masters {
+        let (i, tx, t, shown) = (m.index, tx.clone(), m.timeout(), m.config.shown.clone());
         let request = f(m.clone());
-        handles.push(tokio::spawn(async move {
+        let after = after.cloned();
+        tokio::spawn(async move {
+            if let Some(op) = after {
+                op.sent_to(i).await;
+            }
             let answer = tokio::time::timeout(t, request).await.unwrap_or_else(|_| {
                 Err(Error::Unavailable {
                     backend: BACKEND,
@@ -296,21 +425,37 @@ where
                 })
             });
             let _ = tx.send((i, answer));
-        }));
+        });
     }
-    Round { rx, handles }
+    Round { rx }
 }
 
-/// The answers of one [`round`].
+/// The answers of one [`round`], each with its master's index.
 pub(crate) struct Round<T> {
     rx: mpsc::UnboundedReceiver<(usize, Result<T>)>,
-    handles: Vec<JoinHandle<()>>,
 }
 
 impl<T> Round<T> {
     /// The next answer; `None` once every master answered.
     pub(crate) async fn recv(&mut self) -> Option<(usize, Result<T>)> {
         self.rx.recv().await
+    }
+}
+
+/// Once a quorum has answered, how long the other masters still get: as long again as the quorum
+/// took since `started`, plus 10 ms (a healthy master answers about as fast as the others; a
+/// paused or overloaded one is left to the background). `connect` and `status` wait this long for
+/// the rest; no call waits for a master beyond it.
+fn straggler_deadline(started: Instant) -> tokio::time::Instant {
+    let now = Instant::now();
+    (now + now.duration_since(started) + Duration::from_millis(10)).into()
+}
+
+/// The next answer of `replies`; `None` once every master answered, or once `until` passed.
+async fn next_answer<T>(replies: &mut Round<T>, until: Option<tokio::time::Instant>) -> Option<(usize, Result<T>)> {
+    match until {
+        None => replies.recv().await,
+        Some(t) => tokio::time::timeout_at(t, replies.recv()).await.ok().flatten(),
     }
 }
 
@@ -366,7 +511,24 @@ pub(crate) struct Op {
     /// When the acquisition started, by this host's clock in µs: its rank in the wake-up queue,
     /// the same on every master.
     arrival: u64,
-    in_flight: StdMutex<Vec<JoinHandle<()>>>,
+    /// Per master: this acquisition's acquire requests not yet in the master's connection queue
+    /// (see [`Sending`]); `sent` is notified each time one gets there or is given up.
+    unsent: Box<[AtomicUsize]>,
+    sent: Notify,
+}
+
+/// One acquire request of an [`Op`] to one master on its way to the master's connection:
+/// counted from before its task starts until it is dropped.
+pub(crate) struct Sending {
+    op: Arc<Op>,
+    i: usize,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.op.unsent[self.i].fetch_sub(1, Ordering::SeqCst);
+        self.op.sent.notify_waiters();
+    }
 }
 
 impl Op {
@@ -386,36 +548,60 @@ impl Op {
         m.err(&format!("{what} {:?}", self.name.display()), e)
     }
 
-    fn track<T>(&self, round: &mut Round<T>) {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        // A long wait makes many attempts: keep only the requests that may still land.
-        in_flight.retain(|h| !h.is_finished());
-        in_flight.append(&mut round.handles);
+    /// Counts an acquire request to master `i` as on its way (until the result is dropped).
+    fn sending(self: &Arc<Self>, i: usize) -> Sending {
+        self.unsent[i].fetch_add(1, Ordering::SeqCst);
+        Sending { op: self.clone(), i }
     }
 
-    /// Waits until this acquisition's requests have landed (each is bounded by its timeout).
-    async fn settle(&self) {
-        let handles = std::mem::take(&mut *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()));
-        for h in handles {
-            let _ = h.await;
+    /// Until every acquire request of this acquisition to master `i` is in that master's
+    /// connection queue, or was given up (each is bounded by the master's command timeout).
+    async fn sent_to(&self, i: usize) {
+        loop {
+            let notified = self.sent.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.unsent[i].load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 }
 
-/// Releases `op` on every master (after its acquire requests landed); the undo of a cancelled
-/// or failed acquisition. Returns how many masters held it, how many did not, and the errors.
-/// With `quorum`, returns as soon as that many held it (the other requests still complete).
+/// Where a [`release_everywhere`] releases, and which answers it waits for before it returns
+/// (the others complete in the background).
+enum Until {
+    /// Every master, every answer.
+    All,
+    /// Every master, until this many held the lock, or so many did not that a quorum cannot have.
+    Quorum(usize),
+    /// Only the masters marked `true`, every answer (the undo of a failed attempt before the next
+    /// one: nothing of it may still be on its way when the next attempt, with the same token,
+    /// is sent).
+    These(Vec<bool>),
+}
+
+/// Releases `op` on every master, each after its acquire requests to that master (so that a
+/// late grant is released too); the undo of a cancelled or failed acquisition. Returns how many
+/// masters held it, how many did not, and the errors, once the answers `until` names are in:
+/// the other requests still complete in the background, and no caller waits for a slow master
+/// it does not need.
 async fn release_everywhere(
     masters: Arc<[Arc<Master>]>,
     op: Arc<Op>,
     keep_waiting: bool,
-    quorum: Option<usize>,
+    until: Until,
 ) -> (usize, usize, Vec<Error>) {
-    op.settle().await;
+    let n = masters.len();
+    let targets: Vec<Arc<Master>> = match &until {
+        Until::These(set) => masters.iter().filter(|m| set[m.index]).cloned().collect(),
+        _ => masters.to_vec(),
+    };
     let mut replies = {
-        let op = op.clone();
-        round(&masters, move |m| {
-            let op = op.clone();
+        let op2 = op.clone();
+        gated_round(&targets, Some(&op), move |m| {
+            let op = op2.clone();
             async move { m.release(&op, keep_waiting).await }
         })
     };
@@ -426,11 +612,35 @@ async fn release_everywhere(
             Ok(_) => not_held += 1,
             Err(e) => errors.push(e),
         }
-        if quorum.is_some_and(|q| held >= q) {
+        if let Until::Quorum(q) = until
+            && (held >= q || not_held > n - q)
+        {
             break;
         }
     }
     (held, not_held, errors)
+}
+
+/// The rest of a failed attempt's answers, in the background: a late grant (or an answer that
+/// did not come: it may still land) is released on its master, after the acquire.
+fn undo_late_answers(masters: Arc<[Arc<Master>]>, op: Arc<Op>, mut replies: Round<Vec<i64>>, keep_waiting: bool) {
+    tokio::spawn(async move {
+        while let Some((i, r)) = replies.recv().await {
+            if matches!(r.as_deref(), Ok([0, _])) {
+                continue;
+            }
+            let m = &masters[i];
+            match tokio::time::timeout(m.timeout(), m.release(&op, keep_waiting)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "redlock: undo of a late answer failed; its lease expires on its own")
+                }
+                Err(_) => {
+                    tracing::debug!(master = %m.config.shown, "redlock: undo of a late answer timed out; its lease expires on its own")
+                }
+            }
+        }
+    });
 }
 
 /// The `redlock://` backend.
@@ -463,29 +673,51 @@ impl RedlockProvider {
     /// A refused password on any master is `Error::Auth`.
     pub(crate) async fn connect(config: RedlockConfig) -> Result<RedlockProvider> {
         let wakeups = Arc::new(Wakeups::default());
+        let peers = Peers::new(&config);
         let masters: Arc<[Arc<Master>]> = config
             .masters
             .iter()
-            .map(|c| Master::new(c.clone(), wakeups.clone()).map(Arc::new))
+            .enumerate()
+            .map(|(i, c)| Master::new(i, c.clone(), wakeups.clone(), peers.clone()).map(Arc::new))
             .collect::<Result<Vec<_>>>()?
             .into();
+        let (n, quorum) = (masters.len(), config.quorum());
+        let started = Instant::now();
         let mut replies = round(&masters, |m| async move { m.ping().await });
-        let (mut ok, mut errors) = (0, Vec::new());
-        while let Some((_, r)) = replies.recv().await {
+        let (mut ok, mut errors, mut answered) = (0, Vec::new(), vec![false; n]);
+        let mut stragglers = None;
+        while let Some((i, r)) = next_answer(&mut replies, stragglers).await {
+            answered[i] = true;
             match r {
                 Ok(()) => ok += 1,
                 Err(e) => errors.push(e),
             }
+            if errors.len() > n - quorum {
+                break;
+            }
+            if ok >= quorum && stragglers.is_none() {
+                stragglers = Some(straggler_deadline(started));
+            }
         }
-        let quorum = config.quorum();
+        // One server named twice, a refused password: the URL is wrong, whatever the quorum.
+        if let Some(i) = errors.iter().position(|e| matches!(e, Error::InvalidUrl { .. })) {
+            return Err(errors.swap_remove(i));
+        }
         if let Some(i) = errors.iter().position(|e| matches!(e, Error::Auth { .. })) {
             return Err(errors.swap_remove(i));
         }
         if ok < quorum {
-            return Err(no_quorum("connect", ok, masters.len(), quorum, errors));
+            return Err(no_quorum("connect", ok, n, quorum, errors));
         }
         for e in &errors {
             tracing::warn!(error = %e, "redlock: a master is unreachable; going on with the quorum of the others");
+        }
+        for m in masters.iter().filter(|m| !answered[m.index]) {
+            tracing::warn!(
+                master = %m.config.shown,
+                "redlock: a master did not answer in time; going on with the quorum of the others (its connection \
+                 goes on in the background, and is retried at its next use)"
+            );
         }
         Ok(RedlockProvider { config, masters, wakeups })
     }
@@ -504,7 +736,8 @@ impl RedlockProvider {
             arrival: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            in_flight: StdMutex::new(Vec::new()),
+            unsent: self.masters.iter().map(|_| AtomicUsize::new(0)).collect(),
+            sent: Notify::new(),
         });
         let waiting = matches!(wait, Wait::Until(_));
         // Armed before the first request: whatever we may have set on a master (a key, a share,
@@ -512,7 +745,7 @@ impl RedlockProvider {
         let undo = Cleanup::new({
             let (masters, op) = (self.masters.clone(), op.clone());
             async move {
-                let (_, _, errors) = release_everywhere(masters, op, false, None).await;
+                let (_, _, errors) = release_everywhere(masters, op, false, Until::All).await;
                 for e in errors {
                     tracing::debug!(error = %e, "redlock: undo of an abandoned acquisition failed on a master; its lease expires on its own");
                 }
@@ -587,14 +820,17 @@ impl RedlockProvider {
         let mut replies = {
             let op = op.clone();
             round(&self.masters, move |m| {
-                let op = op.clone();
-                async move { m.acquire(&op, waiting).await }
+                let (op, sending) = (op.clone(), op.sending(m.index));
+                async move { m.acquire(&op, waiting, sending).await }
             })
         };
-        op.track(&mut replies);
         let mut granted: Vec<(usize, u64)> = Vec::new();
         let (mut busy, mut pttl, mut errors) = (0usize, None::<Duration>, Vec::new());
+        // The masters whose answer may have set something (a grant, or an error: it may have
+        // landed), and those that have not answered yet.
+        let (mut to_undo, mut answered) = (vec![false; n], vec![false; n]);
         while let Some((i, r)) = replies.recv().await {
+            answered[i] = true;
             let reply = r.and_then(|v| match v[..] {
                 [1, fence] => u64::try_from(fence).map(Ok).map_err(|_| {
                     backend_error(format!("lock {:?}: a fencing token out of range: {fence}", op.name.display()))
@@ -603,7 +839,10 @@ impl RedlockProvider {
                 _ => Err(backend_error(format!("lock {:?}: unexpected script reply {v:?}", op.name.display()))),
             });
             match reply {
-                Ok(Ok(fence)) => granted.push((i, fence)),
+                Ok(Ok(fence)) => {
+                    granted.push((i, fence));
+                    to_undo[i] = true;
+                }
                 Ok(Err(ttl)) => {
                     busy += 1;
                     if ttl > 0 {
@@ -611,9 +850,15 @@ impl RedlockProvider {
                         pttl = Some(pttl.map_or(t, |p| p.min(t)));
                     }
                 }
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    errors.push(e);
+                    to_undo[i] = true;
+                }
             }
-            if granted.len() >= quorum {
+            // Decided without the rest: a quorum granted, too many found it busy for one to form
+            // (the answer is "busy" whatever the others say), or too many failed (unavailable).
+            // The late answers are undone below, each after its acquire.
+            if granted.len() >= quorum || busy > n - quorum || errors.len() > n - quorum {
                 break;
             }
         }
@@ -635,10 +880,18 @@ impl RedlockProvider {
             }
         }
         // Not ours: undo what this attempt may have set (where it was granted, or where the answer
-        // did not come back), everywhere, before anyone retries. A waiter keeps its place in the
-        // queues and publishes nothing (its competitors retry on their own).
-        if !granted.is_empty() || !errors.is_empty() {
-            let (_, _, release_errors) = release_everywhere(self.masters.clone(), op.clone(), waiting, None).await;
+        // was an error) before anyone retries. No caller waits for the masters that have not
+        // answered yet: a single try undoes their late answers in the background, when they are
+        // not a plain "busy"; a waiter leaves them to its next attempt (same token: a late grant
+        // there counts for it) and to its final release or undo, which reach every master after
+        // its acquire requests. A waiter keeps its place in the queues and publishes nothing (its
+        // competitors retry on their own).
+        if !waiting && answered.iter().any(|a| !a) {
+            undo_late_answers(self.masters.clone(), op.clone(), replies, waiting);
+        }
+        if to_undo.iter().any(|u| *u) {
+            let undo = release_everywhere(self.masters.clone(), op.clone(), waiting, Until::These(to_undo));
+            let (_, _, release_errors) = undo.await;
             for e in release_errors {
                 tracing::debug!(error = %e, "redlock: releasing a failed attempt failed on a master; its lease expires on its own");
             }
@@ -687,6 +940,7 @@ impl RedlockProvider {
     async fn status_inner(&self, name: &LockName) -> Result<LockStatus> {
         let keys = Arc::new(Keys::new(&self.config.prefix, name.as_str()));
         let (n, quorum) = (self.masters.len(), self.quorum());
+        let started = Instant::now();
         let mut replies = {
             let keys = keys.clone();
             round(&self.masters, move |m| {
@@ -698,7 +952,13 @@ impl RedlockProvider {
         let mut waiting = Vec::new();
         let mut pttl = None::<i64>;
         let mut errors = Vec::new();
-        while let Some((_, r)) = replies.recv().await {
+        let mut heard = vec![false; n];
+        let mut stragglers = None;
+        while let Some((i, r)) = next_answer(&mut replies, stragglers).await {
+            heard[i] = true;
+            if answered + 1 >= quorum && stragglers.is_none() && r.is_ok() {
+                stragglers = Some(straggler_deadline(started));
+            }
             match r {
                 Ok((3, ..)) => {
                     return Err(backend_error(format!(
@@ -726,7 +986,25 @@ impl RedlockProvider {
             return Err(no_quorum(&format!("status {:?}", name.display()), answered, n, quorum, errors));
         }
         let mut status = LockStatus::free();
-        status.location = Some(format!("key {:?} (db {}) on {n} masters", keys.lock, self.config.masters[0].db));
+        // What it knows: which masters answered, and why the others did not.
+        let mut missing: Vec<String> = errors
+            .iter()
+            .map(|e| match e {
+                Error::Unavailable { message, .. } | Error::Auth { message, .. } | Error::Backend { message, .. } => {
+                    message.clone()
+                }
+                other => other.to_string(),
+            })
+            .collect();
+        missing.extend(
+            self.masters.iter().filter(|m| !heard[m.index]).map(|m| format!("{}: no answer in time", m.config.shown)),
+        );
+        let answers = if missing.is_empty() {
+            format!("on {n} masters")
+        } else {
+            format!("answered by {answered} of {n} masters; {} did not answer ({})", n - answered, missing.join("; "))
+        };
+        status.location = Some(format!("key {:?} (db {}) {answers}", keys.lock, self.config.masters[0].db));
         // Waiters registered on a quorum (a winner's stale registration on a minority of masters
         // expires on its own and is not counted).
         waiting.sort_unstable_by(|a, b| b.cmp(a));
@@ -817,7 +1095,7 @@ impl RawHeld for RedlockHeld {
             }
             let (n, quorum) = (self.masters.len(), self.quorum);
             let (held, not_held, errors) =
-                release_everywhere(self.masters.clone(), self.op.clone(), false, Some(quorum)).await;
+                release_everywhere(self.masters.clone(), self.op.clone(), false, Until::Quorum(quorum)).await;
             if held < quorum && not_held <= n - quorum && !errors.is_empty() {
                 return Err(no_quorum(
                     &format!("release {:?}", self.op.name.display()),
