@@ -40,7 +40,7 @@ use crate::name::LockName;
 
 mod cleanup;
 
-pub use cleanup::{Cleanup, spawn_cleanup};
+pub use cleanup::{Cleanup, spawn_cleanup, tokio_context_destroyed};
 
 /// A boxed, sendable future, as the raw traits return (they must stay object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
