@@ -233,9 +233,11 @@ impl Drop for Guard {
             return;
         }
         let state = std::mem::replace(&mut *self.shared.state(), State::Released { lost: false });
-        // Inside our runtime, so that a backend that releases in the background spawns there.
-        let _enter = self.rt.enter();
-        drop(state);
+        if let State::Held(g) = state {
+            // Inside our runtime, so that a backend that releases in the background spawns
+            // there; at interpreter exit, waited for (see `Rt::drop_guard`).
+            self.rt.drop_guard(g);
+        }
     }
 }
 
