@@ -109,6 +109,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_interlock._after_fork_in_child)
 
 
+# The core counts permits in a u32.
+_MAX_PERMITS = 2**32 - 1
+
+
+def _blocking(blocking: Any) -> bool:
+    """`blocking` as ``threading.Lock.acquire`` takes it since Python 3.13: by its truth value
+    (``0``, ``1``, ``True``; before 3.13 threading takes integers only)."""
+    if blocking is True or blocking is False:
+        return blocking
+    return bool(blocking)
+
+
 def default_url() -> str:
     """The URL `connect()` uses when given none: a non-blank ``$INTERLOCK_URL``, else ``file://``
     (the private per-user directory), exactly as the ``interlock`` command."""
@@ -153,9 +165,12 @@ class Locks:
 
     def semaphore(self, name: str, permits: int) -> Semaphore:
         """A semaphore: at most `permits` holders at a time. Raises ``InvalidName``, or
-        ``InvalidArgument`` for fewer than 1 permit."""
+        ``InvalidArgument`` for fewer than 1 permit or more than 2**32 - 1 (a backend may allow
+        fewer: the file backend 1024, said when acquiring)."""
         if not isinstance(permits, int) or isinstance(permits, bool) or permits < 1:
             raise InvalidArgument(f"invalid argument: a semaphore needs at least 1 permit (got {permits!r})")
+        if permits > _MAX_PERMITS:
+            raise InvalidArgument(f"invalid argument: a semaphore has at most {_MAX_PERMITS} permits (got {permits})")
         return Semaphore(self._provider.lock(name, "semaphore", permits))
 
     def close(self) -> None:
@@ -190,7 +205,7 @@ class Lock:
         """``mutex``, ``read``, ``write`` or ``semaphore``."""
         return self._core.kind
 
-    def acquire(self, blocking: bool = True, timeout: Optional[float] = -1) -> Optional[Guard]:
+    def acquire(self, blocking: Union[bool, int] = True, timeout: Optional[float] = -1) -> Optional[Guard]:
         """Takes the lock and returns its ``Guard``, like ``threading.Lock.acquire``:
 
         - ``acquire()`` waits as long as it takes;
@@ -198,15 +213,21 @@ class Lock:
         - ``acquire(blocking=False)`` makes one attempt and returns ``None`` when the lock is held
           elsewhere.
 
-        Waits release the GIL; Ctrl-C (``KeyboardInterrupt``) cancels them, leaving nothing held.
+        `blocking` is taken by its truth value (``blocking=0``), as there; ``blocking=False``
+        with a timeout other than -1 raises ``ValueError``, as there. Waits release the GIL; Ctrl-C
+        (``KeyboardInterrupt``) cancels them, leaving nothing held.
         """
+        blocking = _blocking(blocking)
         if blocking and (timeout is None or timeout == -1):
             self._check_not_held_by(get_ident())
         return self._core.acquire(blocking, timeout)
 
-    async def acquire_async(self, blocking: bool = True, timeout: Optional[float] = -1) -> Optional[Guard]:
+    async def acquire_async(
+        self, blocking: Union[bool, int] = True, timeout: Optional[float] = -1
+    ) -> Optional[Guard]:
         """``acquire`` for asyncio: waits on interlock's runtime, never blocking the event loop.
         Cancelling the awaiting task cancels the acquisition, leaving nothing held."""
+        blocking = _blocking(blocking)
         if blocking and (timeout is None or timeout == -1):
             self._check_not_held_by(current_task())
         return await self._core.acquire_async(blocking, timeout)

@@ -219,8 +219,17 @@ where
     }
 }
 
-/// Starts `fut` for an asyncio caller and returns an asyncio future of `loop_` that completes with
-/// `convert(output)` (or its exception). An output ready at once (an uncontended lock) completes
+/// The running asyncio event loop of this thread; `RuntimeError` (asyncio's) when there is none.
+/// Asked before an asynchronous call changes anything, so that one made without a loop refuses
+/// and leaves everything as it was.
+pub(crate) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    static ASYNCIO: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let asyncio = ASYNCIO.get_or_try_init(py, || PyModule::import(py, "asyncio").map(Bound::unbind))?.bind(py);
+    asyncio.call_method0("get_running_loop")
+}
+
+/// Starts `fut` for an asyncio caller and returns an asyncio future of `event_loop` (from
+/// [`running_loop`]) that completes with `convert(output)` (or its exception). An output ready at once (an uncontended lock) completes
 /// the future here, on the loop's thread. Otherwise the work runs as a task on the runtime, and a
 /// thread of the runtime's blocking pool (never its worker, so waiting for the GIL there stalls
 /// no lock work) hands the outcome to the loop with `loop.call_soon_threadsafe`. Cancelling the
@@ -229,6 +238,7 @@ where
 pub(crate) fn start_async<'py, T, F, C>(
     py: Python<'py>,
     rt: &Arc<Rt>,
+    event_loop: Bound<'py, PyAny>,
     fut: F,
     convert: C,
 ) -> PyResult<Bound<'py, PyAny>>
@@ -237,15 +247,12 @@ where
     T: Send + 'static,
     C: FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
 {
-    static ASYNCIO: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
     static DELIVER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let asyncio = ASYNCIO.get_or_try_init(py, || PyModule::import(py, "asyncio").map(Bound::unbind))?.bind(py);
     let deliver = DELIVER
         .get_or_try_init(py, || {
             PyModule::import(py, "interlock._aio").and_then(|m| m.getattr("_deliver")).map(Bound::unbind)
         })?
         .clone_ref(py);
-    let event_loop = asyncio.call_method0("get_running_loop")?;
     let future = event_loop.call_method0("create_future")?;
     let mut fut = Box::pin(fut);
     // Not on a thread whose thread-locals are gone (entering panics there): the task polls it.
