@@ -32,10 +32,11 @@ if ! python3 -c 'import redis, redis_lock, pottery, redlock' >/dev/null 2>&1; th
 fi
 
 # The Python package's test tools (python/tests): pytest, and the servers of its web-app cases
-# (Flask under uwsgi and gunicorn; uwsgi builds from source with the C compiler).
-if ! python3 -c 'import pytest, flask, gunicorn' >/dev/null 2>&1 || ! command -v uwsgi >/dev/null 2>&1; then
-  echo "scripts/test.sh: installing pytest, flask, gunicorn and uwsgi (pip)" >&2
-  python3 -m pip install --quiet --disable-pip-version-check pytest flask gunicorn uwsgi
+# (Flask under uwsgi and gunicorn; uwsgi builds from source with the C compiler; FastAPI driven
+# through httpx's ASGI transport).
+if ! python3 -c 'import pytest, flask, gunicorn, fastapi, httpx' >/dev/null 2>&1 || ! command -v uwsgi >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing pytest, flask, gunicorn, uwsgi, fastapi and httpx (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check pytest flask gunicorn uwsgi fastapi httpx
 fi
 
 export INTERLOCK_TEST_REQUIRE=1

@@ -20,6 +20,7 @@ import contextvars
 import functools
 import inspect
 import os
+import sys
 from asyncio import current_task
 from threading import get_ident
 from typing import Any, Callable, Optional, TypeVar, Union
@@ -72,9 +73,30 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# The guards taken by `with lock:` / `async with lock:`, innermost last, as (lock, guard, owner)
-# with owner the thread's ident or the asyncio task. A context variable, so that threads never
-# see each other's; a task created inside a block inherits the entries, hence the owner.
+class _Entry:
+    """One `with` / `async with` block of a lock object, for as long as the block runs.
+
+    The lock object owns it (``Lock._entries``), so the guard stays held whatever context or
+    thread the block runs or ends in. `frame` is the frame that runs the statement: the same
+    object when the block exits, even when a framework resumes a generator in another thread and
+    context (FastAPI runs a sync dependency's ``__enter__`` and ``__exit__`` in copied contexts
+    on threads of a pool), so each exit finds its own entry. `owner` is the thread's ident or
+    the asyncio task that entered. Once the block exits, `guard` and `frame` are None: a stale
+    entry keeps neither the guard nor the frame alive."""
+
+    __slots__ = ("lock", "guard", "frame", "owner")
+
+    def __init__(self, lock: Lock, guard: Guard, frame: Any, owner: object) -> None:
+        self.lock = lock
+        self.guard: Optional[Guard] = guard
+        self.frame = frame
+        self.owner = owner
+
+
+# The blocks entered in this context, innermost last: only for the WouldDeadlock check (a wait
+# forever for a lock that this thread or task holds through `with`). A context variable, so that
+# threads never see each other's blocks; a task created inside a block inherits them, hence the
+# owner. Entries of blocks that ended elsewhere are skipped (their guard is None) and pruned.
 _held: contextvars.ContextVar[tuple] = contextvars.ContextVar("interlock_held", default=())
 
 # Threads of interlock's runtime that hand outcomes to asyncio loops stop entering Python when
@@ -85,6 +107,18 @@ atexit.register(_interlock._shutdown)
 # Forks that do not run this hook (uwsgi's) are caught on the first use of an interlock object.
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_interlock._after_fork_in_child)
+
+
+# The core counts permits in a u32.
+_MAX_PERMITS = 2**32 - 1
+
+
+def _blocking(blocking: Any) -> bool:
+    """`blocking` as ``threading.Lock.acquire`` takes it since Python 3.13: by its truth value
+    (``0``, ``1``, ``True``; before 3.13 threading takes integers only)."""
+    if blocking is True or blocking is False:
+        return blocking
+    return bool(blocking)
 
 
 def default_url() -> str:
@@ -131,9 +165,12 @@ class Locks:
 
     def semaphore(self, name: str, permits: int) -> Semaphore:
         """A semaphore: at most `permits` holders at a time. Raises ``InvalidName``, or
-        ``InvalidArgument`` for fewer than 1 permit."""
+        ``InvalidArgument`` for fewer than 1 permit or more than 2**32 - 1 (a backend may allow
+        fewer: the file backend 1024, said when acquiring)."""
         if not isinstance(permits, int) or isinstance(permits, bool) or permits < 1:
             raise InvalidArgument(f"invalid argument: a semaphore needs at least 1 permit (got {permits!r})")
+        if permits > _MAX_PERMITS:
+            raise InvalidArgument(f"invalid argument: a semaphore has at most {_MAX_PERMITS} permits (got {permits})")
         return Semaphore(self._provider.lock(name, "semaphore", permits))
 
     def close(self) -> None:
@@ -149,11 +186,14 @@ class Lock:
     ``Semaphore``. Each acquisition returns its own ``Guard``; the lock object itself may be shared
     by threads and tasks."""
 
-    __slots__ = ("_core", "_exclusive")
+    __slots__ = ("_core", "_exclusive", "_entries")
 
     def __init__(self, core: _interlock.Lock) -> None:
         self._core = core
         self._exclusive = core.kind in ("mutex", "write")
+        # The `with` blocks of this object that are running, oldest first (see _Entry). Changed
+        # only by atomic list operations, so threads need no lock around it.
+        self._entries: list = []
 
     @property
     def name(self) -> str:
@@ -165,7 +205,7 @@ class Lock:
         """``mutex``, ``read``, ``write`` or ``semaphore``."""
         return self._core.kind
 
-    def acquire(self, blocking: bool = True, timeout: Optional[float] = -1) -> Optional[Guard]:
+    def acquire(self, blocking: Union[bool, int] = True, timeout: Optional[float] = -1) -> Optional[Guard]:
         """Takes the lock and returns its ``Guard``, like ``threading.Lock.acquire``:
 
         - ``acquire()`` waits as long as it takes;
@@ -173,15 +213,21 @@ class Lock:
         - ``acquire(blocking=False)`` makes one attempt and returns ``None`` when the lock is held
           elsewhere.
 
-        Waits release the GIL; Ctrl-C (``KeyboardInterrupt``) cancels them, leaving nothing held.
+        `blocking` is taken by its truth value (``blocking=0``), as there; ``blocking=False``
+        with a timeout other than -1 raises ``ValueError``, as there. Waits release the GIL; Ctrl-C
+        (``KeyboardInterrupt``) cancels them, leaving nothing held.
         """
+        blocking = _blocking(blocking)
         if blocking and (timeout is None or timeout == -1):
             self._check_not_held_by(get_ident())
         return self._core.acquire(blocking, timeout)
 
-    async def acquire_async(self, blocking: bool = True, timeout: Optional[float] = -1) -> Optional[Guard]:
+    async def acquire_async(
+        self, blocking: Union[bool, int] = True, timeout: Optional[float] = -1
+    ) -> Optional[Guard]:
         """``acquire`` for asyncio: waits on interlock's runtime, never blocking the event loop.
         Cancelling the awaiting task cancels the acquisition, leaving nothing held."""
+        blocking = _blocking(blocking)
         if blocking and (timeout is None or timeout == -1):
             self._check_not_held_by(current_task())
         return await self._core.acquire_async(blocking, timeout)
@@ -193,12 +239,13 @@ class Lock:
         if not held:
             return
         me = self._core
-        for lock, guard, by in held:
+        for entry in held:
+            lock, guard, by = entry.lock, entry.guard, entry.owner
             other = lock._core
             if (
-                by is owner or by == owner
-            ) and (
-                other.name == me.name
+                guard is not None
+                and (by is owner or by == owner)
+                and other.name == me.name
                 and other.provider is me.provider
                 and (self._exclusive or lock._exclusive)
                 and (other.kind == "mutex") == (me.kind == "mutex")
@@ -211,37 +258,78 @@ class Lock:
                     "interlock locks are not re-entrant, so waiting for it again would deadlock"
                 )
 
-    def _push(self, guard: Guard, owner: object) -> None:
-        _held.set(_held.get() + ((self, guard, owner),))
-
-    def _pop(self, owner: object) -> Guard:
+    def _push(self, guard: Guard, frame: Any, owner: object) -> None:
+        entry = _Entry(self, guard, frame, owner)
+        self._entries.append(entry)
         held = _held.get()
-        for i in range(len(held) - 1, -1, -1):
-            entry = held[i]
-            if entry[0] is self and (entry[2] is owner or entry[2] == owner):
-                _held.set(held[:i] + held[i + 1 :])
-                return entry[1]
-        raise NotHeld(f'lock "{self.name}" is not held by a `with` block of this thread or task')
+        if held:
+            held = tuple(e for e in held if e.guard is not None)
+        _held.set(held + (entry,))
+
+    def _pop(self, frame: Any, owner: object) -> Guard:
+        """Takes the guard of the block that `frame` exits, out of this object's entries."""
+        entries = self._entries
+        while True:
+            # Newest first: nested blocks of one frame exit innermost first. A concurrent
+            # removal can make this see an entry twice, never skip one.
+            for entry in reversed(entries):
+                if entry.frame is frame:
+                    break
+            else:
+                entry = self._orphan(frame, owner)
+            try:
+                # The claim: of two exits racing for one entry (fallbacks only), one removes it.
+                entries.remove(entry)
+            except ValueError:
+                continue
+            guard = entry.guard
+            entry.guard = entry.frame = None
+            held = _held.get()
+            if held and held[-1] is entry:
+                _held.set(held[:-1])
+            return guard  # type: ignore[return-value]
+
+    def _orphan(self, frame: Any, owner: object) -> _Entry:
+        """The entry an exit from outside its ``with`` statement ends: ``__exit__`` called by an
+        ``ExitStack`` (maybe closed in another thread) or by hand. A block whose frame is on the
+        calling stack is still running (it exits from that frame), so it is never the one. Of
+        the others: the newest entered by this thread or task, else the only one, else the
+        newest (the permits of a semaphore or read lock are equivalent: see docs/python.md)."""
+        on_stack = set()
+        f = frame
+        while f is not None:
+            on_stack.add(id(f))
+            f = f.f_back
+        candidates = [e for e in self._entries if e.frame is not None and id(e.frame) not in on_stack]
+        for entry in reversed(candidates):
+            if entry.owner is owner or entry.owner == owner:
+                return entry
+        if candidates:
+            return candidates[-1]
+        raise NotHeld(f'lock "{self.name}" is not held by a `with` block of this lock object')
 
     def __enter__(self) -> Guard:
+        frame = sys._getframe(1)
         owner = get_ident()
         self._check_not_held_by(owner)
         guard = self._core.acquire(True, -1)
-        self._push(guard, owner)
+        self._push(guard, frame, owner)
         return guard
 
     def __exit__(self, *exc: Any) -> None:
-        self._pop(get_ident()).__exit__(*exc)
+        self._pop(sys._getframe(1), get_ident()).__exit__(*exc)
 
     async def __aenter__(self) -> Guard:
+        # Before any await: the caller's frame is the one running `async with`.
+        frame = sys._getframe(1)
         owner = current_task()
         self._check_not_held_by(owner)
         guard = await self._core.acquire_async(True, -1)
-        self._push(guard, owner)
+        self._push(guard, frame, owner)
         return guard
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self._pop(current_task()).__aexit__(*exc)
+        await self._pop(sys._getframe(1), current_task()).__aexit__(*exc)
 
     def __call__(self, func: F) -> F:
         """As a decorator: the function runs under the lock (an ``async def`` function under

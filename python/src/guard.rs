@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyAny, PyModule};
+use pyo3::types::PyAny;
 
 use crate::errors::{self, IntoPy};
 use crate::fork;
@@ -118,6 +118,8 @@ impl Guard {
     }
 
     fn release_async_inner<'py>(&self, py: Python<'py>, from_exit: bool) -> PyResult<Bound<'py, PyAny>> {
+        // Without a running loop, refuse before releasing: the guard still holds the lock.
+        let event_loop = runtime::running_loop(py)?;
         let taken = self.take(py, from_exit)?;
         let shared = self.shared.clone();
         let release = async move {
@@ -126,7 +128,7 @@ impl Guard {
                 None => Ok(()),
             }
         };
-        runtime::start_async(py, &self.rt, release, move |py, result| {
+        runtime::start_async(py, &self.rt, event_loop, release, move |py, result| {
             note_lost(&shared, &result);
             result.py(py)?;
             Ok(if from_exit { false.into_pyobject(py)?.to_owned().into_any().unbind() } else { py.None() })
@@ -181,14 +183,15 @@ impl Guard {
         self.release_inner(py, false)
     }
 
-    /// `release` for asyncio: an awaitable that never blocks the event loop.
+    /// `release` for asyncio: an awaitable that never blocks the event loop. Called with no
+    /// running event loop, raises asyncio's `RuntimeError` and releases nothing.
     fn release_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.release_async_inner(py, false)
     }
 
     fn __aenter__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let event_loop = PyModule::import(py, "asyncio")?.call_method0("get_running_loop")?;
+        let event_loop = runtime::running_loop(py)?;
         let future = event_loop.call_method0("create_future")?;
         future.call_method1("set_result", (slf,))?;
         Ok(future)
@@ -233,9 +236,11 @@ impl Drop for Guard {
             return;
         }
         let state = std::mem::replace(&mut *self.shared.state(), State::Released { lost: false });
-        // Inside our runtime, so that a backend that releases in the background spawns there.
-        let _enter = self.rt.enter();
-        drop(state);
+        if let State::Held(g) = state {
+            // Inside our runtime, so that a backend that releases in the background spawns
+            // there; at interpreter exit, waited for (see `Rt::drop_guard`).
+            self.rt.drop_guard(g);
+        }
     }
 }
 

@@ -284,9 +284,10 @@ impl Lock {
     #[pyo3(signature = (blocking=true, timeout=-1.0))]
     fn acquire_async<'py>(&self, py: Python<'py>, blocking: bool, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
         let opts = acquire_options(blocking, timeout)?;
+        let event_loop = runtime::running_loop(py)?;
         let (core, handle) = self.current(py)?;
         let (kind, rt) = (self.kind, core.rt.clone());
-        runtime::start_async(py, &core.rt, handle.acquire(self.kind, opts), move |py, got| {
+        runtime::start_async(py, &core.rt, event_loop, handle.acquire(self.kind, opts), move |py, got| {
             Ok(match got.py(py)? {
                 Some(g) => Py::new(py, Guard::new(g, kind, rt))?.into_any(),
                 None => py.None(),

@@ -12,9 +12,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use interlock::raw::tokio_context_destroyed;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -33,9 +35,52 @@ pub(crate) struct Rt {
 }
 
 impl Rt {
-    /// Enters the runtime, so that guards dropped and futures polled here find it.
+    /// Enters the runtime, so that guards dropped and futures polled here find it. Not on a
+    /// thread whose thread-locals are destroyed (it panics there): see [`Rt::drop_inside`].
     pub(crate) fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
         self.rt.enter()
+    }
+
+    /// Drops `value` (a future, a guard, a channel that may hold one) inside this runtime, so
+    /// that a backend that releases in the background spawns there. On a thread whose
+    /// thread-locals are destroyed, where entering panics, the drop runs on the runtime's worker,
+    /// and this thread waits for it at most until [`exit_deadline`].
+    pub(crate) fn drop_inside<T: Send + 'static>(&self, value: T) {
+        if !tokio_context_destroyed() {
+            let _enter = self.rt.enter();
+            drop(value);
+            return;
+        }
+        self.on_worker_until_exit_deadline(async move { drop(value) });
+    }
+
+    /// Drops a guard taken by this process. At interpreter exit (after the `atexit` hook, or on
+    /// a thread whose thread-locals are destroyed: uWSGI finalizes Python in a C `atexit`
+    /// handler) the guard is released on the runtime's worker and this thread waits for the
+    /// release, at most until [`exit_deadline`], so that it reaches the backend before the
+    /// process ends; otherwise as [`Rt::drop_inside`] (a release that has to wait finishes in
+    /// the background, as the core's drop does).
+    pub(crate) fn drop_guard(&self, guard: interlock::Guard) {
+        if !SHUTTING_DOWN.load(Ordering::SeqCst) && !tokio_context_destroyed() {
+            self.drop_inside(guard);
+            return;
+        }
+        self.on_worker_until_exit_deadline(async move {
+            // Nobody is left to tell of a failure (a lost lock, a server gone).
+            let _ = guard.release().await;
+        });
+    }
+
+    /// Runs `work` as a task of the runtime (through its handle: no thread-locals needed) and
+    /// waits for it, at most until [`exit_deadline`]. For interpreter exit only: the caller holds
+    /// the GIL, and `work` must not need it.
+    fn on_worker_until_exit_deadline<F: Future<Output = ()> + Send + 'static>(&self, work: F) {
+        let (done, finished) = sync_channel(1);
+        drop(self.rt.spawn(async move {
+            work.await;
+            let _ = done.send(());
+        }));
+        let _ = finished.recv_timeout(exit_deadline().saturating_duration_since(Instant::now()));
     }
 
     /// Aborts `task` and waits until it is gone: its future dropped (the acquisition it ran
@@ -45,7 +90,14 @@ impl Rt {
         task.abort();
         // Without the GIL: the task may be handing a result to Python at this moment.
         py.detach(|| {
-            let _ = self.rt.block_on(task);
+            if tokio_context_destroyed() {
+                // `block_on` panics here: a task of the runtime waits for it instead.
+                self.on_worker_until_exit_deadline(async move {
+                    let _ = task.await;
+                });
+            } else {
+                let _ = self.rt.block_on(task);
+            }
         });
     }
 
@@ -68,12 +120,18 @@ pub(crate) fn runtime(_py: Python<'_>) -> PyResult<Arc<Rt>> {
         // Inherited through fork: its worker threads live only in the parent.
         std::mem::forget(parents);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("interlock-py")
-        .enable_all()
-        .build()
-        .map_err(|e| PyRuntimeError::new_err(format!("cannot start interlock's runtime: {e}")))?;
+    let build = || {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("interlock-py").enable_all().build()
+    };
+    let built = if tokio_context_destroyed() {
+        // Building enters the runtime, which panics on a thread whose thread-locals are gone
+        // (the first use by a forked uWSGI worker may come from its `atexit` hooks): built on a
+        // thread of its own.
+        std::thread::spawn(build).join().unwrap_or_else(|_| Err(std::io::Error::other("the builder panicked")))
+    } else {
+        build()
+    };
+    let rt = built.map_err(|e| PyRuntimeError::new_err(format!("cannot start interlock's runtime: {e}")))?;
     let rt = Arc::new(Rt { pid, rt });
     *slot = Some(rt.clone());
     Ok(rt)
@@ -92,13 +150,20 @@ where
     T: Send + 'static,
 {
     let mut fut = Box::pin(fut);
+    let inside_a_runtime = match tokio::runtime::Handle::try_current() {
+        // This thread's thread-locals are gone (an `atexit` handler of the C program, where
+        // uWSGI finalizes Python): no runtime can be entered here, so the work runs on ours.
+        Err(e) if e.is_thread_local_destroyed() => return wait_on_worker(py, rt, fut),
+        Err(_) => false,
+        Ok(_) => true,
+    };
     {
         let _enter = rt.enter();
         if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             return Ok(v);
         }
     }
-    if tokio::runtime::Handle::try_current().is_ok() {
+    if inside_a_runtime {
         // Called from inside some tokio runtime (another extension's thread, say), where
         // `block_on` is not allowed: the work runs on our worker instead.
         return wait_on_worker(py, rt, fut);
@@ -113,8 +178,7 @@ where
             return Ok(v);
         }
         if let Err(interrupted) = py.check_signals() {
-            let _enter = rt.enter();
-            drop(fut);
+            rt.drop_inside(fut);
             return Err(interrupted);
         }
     }
@@ -149,15 +213,23 @@ where
         if let Err(interrupted) = py.check_signals() {
             rt.cancel(py, task);
             // A result sent before the abort took effect is dropped inside the runtime.
-            let _enter = rt.enter();
-            drop(rx);
+            rt.drop_inside(rx);
             return Err(interrupted);
         }
     }
 }
 
-/// Starts `fut` for an asyncio caller and returns an asyncio future of `loop_` that completes with
-/// `convert(output)` (or its exception). An output ready at once (an uncontended lock) completes
+/// The running asyncio event loop of this thread; `RuntimeError` (asyncio's) when there is none.
+/// Asked before an asynchronous call changes anything, so that one made without a loop refuses
+/// and leaves everything as it was.
+pub(crate) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    static ASYNCIO: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let asyncio = ASYNCIO.get_or_try_init(py, || PyModule::import(py, "asyncio").map(Bound::unbind))?.bind(py);
+    asyncio.call_method0("get_running_loop")
+}
+
+/// Starts `fut` for an asyncio caller and returns an asyncio future of `event_loop` (from
+/// [`running_loop`]) that completes with `convert(output)` (or its exception). An output ready at once (an uncontended lock) completes
 /// the future here, on the loop's thread. Otherwise the work runs as a task on the runtime, and a
 /// thread of the runtime's blocking pool (never its worker, so waiting for the GIL there stalls
 /// no lock work) hands the outcome to the loop with `loop.call_soon_threadsafe`. Cancelling the
@@ -166,6 +238,7 @@ where
 pub(crate) fn start_async<'py, T, F, C>(
     py: Python<'py>,
     rt: &Arc<Rt>,
+    event_loop: Bound<'py, PyAny>,
     fut: F,
     convert: C,
 ) -> PyResult<Bound<'py, PyAny>>
@@ -174,18 +247,16 @@ where
     T: Send + 'static,
     C: FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
 {
-    static ASYNCIO: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
     static DELIVER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let asyncio = ASYNCIO.get_or_try_init(py, || PyModule::import(py, "asyncio").map(Bound::unbind))?.bind(py);
     let deliver = DELIVER
         .get_or_try_init(py, || {
             PyModule::import(py, "interlock._aio").and_then(|m| m.getattr("_deliver")).map(Bound::unbind)
         })?
         .clone_ref(py);
-    let event_loop = asyncio.call_method0("get_running_loop")?;
     let future = event_loop.call_method0("create_future")?;
     let mut fut = Box::pin(fut);
-    {
+    // Not on a thread whose thread-locals are gone (entering panics there): the task polls it.
+    if !tokio_context_destroyed() {
         let _enter = rt.enter();
         if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             match convert(py, v) {
@@ -238,8 +309,22 @@ impl Canceller {
     }
 }
 
-/// Set by [`_shutdown`] when the interpreter exits: threads of the runtime no longer enter Python.
+/// Set by [`_shutdown`] when the interpreter exits: threads of the runtime no longer enter
+/// Python, and guards dropped from then on wait for their release (see [`Rt::drop_guard`]).
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// How long the process's exit may wait, in all, for the releases of guards dropped at
+/// interpreter exit: a lock whose release does not reach the backend by then is left to the
+/// backend's own safety net (the kernel for files, the lease for Redis).
+const EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// The instant after which nothing at interpreter exit waits any more: [`EXIT_WAIT`] after the
+/// first wait.
+fn exit_deadline() -> Instant {
+    static DEADLINE: OnceLock<Instant> = OnceLock::new();
+    *DEADLINE.get_or_init(|| Instant::now() + EXIT_WAIT)
+}
+
 /// Threads of the runtime inside [`with_python`] right now.
 static IN_PYTHON: AtomicUsize = AtomicUsize::new(0);
 
@@ -276,7 +361,9 @@ pub(crate) fn _shutdown(py: Python<'_>) {
         // of guards dropped at exit run on the runtime's worker: let them land before the process
         // goes, or a server keeps a gone waiter queued (and may hand it the lock).
         // (Those a server does not answer in time are left to its own expiry.)
-        let _ = interlock::raw::finish_cleanups_blocking(CLEANUPS_AT_EXIT);
+        // Within the exit's one bound for all its waits (EXIT_WAIT).
+        let left = exit_deadline().saturating_duration_since(Instant::now());
+        let _ = interlock::raw::finish_cleanups_blocking(CLEANUPS_AT_EXIT.min(left));
     });
 }
 

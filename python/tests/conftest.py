@@ -93,6 +93,13 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def uwsgi_home() -> list:
+    """uwsgi's arguments to embed this test run's Python environment: `--virtualenv` when the
+    tests run in a virtual environment (where the package is installed), else nothing. uwsgi's
+    own Python must be the environment's version."""
+    return ["--virtualenv", sys.prefix] if sys.prefix != sys.base_prefix else []
+
+
 @pytest.fixture
 def interlock_bin() -> str:
     """The `interlock` binary: $INTERLOCK_BIN (scripts/test.sh sets it), else the workspace's

@@ -63,6 +63,27 @@ def test_acquire_arguments_as_threading_lock(locks):
     g.release()
 
 
+def test_blocking_takes_ints_as_threading_lock(locks):
+    # threading.Lock.acquire takes `blocking` by its truth value (integers only before Python
+    # 3.13), and refuses a timeout with a non-blocking call with ValueError.
+    m = locks.mutex("ints")
+    g = m.acquire(blocking=1)
+    assert g is not None
+    assert m.acquire(blocking=0) is None
+    assert m.acquire(0) is None
+    assert m.acquire(blocking=0, timeout=-1) is None
+    assert m.acquire(blocking=[]) is None
+    with pytest.raises(ValueError, match="non-blocking"):
+        m.acquire(blocking=0, timeout=1)
+    with pytest.raises(ValueError, match="non-blocking"):
+        m.acquire(blocking=False, timeout=0)
+    with pytest.raises(interlock.Timeout):
+        m.acquire(2, timeout=0.05)
+    g.release()
+    g = m.acquire(blocking=1, timeout=5)
+    g.release()
+
+
 def test_guard_context_manager_and_double_release(locks):
     m = locks.mutex("twice")
     with m.acquire(timeout=10) as guard:
@@ -113,6 +134,11 @@ def test_semaphore(locks):
     b.release()
     with pytest.raises(interlock.InvalidArgument):
         locks.semaphore("gpu", 0)
+    # Beyond what the core counts (a u32): InvalidArgument too, not OverflowError.
+    for too_many in (2**32, 2**64, 10**30):
+        with pytest.raises(interlock.InvalidArgument, match="at most 4294967295 permits"):
+            locks.semaphore("gpu", too_many)
+    assert locks.semaphore("big", 2**32 - 1).permits == 2**32 - 1
     # Holders that disagree on the permits count: the second is refused.
     with s:
         with pytest.raises(interlock.PermitsMismatch):
@@ -187,6 +213,20 @@ def test_errors_never_show_a_password():
     with pytest.raises(interlock.InvalidUrl) as e:
         interlock.connect("memory://u:s3cret@?bogus=1")
     assert "s3cret" not in str(e.value)
+    # Options whose names look secret: refused as unknown, their values never shown.
+    for url in (
+        "memory://?password=s3cret",
+        "memory://?lease=1s&auth_token=s3cret",
+        "redis://127.0.0.1:1/0?API_KEY=s3cret",
+        "file:///tmp/x?Passwd=s3cret",
+        "redis://127.0.0.1:1/0?secret=s3:cret@x",
+    ):
+        with pytest.raises(interlock.InvalidUrl, match="unknown option") as e:
+            interlock.connect(url)
+        assert "s3" not in str(e.value) and "s3" not in repr(e.value), str(e.value)
+    with pytest.raises(interlock.InvalidUrl) as e:
+        interlock.connect("memory://?password=s3cret")
+    assert str(e.value).startswith("invalid lock URL `memory://?password=***`: unknown option `password`")
 
 
 def test_unavailable_is_a_connection_error():

@@ -190,3 +190,31 @@ def test_threads_and_loops_together(locks, lock_dir):
     for t in threads:
         t.join()
     assert int(counter.read_text()) == 3 * 4 * 10 + 3 * 10
+
+
+def test_release_async_without_a_running_loop_releases_nothing(locks):
+    # With no running loop there is nothing to await on: release_async refuses (asyncio's
+    # RuntimeError) before releasing, so the guard still holds the lock and can be released.
+    m = locks.mutex("no-loop")
+    g = m.acquire()
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        g.release_async()
+    assert g.held
+    assert m.acquire(blocking=False) is None
+    g.release()
+    assert not g.held
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        m._core.acquire_async()
+    assert m.acquire(blocking=False) is not None
+
+
+def test_acquire_async_takes_ints_as_threading_lock(locks):
+    m = locks.mutex("aio-ints")
+
+    async def main():
+        g = await m.acquire_async(1)
+        assert await m.acquire_async(blocking=0) is None
+        assert await m.acquire_async(blocking=[]) is None
+        await g.release_async()
+
+    run(main())

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from conftest import free_port, need, stop, wait_for_port
+from conftest import free_port, need, stop, uwsgi_home, wait_for_port
 
 APP = '''
 import fcntl, multiprocessing, os, threading, time
@@ -138,7 +138,7 @@ def uwsgi(lazy: bool, threads: int = 4):
         return [
             exe, "--master", "--http-socket", f"127.0.0.1:{port}", "--wsgi-file", str(app_dir / "webapp.py"),
             "--callable", "app", "--processes", "4", "--threads", str(threads), "--die-on-term", "--disable-logging",
-            *(["--lazy-apps"] if lazy else []),
+            *(["--lazy-apps"] if lazy else []), *uwsgi_home(),
         ]  # fmt: skip
 
     return argv

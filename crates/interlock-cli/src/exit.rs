@@ -253,12 +253,12 @@ fn missing_subcommand(help: &str) -> String {
     if subcommands.is_empty() { needed } else { format!("{needed}: {}", subcommands.join(", ")) }
 }
 
-/// Hides the password of everything that looks like `user:password@` (see
-/// [`interlock::url::redact`]): clap quotes the arguments it could not place, and one may be a URL.
-/// A quoted argument is redacted as a whole (a password may contain spaces), other text word by
-/// word.
+/// Hides the password of everything that looks like `user:password@`, and the values of URL
+/// options whose names look secret (`?password=...`; see [`interlock::url::redact`]): clap
+/// quotes the arguments it could not place, and one may be a URL. A quoted argument is redacted
+/// as a whole (a password may contain spaces), other text word by word.
 pub fn redact_words(text: &str) -> String {
-    let redact_if = |part: &str| if part.contains('@') { interlock::url::redact(part) } else { part.to_owned() };
+    let redact_if = |part: &str| if part.contains(['@', '?']) { interlock::url::redact(part) } else { part.to_owned() };
     // Split on clap's single quotes: odd parts are quoted arguments.
     text.split('\'')
         .enumerate()
@@ -334,5 +334,12 @@ mod tests {
         assert!(shown.contains("'redis://u:***@h/0'") && shown.ends_with(" and u@h"), "{shown}");
         let spaced = redact_words("unexpected argument 'redis://u:hunter 2@h/0' found");
         assert!(!spaced.contains("hunter"), "{spaced}");
+        let query = redact_words(
+            "unexpected argument 'redis://h/0?lease=1s&auth_token=hunter2' found; and memory://?password=hunter2",
+        );
+        assert_eq!(
+            query,
+            "unexpected argument 'redis://h/0?lease=1s&auth_token=***' found; and memory://?password=***"
+        );
     }
 }

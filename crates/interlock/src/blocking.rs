@@ -429,13 +429,15 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(g) = self.inner.take() {
-            // Enter our runtime so a backend that releases in the background can spawn there.
+            // Enter our runtime so a backend that releases in the background can spawn there;
+            // not where this thread's thread-locals are gone (entering panics there, and
+            // `spawn_cleanup` starts the release on a thread of its own).
             match self.rt.handle() {
-                Some(rt) => {
+                Some(rt) if !crate::raw::tokio_context_destroyed() => {
                     let _enter = rt.enter();
                     drop(g);
                 }
-                None => drop(g),
+                _ => drop(g),
             }
         }
     }

@@ -40,7 +40,9 @@ use crate::name::LockName;
 
 pub(crate) mod cleanup;
 
-pub use cleanup::{Cleanup, finish_cleanups, finish_cleanups_blocking, spawn_cleanup, spawn_detached};
+pub use cleanup::{
+    Cleanup, finish_cleanups, finish_cleanups_blocking, spawn_cleanup, spawn_detached, tokio_context_destroyed,
+};
 
 /// A boxed, sendable future, as the raw traits return (they must stay object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -118,7 +118,8 @@ impl LockUrl {
         &self.query
     }
 
-    /// The URL as written, with the password replaced by `***`.
+    /// The URL as written, with the password and the values of options whose names look secret
+    /// replaced by `***` (see [`redact`]).
     pub fn redacted(&self) -> &str {
         &self.redacted
     }
@@ -254,13 +255,21 @@ fn decode(s: &str) -> std::result::Result<String, &'static str> {
     String::from_utf8(out).map_err(|_| "percent-escapes do not decode to UTF-8")
 }
 
-/// Replaces the password of a URL-like string with `***`, even when the rest does not parse.
+/// Replaces the password of a URL-like string, and the values of query options whose names look
+/// secret, with `***`, even when the rest does not parse.
 ///
 /// Anything that looks like `user:password@` is hidden, also without `://` (`mysql//root:pw@db`,
 /// `memory:u:pw@x`, `root:pw@db`): from the first `:` of the userinfo to the LAST `@` of the
 /// string, the text becomes `***`. The userinfo starts after a leading `scheme://`, else at the
 /// start of the string. This may hide more than the password of an odd string (a scheme or user
 /// name without `//`, a `:` and then `@` in a path), never less.
+///
+/// Then, after the first `?` that is left, each `name=value` option whose name (percent-decoded,
+/// any case) contains `pass`, `pwd`, `secret`, `token`, `key`, `auth`, `credential` or `private`
+/// (`password`, `passwd`, `auth_token`, `api_key`, `client_secret`, ...) shows `name=***`: such
+/// an option is refused as unknown by every backend but its value is still not echoed. The redis
+/// backends' own `key` (the TLS client key's file) is hidden too: a path is no secret, but a URL
+/// that shows it is not worth a rule with exceptions.
 ///
 /// # Examples
 ///
@@ -270,8 +279,39 @@ fn decode(s: &str) -> std::result::Result<String, &'static str> {
 /// assert_eq!(redact("mysql//root:hunter2@db"), "mysql//root:***@db");
 /// assert_eq!(redact("memory:u:hunter2@x"), "memory:***@x");
 /// assert_eq!(redact("file:///tmp/x"), "file:///tmp/x");
+/// assert_eq!(redact("redis://h/0?lease=5s&auth_token=hunter2"), "redis://h/0?lease=5s&auth_token=***");
 /// ```
 pub fn redact(url: &str) -> String {
+    redact_secret_options(&redact_userinfo(url))
+}
+
+/// Fragments of option names whose values [`redact`] hides.
+const SECRET_NAME_PARTS: &[&str] = &["pass", "pwd", "secret", "token", "key", "auth", "credential", "private"];
+
+/// True when a query option named `name` may carry a secret (see [`redact`]).
+fn looks_secret(name: &str) -> bool {
+    let name = decode(name).unwrap_or_else(|_| name.to_owned()).to_ascii_lowercase();
+    SECRET_NAME_PARTS.iter().any(|part| name.contains(part))
+}
+
+/// The query part of [`redact`]: `name=***` for every option after the first `?` whose name
+/// looks secret.
+fn redact_secret_options(url: &str) -> String {
+    let Some((before, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let options: Vec<String> = query
+        .split('&')
+        .map(|option| match option.split_once('=') {
+            Some((name, _)) if looks_secret(name) => format!("{name}=***"),
+            _ => option.to_owned(),
+        })
+        .collect();
+    format!("{before}?{}", options.join("&"))
+}
+
+/// The userinfo part of [`redact`].
+fn redact_userinfo(url: &str) -> String {
     // A password should be percent-encoded, but one with a raw `/`, `?`, `:` or `@` must not leak
     // either: the userinfo runs up to the LAST `@`, the password from its first `:`.
     let Some(at) = url.rfind('@') else {
@@ -462,6 +502,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn secret_looking_options_are_redacted() {
+        for (raw, shown) in [
+            ("memory://?password=hunter2", "memory://?password=***"),
+            ("redis://h/0?lease=5s&PASSWD=hunter2&prefix=app", "redis://h/0?lease=5s&PASSWD=***&prefix=app"),
+            ("redis://h?auth_token=hunter2", "redis://h?auth_token=***"),
+            ("redis://h?Api-Key=hunter2&x-Secret=hunter2", "redis://h?Api-Key=***&x-Secret=***"),
+            ("rediss://h?ca=/ca.pem&cert=/c.pem&key=/c.key", "rediss://h?ca=/ca.pem&cert=/c.pem&key=***"),
+            ("redis://h?%70assword=hunter2", "redis://h?%70assword=***"),
+            (
+                "memory://?pass=a&pwd=b&credentials=c&private=d&token",
+                "memory://?pass=***&pwd=***&credentials=***&private=***&token",
+            ),
+            ("redis://u:hunter2@h/0?token=hunter2", "redis://u:***@h/0?token=***"),
+            ("memory://?lease=1s&renew=300ms", "memory://?lease=1s&renew=300ms"),
+        ] {
+            assert_eq!(redact(raw), shown, "{raw}");
+        }
+        // Values with the URL's own delimiters in them, raw or encoded, never show.
+        for value in ["hunter2", "hun@ter2", "hun:ter2@x", "hun?ter2", "hun=ter2", "hun%26ter2", "hun/ter2"] {
+            for raw in [
+                format!("memory://?password={value}"),
+                format!("redis://h/0?lease=1s&token={value}"),
+                format!("redis://u@h/0?SECRET={value}&lease=1s"),
+                format!("memory:?key={value}"),
+            ] {
+                let shown = redact(&raw);
+                assert!(!shown.contains("hun"), "{raw:?} -> {shown:?}");
+                let parsed = LockUrl::parse(&raw).map(|u| format!("{u} {u:?}")).unwrap_or_else(|e| e.to_string());
+                assert!(!parsed.contains("hun"), "{raw:?} -> {parsed:?}");
+            }
+        }
+        // The unknown-option error names the option, not its value.
+        let u = LockUrl::parse("memory://?password=hunter2").unwrap();
+        let e = u.options().finish(&["lease"]).unwrap_err().to_string();
+        assert!(e.contains("unknown option `password`") && !e.contains("hunter2"), "{e}");
+        assert_eq!(
+            e,
+            "invalid lock URL `memory://?password=***`: unknown option `password` (this backend knows: lease, connect_timeout)"
+        );
     }
 
     #[test]

@@ -471,6 +471,63 @@ fn guard_dropped_outside_a_runtime_is_released() {
     drop(rt);
 }
 
+/// Runs its closure when dropped; as a thread-local, when its thread's thread-locals are destroyed.
+struct AtThreadExit(Option<Box<dyn FnOnce()>>);
+
+impl Drop for AtThreadExit {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+thread_local! {
+    static AT_THREAD_EXIT: std::cell::RefCell<Option<AtThreadExit>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Guards and providers (async and blocking) dropped after the thread's tokio context is gone
+/// (a thread-local's destructor; an `atexit` handler, where uWSGI finalizes Python) are released
+/// without a panic (a panic there aborts the test binary), also when the release has to wait.
+#[test]
+fn guards_and_providers_dropped_after_the_tokio_context_are_released() {
+    let s = space();
+    let sp = MemorySpace::named(&s);
+    let url = format!("memory://{s}");
+    std::thread::spawn(move || {
+        // Registered before tokio's context thread-local, so destroyed after it.
+        AT_THREAD_EXIT.with(|slot| drop(slot.borrow_mut().take()));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (p, g) = rt.block_on(async {
+            let p = interlock::connect(&url).await.unwrap();
+            let g = p.mutex("async").unwrap().lock().await.unwrap();
+            (p, g)
+        });
+        let bp = interlock::blocking::connect(&url).unwrap();
+        let bg = bp.mutex("blocking").unwrap().lock().unwrap();
+        let slow = bp.mutex("slow").unwrap().lock().unwrap();
+        let sp = MemorySpace::named(&s);
+        AT_THREAD_EXIT.with(|slot| {
+            *slot.borrow_mut() = Some(AtThreadExit(Some(Box::new(move || {
+                assert!(matches!(tokio::runtime::Handle::try_current(), Err(e) if e.is_thread_local_destroyed()));
+                drop(g);
+                drop(p);
+                drop(bg);
+                sp.set_delay(Step::Release, Some(Duration::from_millis(50)));
+                drop(slow);
+                drop(bp);
+                drop(rt);
+            }))));
+        });
+    })
+    .join()
+    .unwrap();
+    eventually_blocking("every lock released", || {
+        ["async", "blocking", "slow"].iter().all(|n| sp.counts(n).unwrap() == (0, 0))
+    });
+    sp.set_delay(Step::Release, None);
+}
+
 /// `restart` drops every holder of every name in the space and tells each at once (no lease
 /// involved), wakes the waiters, which then get in, and keeps the fencing counters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

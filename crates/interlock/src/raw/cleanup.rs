@@ -27,6 +27,13 @@ use super::BoxFuture;
 /// Work that never has to wait (releasing a file lock, editing in-process state) therefore
 /// completes before `spawn_cleanup` returns.
 ///
+/// On a thread whose thread-locals are already destroyed (a thread-local's destructor, or an
+/// `atexit` handler: the C library runs those after the main thread's thread-locals are gone,
+/// and uWSGI finalizes Python there), no runtime can be entered or built: the work then starts
+/// on a new thread (`interlock-cleanup`, with thread-locals of its own, on the background
+/// runtime) and this call waits for its first poll, so it never panics and work that never
+/// waits is still done when it returns.
+///
 /// When a runtime shuts down, tokio drops its unfinished tasks at their next await point, and
 /// cleanups are no exception: what they did not do is then left to the backend's own safety net
 /// (a lease that expires, a session or connection that closes when the process exits or when the
@@ -73,7 +80,12 @@ fn spawn<F>(work: F, tracked: bool)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let Some(handle) = Handle::try_current().ok().or_else(background) else {
+    let handle = match Handle::try_current() {
+        Ok(handle) => Some(handle),
+        Err(e) if e.is_thread_local_destroyed() => return from_a_dying_thread(Box::pin(work), tracked),
+        Err(_) => background(),
+    };
+    let Some(handle) = handle else {
         tracing::warn!(
             "no tokio runtime and interlock's background runtime cannot start: cleanup work (a release, an undo) \
              is dropped; the backend's lease or session expiry will clean up"
@@ -246,6 +258,42 @@ pub fn finish_cleanups_blocking(limit: Duration) -> bool {
     outstanding().wait_blocking(limit)
 }
 
+/// True on a thread whose thread-locals are already destroyed: in a thread-local's destructor,
+/// or in an `atexit` handler (the C library runs those after the main thread's thread-locals are
+/// gone; uWSGI finalizes Python there). Entering a tokio runtime (`Runtime::enter`, `block_on`,
+/// building one) panics on such a thread; `Handle::spawn` still works. Code that drops guards or
+/// providers, or waits for them, on paths that can run that late (a binding's destructors)
+/// checks this first; [`spawn_cleanup`] does.
+///
+/// # Examples
+///
+/// ```
+/// // An ordinary thread, inside or outside a runtime.
+/// assert!(!interlock::raw::tokio_context_destroyed());
+/// ```
+pub fn tokio_context_destroyed() -> bool {
+    matches!(Handle::try_current(), Err(e) if e.is_thread_local_destroyed())
+}
+
+/// [`spawn_cleanup`] on a thread whose thread-locals are destroyed, where entering (or building)
+/// a runtime panics: a new thread starts the work and this one waits for that (the first poll,
+/// never a wait: futures do not block).
+fn from_a_dying_thread(work: BoxFuture<'static, ()>, tracked: bool) {
+    let spawned = std::thread::Builder::new().name("interlock-cleanup".into()).spawn(move || spawn(work, tracked));
+    match spawned {
+        Ok(thread) => {
+            if thread.join().is_err() {
+                tracing::warn!("cleanup work (a release, an undo) panicked");
+            }
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot start a thread for cleanup work (a release, an undo) at thread exit: it is dropped; the \
+             backend's lease or session expiry, or the process's exit, will clean up"
+        ),
+    }
+}
+
 /// interlock's own runtime, for cleanups started where no runtime is current.
 fn background() -> Option<Handle> {
     static BACKGROUND: OnceLock<Option<Runtime>> = OnceLock::new();
@@ -380,6 +428,55 @@ mod tests {
         assert!(rx.recv_timeout(Duration::from_secs(1)).is_err(), "it ran to its end");
         // The process-wide count still has the other one.
         assert!(!finish_cleanups_blocking(Duration::ZERO));
+    }
+
+    /// Runs its closure when dropped: as a thread-local, when the thread's thread-locals are
+    /// destroyed.
+    struct AtThreadExit(Option<Box<dyn FnOnce()>>);
+
+    impl Drop for AtThreadExit {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+
+    thread_local! {
+        static AT_THREAD_EXIT: std::cell::RefCell<Option<AtThreadExit>> = const { std::cell::RefCell::new(None) };
+    }
+
+    #[test]
+    fn cleanup_from_a_thread_whose_tokio_context_is_destroyed() {
+        // A provider or guard dropped by a thread-local's destructor after tokio's own context
+        // thread-local is gone (as in an atexit handler, where uWSGI finalizes Python): both
+        // kinds of work run, and nothing panics (a panic here aborts the test binary).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Registered first, destroyed last: after tokio's context (registered below).
+            AT_THREAD_EXIT.with(|slot| {
+                *slot.borrow_mut() = Some(AtThreadExit(Some(Box::new(move || {
+                    let destroyed = matches!(Handle::try_current(), Err(e) if e.is_thread_local_destroyed());
+                    let inline = Arc::new(AtomicUsize::new(0));
+                    let n = inline.clone();
+                    spawn_cleanup(async move {
+                        n.fetch_add(1, Ordering::SeqCst);
+                    });
+                    let later = tx.clone();
+                    spawn_cleanup(async move {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let _ = later.send("waited");
+                    });
+                    let _ = tx.send(if destroyed { "destroyed" } else { "alive" });
+                    let _ = tx.send(if inline.load(Ordering::SeqCst) == 1 { "inline" } else { "not inline" });
+                }))));
+            });
+            let _ = Handle::try_current();
+        })
+        .join()
+        .unwrap();
+        let got: Vec<_> = (0..3).map(|_| rx.recv_timeout(Duration::from_secs(20)).unwrap()).collect();
+        assert_eq!(got, ["destroyed", "inline", "waited"]);
     }
 
     #[tokio::test]
