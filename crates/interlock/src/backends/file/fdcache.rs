@@ -5,14 +5,16 @@
 //! A descriptor is *taken out* while it is in use and put back after, so two users never share
 //! one (two guards on one open file description would not exclude each other). Users check, before
 //! they rely on a kept descriptor, that the path still names its file (`lstat`: device and inode).
-//! The cache records the pid that filled it: a forked child finds another pid and closes its
-//! copies before it uses any (an open file description is never shared between parent and child).
+//! The cache records the pid that filled it: a forked child finds another pid and lets go of its
+//! parent's entries before it uses any (an open file description is never shared between parent
+//! and child). A child made by `fork()` has no copies of them: the fork handler closed them (see
+//! [`super::clofork`]), and the entries only forget their numbers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, TryLockError};
 
+use super::clofork::Fd;
 use super::raw::FileId;
 
 /// Most descriptors one cache keeps open.
@@ -28,7 +30,7 @@ struct Lru {
     pid: u32,
     /// Ticks of use, to order the entries.
     tick: u64,
-    entries: HashMap<PathBuf, (File, FileId, u64)>,
+    entries: HashMap<PathBuf, (Fd, FileId, u64)>,
     /// The entries by last use, oldest first.
     order: BTreeMap<u64, PathBuf>,
 }
@@ -44,7 +46,7 @@ impl Cache {
     /// The kept descriptor of `path`, taken out of the cache (put it back with [`Cache::put`]).
     /// Never one that another process (a parent we were forked from) opened: `pid` is ours
     /// (`std::process::id()`, a system call, so the caller asks once for both calls).
-    pub(crate) fn take(&self, path: &Path, pid: u32) -> Option<(File, FileId)> {
+    pub(crate) fn take(&self, path: &Path, pid: u32) -> Option<(Fd, FileId)> {
         // `try_lock`: in a forked child a thread of the parent may have held it at the fork, and
         // it is not here to unlock it; busy (another thread bumping) simply means no cache.
         let mut lru = match self.0.try_lock() {
@@ -53,7 +55,7 @@ impl Cache {
             Err(TryLockError::WouldBlock) => return None,
         };
         if lru.pid != pid {
-            // Forked: these are the child's copies of the parent's descriptors; close them.
+            // Forked: these are the parent's descriptors; let go of them.
             *lru = Lru { pid, ..Lru::default() };
             return None;
         }
@@ -64,7 +66,7 @@ impl Cache {
 
     /// Keeps `file` (the file `id` at `path`) open, evicting the least recently used
     /// descriptor past [`CAPACITY`]. `pid`: as for [`Cache::take`].
-    pub(crate) fn put(&self, path: &Path, file: File, id: FileId, pid: u32) {
+    pub(crate) fn put(&self, path: &Path, file: Fd, id: FileId, pid: u32) {
         let mut lru = match self.0.try_lock() {
             Ok(l) => l,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),

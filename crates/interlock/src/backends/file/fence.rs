@@ -27,9 +27,9 @@
 //! checks that the path still names that file (`lstat`: device and inode), so a counter that
 //! someone deleted or replaced is noticed and opened afresh, exactly as without the cache. Only
 //! descriptors we may write, of counters bumped under the lock file's exclusive lock, are kept: a
-//! semaphore's counter, which its members lock, is opened and closed each time. The cache records
-//! the pid that filled it; a forked child finds another pid and closes its copies before it uses
-//! any (a counter's open file description is never shared between parent and child).
+//! semaphore's counter, which its members lock, is opened and closed each time. A forked child
+//! never inherits them (see [`super::clofork`]) and its cache starts afresh: a counter's open
+//! file description is never shared between parent and child.
 
 use std::fs::File;
 use std::io;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rustix::fs::{FlockOperation, Mode, OFlags};
 
+use super::clofork::Fd;
 use super::config::FileConfig;
 use super::fdcache::Cache;
 use super::watch::{self, Subscription};
@@ -117,7 +118,7 @@ impl FileProvider {
             };
             // Permit files are opened as they are tried: an uncontended acquisition opens one, not
             // all of them. A waiter ends up with all open, to watch them.
-            let mut permit_files: Vec<Option<(PathBuf, File, FileId)>> = (0..permits).map(|_| None).collect();
+            let mut permit_files: Vec<Option<(PathBuf, Fd, FileId)>> = (0..permits).map(|_| None).collect();
             // Permit files we may not open (another user's, without read access for us): skipped,
             // an error only if that is every permit.
             let mut denied: Vec<Option<io::Error>> = (0..permits).map(|_| None).collect();
@@ -167,7 +168,7 @@ impl FileProvider {
                         w.wait(seen).await;
                     }
                     _ => {
-                        let files = permit_files.iter().flatten().map(|(p, f, id)| (p.as_path(), f, *id));
+                        let files = permit_files.iter().flatten().map(|(p, f, id)| (p.as_path(), &**f, *id));
                         waiter = Some(Waiter::new(files));
                     }
                 }
@@ -195,20 +196,23 @@ impl RawProvider for FileProvider {
 }
 
 /// A locked file; unlocks explicitly before closing, so that the close event that wakes waiters
-/// always comes after the release.
+/// always comes after the release. In a forked child it neither unlocks nor closes: the fork
+/// handler closed the child's copy (see [`super::clofork`]), and the lock is the parent's.
 #[derive(Debug)]
-pub(crate) struct LockedFile(Option<File>);
+pub(crate) struct LockedFile(Option<Fd>);
 
 impl Drop for LockedFile {
     fn drop(&mut self) {
-        if let Some(file) = &self.0 {
+        if let Some(file) = &self.0
+            && file.is_ours()
+        {
             let _ = rustix::fs::flock(file, FlockOperation::Unlock);
         }
     }
 }
 
 impl LockedFile {
-    pub(crate) fn new(file: File) -> Self {
+    pub(crate) fn new(file: Fd) -> Self {
         LockedFile(Some(file))
     }
 
@@ -221,7 +225,7 @@ impl LockedFile {
     }
 
     /// Unlocks the file and returns it, open, for reuse.
-    fn into_unlocked(mut self) -> Option<File> {
+    fn into_unlocked(mut self) -> Option<Fd> {
         let file = self.0.take()?;
         rustix::fs::flock(&file, FlockOperation::Unlock).ok()?;
         Some(file)
@@ -229,7 +233,8 @@ impl LockedFile {
 
     /// Closes this process's descriptor WITHOUT unlocking: in a forked child, whose descriptor
     /// shares the open file description (and so the lock) with its parent's. The lock stays
-    /// with the parent's descriptor.
+    /// with the parent's descriptor. (A child made by `fork()` had its copy closed by the fork
+    /// handler already: then this only forgets it.)
     fn close_without_unlock(mut self) {
         drop(self.0.take());
     }
@@ -649,7 +654,7 @@ pub(crate) enum Access {
 /// gets the directory's owner and group, so that root using a name first never locks the
 /// directory's owner out of it. Never follows a symlink, never blocks on a FIFO, refuses anything
 /// but a regular file.
-pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, FileId)> {
+pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(Fd, FileId)> {
     let (rw, create, share) = match access {
         Access::Lock => (OFlags::RDONLY, true, None),
         Access::Permit { share } => (OFlags::RDONLY, true, Some(share & 0o444)),
@@ -660,13 +665,11 @@ pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, File
     // Our read-write files are read and written on every acquisition: spare the filesystem an
     // atime update each time where we may (O_NOATIME needs ownership: EPERM otherwise).
     let open = |flags: OFlags| match share {
-        Some(_) if rw == OFlags::RDWR => {
-            match rustix::fs::open(path, flags | OFlags::NOATIME, Mode::from_raw_mode(0o666)) {
-                Err(rustix::io::Errno::PERM) => rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)),
-                other => other,
-            }
-        }
-        _ => rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)),
+        Some(_) if rw == OFlags::RDWR => match open_fd(path, flags | OFlags::NOATIME, Mode::from_raw_mode(0o666)) {
+            Err(rustix::io::Errno::PERM) => open_fd(path, flags, Mode::from_raw_mode(0o666)),
+            other => other,
+        },
+        _ => open_fd(path, flags, Mode::from_raw_mode(0o666)),
     };
     // Open what is there; create only what is not, so that we know what we created.
     let mut created = false;
@@ -684,7 +687,7 @@ pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, File
             Err(_) => {}
         }
     }
-    let fd: OwnedFd = match opened {
+    let fd: Fd = match opened {
         Ok(fd) => fd,
         Err(rustix::io::Errno::LOOP) => {
             return Err(io::Error::other(format!("{} is a symbolic link; refusing to follow it", path.display())));
@@ -704,7 +707,15 @@ pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, File
     if created {
         give_to_dir_owner(&fd, path);
     }
-    Ok((File::from(fd), (st.st_dev, st.st_ino)))
+    Ok((fd, (st.st_dev, st.st_ino)))
+}
+
+/// Opens `path` as one of the backend's descriptors, which a forked child never inherits (see
+/// [`super::clofork`]).
+pub(crate) fn open_fd(path: &Path, flags: OFlags, mode: Mode) -> rustix::io::Result<Fd> {
+    use rustix::path::Arg;
+    // The path's C string is made here, before the descriptor's section (which allocates nothing).
+    path.into_with_c_str(|path| Fd::new(|| rustix::fs::open(path, flags, mode)))
 }
 
 /// When we are root and the directory of `path` belongs to another user, gives the file `fd` (one
@@ -712,7 +723,7 @@ pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, File
 /// shaped by the directory, not by who happened to create them first. Best effort: where that
 /// fails (say, a filesystem without ownership), the file stays ours, which the directory's owner
 /// can still recover from (it replaces files of ours it cannot write).
-fn give_to_dir_owner(fd: &OwnedFd, path: &Path) {
+fn give_to_dir_owner(fd: &Fd, path: &Path) {
     if !rustix::process::geteuid().is_root() {
         return;
     }
@@ -749,7 +760,7 @@ pub(crate) fn install(path: &Path, content: &[u8], share: u32, replace: bool) ->
     let mut attempt = 0;
     let (tmp, fd) = loop {
         let tmp = dir.join(format!(".interlock-{}-{}.tmp", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
-        match rustix::fs::open(&tmp, flags, Mode::from_raw_mode(0o666)) {
+        match open_fd(&tmp, flags, Mode::from_raw_mode(0o666)) {
             Ok(fd) => break (tmp, fd),
             // Left by a process that had our pid (another pid namespace, or one that crashed).
             Err(rustix::io::Errno::EXIST) if attempt < 100 => attempt += 1,
@@ -759,13 +770,13 @@ pub(crate) fn install(path: &Path, content: &[u8], share: u32, replace: bool) ->
     // Whether the temporary name is gone (moved into place), and what to return.
     let mut moved = false;
     let placed = (|| {
-        let file = File::from(fd);
-        file.write_all_at(content, 0)?;
-        let mode = rustix::fs::fstat(&file)?.st_mode & 0o7777;
+        fd.write_all_at(content, 0)?;
+        let mode = rustix::fs::fstat(&fd)?.st_mode & 0o7777;
         if mode & share != share {
-            rustix::fs::fchmod(&file, Mode::from_raw_mode(mode | share))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode | share))?;
         }
-        give_to_dir_owner(&OwnedFd::from(file), path);
+        give_to_dir_owner(&fd, path);
+        drop(fd);
         if replace {
             rustix::fs::rename(&tmp, path)?;
             moved = true;
