@@ -14,7 +14,7 @@ use rustix::fs::{FlockOperation, Mode, OFlags};
 
 use super::clofork::Fd;
 use super::config::FileConfig;
-use super::fdcache::Cache;
+use super::fdcache::{self, Cache};
 use super::watch::{self, Subscription};
 use super::{blocker, fence, mapping, status};
 use crate::error::{Error, Result};
@@ -33,22 +33,13 @@ pub(crate) struct FileProvider {
     /// Permission bits our read-write files (fencing counters, semaphore metadata) must have so
     /// that everyone who can create files in the directory can also use them (see [`open_in_dir`]).
     share: u32,
-    /// The fencing counters' descriptors kept open between acquisitions.
-    fences: Cache,
-    /// The lock files' descriptors (open file descriptions) kept open between guards.
-    locks: Arc<Cache>,
 }
 
 impl FileProvider {
     pub(crate) fn new(config: FileConfig) -> Self {
         let dir_mode =
             std::fs::metadata(&config.dir).map_or(0o700, |m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
-        FileProvider {
-            dir: config.dir,
-            share: share_mode(dir_mode),
-            fences: Cache::default(),
-            locks: Arc::new(Cache::default()),
-        }
+        FileProvider { dir: config.dir, share: share_mode(dir_mode) }
     }
 
     async fn acquire_inner(&self, req: Request, wait: Wait) -> Result<Option<Arc<dyn RawHeld>>> {
@@ -56,8 +47,11 @@ impl FileProvider {
         super::config::prepare_dir(&self.dir)?;
         let base = mapping::file_name(req.name.as_str());
         let try_only = wait == Wait::Try;
-        // For the descriptor caches (a system call: asked once per acquisition).
+        // For the descriptor cache (a system call: asked once per acquisition).
         let pid = std::process::id();
+        // Lock files' and fencing counters' descriptors kept open between guards, shared by
+        // every provider of the process.
+        let cache = fdcache::shared(pid);
         let (file, meta, fence_file, bump, keep) = match req.kind {
             LockKind::Semaphore { permits } => {
                 let sem = mapping::semaphore_name(&base);
@@ -69,10 +63,10 @@ impl FileProvider {
             kind => {
                 let shared = kind == LockKind::Read;
                 let path = self.dir.join(&base);
-                match lock_file(&path, shared, wait, &self.locks, pid).await? {
+                match lock_file(&path, shared, wait, cache).await? {
                     None => return Ok(None),
                     Some((file, id)) => {
-                        let keep = Keep { cache: self.locks.clone(), path, id };
+                        let keep = Keep { path, id };
                         (file, None, mapping::fence_name(&base), !shared, Some(keep))
                     }
                 }
@@ -83,10 +77,10 @@ impl FileProvider {
         // own; permit holders of one semaphore bump theirs concurrently, so that one is locked.
         let fence_path = self.dir.join(fence_file);
         let token = if !bump {
-            fence::current(&fence_path, &self.fences, pid)?
+            fence::current(&fence_path, cache)?
         } else {
             let lock = if meta.is_some() { fence::Lock::Own { try_only } } else { fence::Lock::Held };
-            match fence::bump(&fence_path, self.share, lock, &self.fences, pid).await? {
+            match fence::bump(&fence_path, self.share, lock, cache).await? {
                 Some(token) => token,
                 None => return Ok(None),
             }
@@ -240,10 +234,9 @@ impl LockedFile {
     }
 }
 
-/// Where a released lock file's descriptor goes for reuse by the next guard of the provider.
+/// Where a released lock file's descriptor goes for reuse by the next guard of the process.
 #[derive(Debug)]
 struct Keep {
-    cache: Arc<Cache>,
     path: PathBuf,
     id: FileId,
 }
@@ -256,7 +249,7 @@ struct FileHeld {
     /// The process that acquired the lock: a forked child that releases a guard it inherited
     /// closes its copies of the descriptors and never unlocks its parent's lock.
     pid: u32,
-    /// Lock files (not semaphore files) go back to the provider's cache once unlocked.
+    /// Lock files (not semaphore files) go back to the process's cache once unlocked.
     keep: Option<Keep>,
     /// Set once the descriptors were handed out ([`RawHeld::duplicate_fds`]): another process
     /// may still hold a descriptor of this open file description, so it is never reused.
@@ -279,7 +272,7 @@ impl FileHeld {
         match &self.keep {
             Some(keep) if !self.exported.load(Ordering::Relaxed) => {
                 if let Some(unlocked) = file.into_unlocked() {
-                    keep.cache.put(&keep.path, unlocked, keep.id, pid);
+                    fdcache::shared(pid).put(&keep.path, unlocked, keep.id);
                 }
             }
             _ => drop(file),
@@ -376,20 +369,14 @@ impl Waiter {
 }
 
 /// Takes `path` shared or exclusive; `Ok(None)` on contention when `wait` is [`Wait::Try`].
-/// Starts with the descriptor `cache` keeps for `path` (`pid`: ours, see [`Cache::take`]).
+/// Starts with the descriptor `cache` keeps for `path`.
 /// Waits in the kernel (see [`blocker`]): on the caller's own thread when it may block and waits
 /// forever (the blocking facade), else on a pool thread; with inotify past the pool's bound.
-async fn lock_file(
-    path: &Path,
-    shared: bool,
-    wait: Wait,
-    cache: &Cache,
-    pid: u32,
-) -> Result<Option<(LockedFile, FileId)>> {
-    // The descriptor to try first: one kept from an earlier guard of this provider (its open
+async fn lock_file(path: &Path, shared: bool, wait: Wait, cache: &Cache) -> Result<Option<(LockedFile, FileId)>> {
+    // The descriptor to try first: one kept from an earlier guard of this process (its open
     // file description is ours alone, taken out of the cache; the checks below are the same as
     // for a new one), or the one a wait that comes back from the inotify fallback holds.
-    let mut next = cache.take(path, pid);
+    let mut next = cache.take(path);
     loop {
         let from_cache = next.is_some();
         let (file, id) = match next.take() {
@@ -404,7 +391,7 @@ async fn lock_file(
             // A kept descriptor goes back for the next attempt; a new one is closed: only guards
             // that held a lock leave a descriptor behind.
             if from_cache {
-                cache.put(path, file, id, pid);
+                cache.put(path, file, id);
             }
             return Ok(None);
         } else if !path_is(path, id)? {
@@ -711,11 +698,18 @@ pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(Fd, FileId
 }
 
 /// Opens `path` as one of the backend's descriptors, which a forked child never inherits (see
-/// [`super::clofork`]).
+/// [`super::clofork`]). When the process is out of descriptors (`EMFILE`, `ENFILE`), closes the
+/// ones the cache keeps and tries once more (see [`fdcache::relieve`]).
 pub(crate) fn open_fd(path: &Path, flags: OFlags, mode: Mode) -> rustix::io::Result<Fd> {
     use rustix::path::Arg;
     // The path's C string is made here, before the descriptor's section (which allocates nothing).
-    path.into_with_c_str(|path| Fd::new(|| rustix::fs::open(path, flags, mode)))
+    path.into_with_c_str(|path| {
+        let open = || Fd::new(|| rustix::fs::open(path, flags, mode));
+        match open() {
+            Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) if fdcache::relieve() > 0 => open(),
+            other => other,
+        }
+    })
 }
 
 /// When we are root and the directory of `path` belongs to another user, gives the file `fd` (one

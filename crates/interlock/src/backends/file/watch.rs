@@ -159,7 +159,13 @@ pub(crate) fn per_process<T: Copy>(
 }
 
 fn start() -> Option<Watcher> {
-    match Fd::new(|| inotify::init(CreateFlags::CLOEXEC)) {
+    let init = || Fd::new(|| inotify::init(CreateFlags::CLOEXEC));
+    let made = match init() {
+        // Out of descriptors: the cache gives its own back first.
+        Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) if super::fdcache::relieve() > 0 => init(),
+        other => other,
+    };
+    match made {
         Ok(fd) => Some(Watcher { fd, state: StdMutex::new(State::default()) }),
         Err(e) => {
             tracing::warn!(error = %e, "inotify unavailable; file-lock waiters will re-check every {DEGRADED_RECHECK:?}");
