@@ -202,15 +202,11 @@ fn slot_at(i: usize) -> Option<&'static AtomicI32> {
     Some(unsafe { &*chunk.add(offset) })
 }
 
-/// Lists `fd` in a free slot and returns the slot. A free slot exists: this thread reserved one.
+/// Lists `fd` in a free slot and returns the slot. A free slot exists: this thread reserved one
+/// (a search can still miss it while other threads take and free slots, hence a few passes).
 fn claim(fd: RawFd) -> usize {
-    loop {
+    for _ in 0..16 {
         let capacity = CAPACITY.load(Ordering::Acquire);
-        if capacity == 0 {
-            // Only when the table could not grow at all (not reached): the descriptor is then
-            // not closed at fork, as without this module.
-            return usize::MAX;
-        }
         let start = HINT.load(Ordering::Relaxed);
         for j in 0..capacity {
             let i = (start + j) % capacity;
@@ -222,6 +218,9 @@ fn claim(fd: RawFd) -> usize {
             }
         }
     }
+    // Only when the table could not grow (more slots than any process can have descriptors: not
+    // reached): the descriptor is then not closed at fork, as without this module.
+    usize::MAX
 }
 
 /// Keeps forks out while it lives (see the module docs).
