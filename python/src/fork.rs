@@ -4,9 +4,13 @@
 //! `os.fork()`, or by the first use of any interlock object whose pid is not ours, for forks that
 //! do not run Python's hooks, such as uwsgi's), every guard made by another process is marked
 //! `Forked`: `lost` is true, `release()` raises `LockLost`, and the core guard is let go of with
-//! `Guard::forget_after_fork`: the child closes its copies of the lock's descriptors (file
-//! backend) without unlocking them, since an unlock in the child would unlock the parent's lock,
-//! and nothing else of it runs (its runtime is not here).
+//! `Guard::forget_after_fork`, never unlocked (an unlock in the child would unlock the parent's
+//! lock), and nothing else of it runs (its runtime is not here).
+//!
+//! The descriptors themselves are not this module's job: the library's own `pthread_atfork`
+//! handler closes every descriptor of the file backend in the child at the fork, whoever forks
+//! and whether or not Python's hooks run (crates/interlock/src/backends/file/clofork.rs), so a
+//! lock never outlives its holder in a child that never uses interlock.
 //!
 //! The registry is only touched with the GIL held, so a fork made from Python never finds it
 //! locked.

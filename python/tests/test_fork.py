@@ -1,8 +1,11 @@
-"""Fork safety: a lock held when the process forks stays the parent's; the child reconnects.
+"""Fork safety: a lock held when the process forks stays the parent's; the child reconnects;
+no descriptor of the lock directory survives into a child, so a lock never outlives its holder
+in a child that never uses interlock.
 
 Each case forks from a fresh helper process (never from the pytest process itself, which has
 threads of its own), with os.fork (Python's at-fork hooks run), with libc's fork() called
-directly (no hook runs: what uwsgi does), and through multiprocessing's fork start method.
+directly (no Python hook runs: what uwsgi does; the library's own pthread_atfork handler runs
+for both), and through multiprocessing's fork start method.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from conftest import python_child
 
 # Prelude of the helper processes: `fork()` is os.fork, or libc's fork when argv[2] == "libc"
 # (then no Python at-fork hook runs in the child, as under uwsgi); `lock_fds()` lists this
-# process's descriptors open on files of the lock directory.
+# process's descriptors open on files of the lock directory; `blocked_in_kernel()` counts this
+# process's flock requests waiting in the kernel.
 PRELUDE = """
 import ctypes, os, sys, time, interlock
 url, how = sys.argv[1], sys.argv[2]
@@ -43,11 +47,15 @@ def lock_fds():
     return sorted(out)
 def report(*words):
     print(*words, flush=True)
+def blocked_in_kernel():
+    me = str(os.getpid())
+    with open("/proc/locks") as f:
+        return sum(1 for l in f if l.split()[1:3] == ["->", "FLOCK"] and l.split()[5] == me)
 """
 
 
-def helper(code: str, url: str, how: str) -> subprocess.Popen:
-    return python_child(PRELUDE + textwrap.dedent(code), url, how)
+def helper(code: str, url: str, how: str, *more: str) -> subprocess.Popen:
+    return python_child(PRELUDE + textwrap.dedent(code), url, how, *more)
 
 
 def lines(p: subprocess.Popen, timeout: float = 60) -> list:
@@ -66,8 +74,8 @@ def test_a_guard_held_at_fork_is_not_held_by_the_child(url, how):
         pid = fork()
         if pid == 0:
             try:
-                # Before any use of interlock in the child: with os.fork the hook already
-                # closed the inherited descriptors; with libc's fork nothing has run yet.
+                # Before any use of interlock in the child: the library's fork handler closed
+                # the inherited descriptors, with os.fork and with libc's fork alike.
                 report("child-fds-before", len(lock_fds()))
                 report("lost", g.lost, "held", g.held)
                 try:
@@ -97,9 +105,8 @@ def test_a_guard_held_at_fork_is_not_held_by_the_child(url, how):
         how,
     )
     out = lines(p)
-    expected_before = "0" if how == "os" else "1"
     assert out == [
-        "child-fds-before", expected_before,
+        "child-fds-before", "0",
         "lost", "True", "held", "False",
         "release-LockLost", "True",
         "child-try", "held",
@@ -258,3 +265,143 @@ def test_redis_guard_held_at_fork(redis_url, how):
         "lost", "True", "release-LockLost", "child-try", "held", "other", "True",
         "parent-lost", "False", "after", "True",
     ]  # fmt: skip
+
+
+def lock_dir_fds(pid: int, lock_dir) -> list:
+    """The descriptors of process `pid` open on files of `lock_dir`."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{lock_dir}/"):
+            out.append(target)
+    return sorted(out)
+
+
+@pytest.mark.parametrize("how", ["os", "libc"])
+@pytest.mark.parametrize("when", ["cached", "held", "waiting"])
+def test_a_killed_holder_leaves_no_lock_in_a_child_that_never_used_interlock(locks, url, lock_dir, how, when):
+    # The holder forks a child that never touches interlock (a worker), then holds the lock:
+    # with a descriptor it kept from earlier acquisitions (cached: the lock file's and the fencing
+    # counter's), one it held at the fork (held), or one waiting in the kernel at the fork
+    # (waiting). Killed with SIGKILL, the lock must be free at once while the child lives.
+    # (waiting: the helper waits for our lock, and forks while its wait is in the kernel.)
+    holder = locks.mutex("job").acquire() if when == "waiting" else None
+    p = helper(
+        """
+        import threading
+        locks = interlock.connect(url)
+        m = locks.mutex("job")
+        when = sys.argv[3]
+        def fork_worker():
+            pid = fork()
+            if pid == 0:
+                time.sleep(120)
+                os._exit(0)
+            report("child", pid)
+        if when == "cached":
+            for _ in range(2):
+                with m:
+                    pass
+            fork_worker()
+            g = m.acquire()
+        elif when == "held":
+            g = m.acquire()
+            fork_worker()
+        else:
+            def fork_while_waiting():
+                deadline = time.monotonic() + 20
+                while blocked_in_kernel() == 0:
+                    if time.monotonic() > deadline:
+                        os._exit(3)  # the test then sees the output end, not a hang
+                    time.sleep(0.01)
+                fork_worker()
+            t = threading.Thread(target=fork_while_waiting)
+            t.start()
+            g = m.acquire(timeout=60)
+            t.join()
+        report("held", g.fencing_token)
+        sys.stdin.readline()
+        """,
+        url,
+        how,
+        when,
+    )
+    child = None
+    try:
+        out = p.stdout.readline().split()
+        assert out and out[0] == "child", (out, p.stderr.read() if p.poll() is not None else "")
+        child = int(out[1])
+        if holder is not None:
+            holder.release()
+        out = p.stdout.readline().split()
+        assert out[0] == "held", (out, p.stderr.read() if p.poll() is not None else "")
+        assert locks.mutex("job").acquire(blocking=False) is None  # the helper has it
+        p.kill()
+        p.wait()
+        assert os.path.exists(f"/proc/{child}"), "the child lives on"
+        g = locks.mutex("job").acquire(blocking=False)
+        assert g is not None, f"{when}/{how}: the lock outlived its SIGKILLed holder in its child"
+        assert lock_dir_fds(child, lock_dir) == []
+        g.release()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if child:
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_killed_holder_leaves_no_lock_in_its_multiprocessing_pool_workers(locks, url, lock_dir):
+    # A pool (fork start method) whose workers never use interlock, forked after the parent took
+    # and released the lock (its descriptors kept) and while it holds another; the parent then
+    # takes the lock again (with the kept descriptor) and is SIGKILLed: both locks are free at
+    # once, though the workers live on.
+    p = helper(
+        """
+        import multiprocessing
+        locks = interlock.connect(url)
+        m = locks.mutex("job")
+        def worker_pid(_):
+            time.sleep(0.05)
+            return os.getpid()
+        if __name__ == "__main__":
+            for _ in range(2):
+                with m:
+                    pass
+            other = locks.mutex("other").acquire()
+            pool = multiprocessing.get_context("fork").Pool(2)
+            workers = sorted(set(pool.map(worker_pid, range(8), chunksize=1)))
+            g = m.acquire()
+            report("held", *workers)
+            sys.stdin.readline()
+        """,
+        url,
+        "os",
+    )
+    workers = []
+    try:
+        out = p.stdout.readline().split()
+        assert out and out[0] == "held", (out, p.stderr.read() if p.poll() is not None else "")
+        workers = [int(w) for w in out[1:]]
+        assert workers
+        assert locks.mutex("job").acquire(blocking=False) is None
+        p.kill()
+        p.wait()
+        assert all(os.path.exists(f"/proc/{w}") for w in workers), "the workers live on"
+        for name in ("job", "other"):
+            g = locks.mutex(name).acquire(blocking=False)
+            assert g is not None, f"{name}: the lock outlived its SIGKILLed holder in its pool workers"
+            g.release()
+        assert [lock_dir_fds(w, lock_dir) for w in workers] == [[] for _ in workers]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for w in workers:
+            try:
+                os.kill(w, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

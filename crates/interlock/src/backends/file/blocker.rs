@@ -17,7 +17,9 @@
 //! past the bound [`submit`] declines and the caller waits with inotify instead, until a wait
 //! ends ([`room_freed`]) and it can come back. Idle threads
 //! exit after [`IDLE_EXIT`]. The pool belongs to one process: a forked child (where the parent's
-//! threads do not exist) starts its own, and never touches the parent's.
+//! threads do not exist) starts its own, and never touches the parent's; the descriptors of the
+//! parent's waits were closed in the child at the fork (see [`super::clofork`]), so a wait in
+//! progress never keeps a lock alive in a child.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -30,6 +32,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::FlockOperation;
 use tokio::sync::oneshot;
 
+use super::clofork::Fd;
 use super::raw::{ATTEMPTS, FileId};
 
 /// Most waits blocked in the kernel at once in one process (abandoned ones included).
@@ -40,7 +43,7 @@ pub(crate) const IDLE_EXIT: Duration = Duration::from_secs(30);
 const STACK: usize = 64 * 1024;
 
 /// What a wait delivers: the file, locked, or the error `flock` returned.
-pub(crate) type Outcome = io::Result<File>;
+pub(crate) type Outcome = io::Result<Fd>;
 
 /// A wait in the kernel: resolves to the locked file. Dropping it abandons the wait (the pool
 /// thread then hands the lock on or unlocks it, see the module docs).
@@ -58,7 +61,7 @@ struct Pool {
 struct State {
     next_id: u64,
     /// Waits not yet picked up by a thread.
-    queue: Vec<(u64, File, bool)>,
+    queue: Vec<(u64, Fd, bool)>,
     /// Every wait until its thread returns from `flock`: which file and mode, and who wants it.
     waits: HashMap<u64, Wait>,
     threads: usize,
@@ -110,7 +113,7 @@ pub(crate) fn ghost_stats() -> (u64, Duration, u64) {
 /// of this process is already queued in the kernel for the same inode and mode, adopts it (and
 /// closes `file`, which is not needed). `Err(file)` when the pool is at its bound or cannot start
 /// a thread: wait another way.
-pub(crate) fn submit(file: File, id: FileId, shared: bool) -> Result<Pending, File> {
+pub(crate) fn submit(file: Fd, id: FileId, shared: bool) -> Result<Pending, Fd> {
     let Some(pool) = pool() else { return Err(file) };
     let (tx, rx) = oneshot::channel();
     let mut st = pool.state();
@@ -198,7 +201,7 @@ impl Pool {
         }
     }
 
-    fn run(&self, id: u64, file: File, shared: bool) {
+    fn run(&self, id: u64, file: Fd, shared: bool) {
         let locked = lock_here(&file, shared);
         let got = Instant::now();
         let tx = self.state().waits.remove(&id).and_then(|w| w.tx);

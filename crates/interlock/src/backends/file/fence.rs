@@ -21,15 +21,16 @@
 //! semaphore's (whose holders therefore check, once they hold it, that the path still names the
 //! file they locked).
 //!
-//! A provider keeps the descriptors of the `.NAME.fence` counters it bumped open in a [`Cache`]
-//! (least recently used first out, at most [`super::fdcache::CAPACITY`]), so that an uncontended
+//! The process keeps the descriptors of the `.NAME.fence` counters it bumped open in its
+//! [`Cache`] (least recently used first out, shared with lock files and bounded by a share of
+//! the descriptor limit, see [`super::fdcache`]), so that an uncontended
 //! acquisition skips the counter's open, `fstat` and close. Before it uses a kept descriptor it
 //! checks that the path still names that file (`lstat`: device and inode), so a counter that
 //! someone deleted or replaced is noticed and opened afresh, exactly as without the cache. Only
 //! descriptors we may write, of counters bumped under the lock file's exclusive lock, are kept: a
-//! semaphore's counter, which its members lock, is opened and closed each time. The cache records
-//! the pid that filled it; a forked child finds another pid and closes its copies before it uses
-//! any (a counter's open file description is never shared between parent and child).
+//! semaphore's counter, which its members lock, is opened and closed each time. A forked child
+//! never inherits them (see [`super::clofork`]) and starts a cache of its own: a counter's open
+//! file description is never shared between parent and child.
 
 use std::fs::File;
 use std::io;
@@ -54,13 +55,13 @@ pub(crate) enum Lock {
 
 /// The current value of the counter at `path`, for a reader: 0 when the file does not exist
 /// (nobody took the lock exclusively yet). Never creates or writes the file. Uses the descriptor
-/// `cache` keeps for `path` when the path still names its file (`pid`: ours, see [`Cache::take`]).
-pub(crate) fn current(path: &Path, cache: &Cache, pid: u32) -> Result<u64> {
-    if let Some((file, id)) = cache.take(path, pid)
+/// `cache` keeps for `path` when the path still names its file.
+pub(crate) fn current(path: &Path, cache: &Cache) -> Result<u64> {
+    if let Some((file, id)) = cache.take(path)
         && path_is(path, id)?
     {
         let value = read(&file, path)?;
-        cache.put(path, file, id, pid);
+        cache.put(path, file, id);
         return Ok(value);
     }
     match open_in_dir(path, Access::Read) {
@@ -74,14 +75,14 @@ pub(crate) fn current(path: &Path, cache: &Cache, pid: u32) -> Result<u64> {
 /// first use. `Ok(None)` only with `Lock::Own { try_only: true }` when another process keeps the
 /// counter locked. `share`: see [`super::raw::open_in_dir`]. With `Lock::Held`, the descriptor
 /// is kept in `cache` and taken from it next time, when the path still names its file.
-pub(crate) async fn bump(path: &Path, share: u32, lock: Lock, cache: &Cache, pid: u32) -> Result<Option<u64>> {
+pub(crate) async fn bump(path: &Path, share: u32, lock: Lock, cache: &Cache) -> Result<Option<u64>> {
     if lock == Lock::Held
-        && let Some((file, id)) = cache.take(path, pid)
+        && let Some((file, id)) = cache.take(path)
         && path_is(path, id)?
     {
         let value = next(&file, path)?;
         file.write_all_at(&encode(value), 0).map_err(|e| Error::io(context(path), e))?;
-        cache.put(path, file, id, pid);
+        cache.put(path, file, id);
         return Ok(Some(value));
     }
     for _ in 0..100 {
@@ -121,7 +122,7 @@ pub(crate) async fn bump(path: &Path, share: u32, lock: Lock, cache: &Cache, pid
         if writable {
             file.write_all_at(&encode(value), 0).map_err(|e| Error::io(context(path), e))?;
             if lock == Lock::Held {
-                cache.put(path, file, id, pid);
+                cache.put(path, file, id);
             }
         } else {
             // Replaced while we hold the lock that protects it, so no one writes it meanwhile.
@@ -232,22 +233,22 @@ mod tests {
     async fn counts_persists_and_refuses_garbage() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join(".x.fence");
-        let cache = Cache::default();
-        assert_eq!(current(&p, &cache, std::process::id()).unwrap(), 0);
+        let cache = Cache::fixed(16);
+        assert_eq!(current(&p, &cache).unwrap(), 0);
         assert!(!p.exists(), "reading creates nothing");
         let own = Lock::Own { try_only: false };
-        assert_eq!(bump(&p, 0o600, own, &cache, std::process::id()).await.unwrap(), Some(1));
+        assert_eq!(bump(&p, 0o600, own, &cache).await.unwrap(), Some(1));
         assert_eq!(cache.len(), 0, "a counter that is locked on its own is not kept");
-        assert_eq!(bump(&p, 0o600, Lock::Held, &cache, std::process::id()).await.unwrap(), Some(2));
+        assert_eq!(bump(&p, 0o600, Lock::Held, &cache).await.unwrap(), Some(2));
         assert_eq!(cache.len(), 1);
-        assert_eq!(current(&p, &cache, std::process::id()).unwrap(), 2);
+        assert_eq!(current(&p, &cache).unwrap(), 2);
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "00000000000000000002\n");
         for junk in [&b"junk"[..], b"", b"   \n", b"00000000000000000002\n "] {
             std::fs::write(&p, junk).unwrap();
-            let e = bump(&p, 0o600, own, &cache, std::process::id()).await.unwrap_err().to_string();
+            let e = bump(&p, 0o600, own, &cache).await.unwrap_err().to_string();
             assert!(e.contains("refusing") && e.contains(".x.fence"), "{e}");
-            assert!(current(&p, &cache, std::process::id()).unwrap_err().to_string().contains("refusing"));
-            let e = bump(&p, 0o600, Lock::Held, &cache, std::process::id()).await.unwrap_err().to_string();
+            assert!(current(&p, &cache).unwrap_err().to_string().contains("refusing"));
+            let e = bump(&p, 0o600, Lock::Held, &cache).await.unwrap_err().to_string();
             assert!(e.contains("refusing"), "the kept descriptor reads what is there: {e}");
         }
         let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -258,20 +259,20 @@ mod tests {
     async fn a_kept_counter_that_was_replaced_or_deleted_is_noticed() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join(".x.fence");
-        let cache = Cache::default();
-        assert_eq!(bump(&p, 0o600, Lock::Held, &cache, std::process::id()).await.unwrap(), Some(1));
-        assert_eq!(bump(&p, 0o600, Lock::Held, &cache, std::process::id()).await.unwrap(), Some(2));
+        let cache = Cache::fixed(16);
+        assert_eq!(bump(&p, 0o600, Lock::Held, &cache).await.unwrap(), Some(1));
+        assert_eq!(bump(&p, 0o600, Lock::Held, &cache).await.unwrap(), Some(2));
         // Replaced (another tool, another user): the new file counts, not the kept descriptor's.
         let other = tmp.path().join("other");
         std::fs::write(&other, encode(40)).unwrap();
         std::fs::rename(&other, &p).unwrap();
-        assert_eq!(current(&p, &cache, std::process::id()).unwrap(), 40);
-        assert_eq!(bump(&p, 0o600, Lock::Held, &cache, std::process::id()).await.unwrap(), Some(41));
+        assert_eq!(current(&p, &cache).unwrap(), 40);
+        assert_eq!(bump(&p, 0o600, Lock::Held, &cache).await.unwrap(), Some(41));
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "00000000000000000041\n");
         // Deleted: the count restarts, as it does without the cache (the docs say: don't).
         std::fs::remove_file(&p).unwrap();
-        assert_eq!(current(&p, &cache, std::process::id()).unwrap(), 0);
-        assert_eq!(bump(&p, 0o600, Lock::Held, &cache, std::process::id()).await.unwrap(), Some(1));
+        assert_eq!(current(&p, &cache).unwrap(), 0);
+        assert_eq!(bump(&p, 0o600, Lock::Held, &cache).await.unwrap(), Some(1));
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "00000000000000000001\n");
     }
 }

@@ -28,6 +28,7 @@
 //! ```
 
 mod blocker;
+mod clofork;
 mod config;
 mod fdcache;
 mod fence;

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use rustix::fs::{FlockOperation, Mode, OFlags};
 
+use super::clofork::Fd;
 use super::config::FileConfig;
-use super::fdcache::Cache;
+use super::fdcache::{self, Cache};
 use super::watch::{self, Subscription};
 use super::{blocker, fence, mapping, status};
 use crate::error::{Error, Result};
@@ -32,22 +33,13 @@ pub(crate) struct FileProvider {
     /// Permission bits our read-write files (fencing counters, semaphore metadata) must have so
     /// that everyone who can create files in the directory can also use them (see [`open_in_dir`]).
     share: u32,
-    /// The fencing counters' descriptors kept open between acquisitions.
-    fences: Cache,
-    /// The lock files' descriptors (open file descriptions) kept open between guards.
-    locks: Arc<Cache>,
 }
 
 impl FileProvider {
     pub(crate) fn new(config: FileConfig) -> Self {
         let dir_mode =
             std::fs::metadata(&config.dir).map_or(0o700, |m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
-        FileProvider {
-            dir: config.dir,
-            share: share_mode(dir_mode),
-            fences: Cache::default(),
-            locks: Arc::new(Cache::default()),
-        }
+        FileProvider { dir: config.dir, share: share_mode(dir_mode) }
     }
 
     async fn acquire_inner(&self, req: Request, wait: Wait) -> Result<Option<Arc<dyn RawHeld>>> {
@@ -55,8 +47,11 @@ impl FileProvider {
         super::config::prepare_dir(&self.dir)?;
         let base = mapping::file_name(req.name.as_str());
         let try_only = wait == Wait::Try;
-        // For the descriptor caches (a system call: asked once per acquisition).
+        // For the descriptor cache (a system call: asked once per acquisition).
         let pid = std::process::id();
+        // Lock files' and fencing counters' descriptors kept open between guards, shared by
+        // every provider of the process.
+        let cache = fdcache::shared(pid);
         let (file, meta, fence_file, bump, keep) = match req.kind {
             LockKind::Semaphore { permits } => {
                 let sem = mapping::semaphore_name(&base);
@@ -68,10 +63,10 @@ impl FileProvider {
             kind => {
                 let shared = kind == LockKind::Read;
                 let path = self.dir.join(&base);
-                match lock_file(&path, shared, wait, &self.locks, pid).await? {
+                match lock_file(&path, shared, wait, cache).await? {
                     None => return Ok(None),
                     Some((file, id)) => {
-                        let keep = Keep { cache: self.locks.clone(), path, id };
+                        let keep = Keep { path, id };
                         (file, None, mapping::fence_name(&base), !shared, Some(keep))
                     }
                 }
@@ -82,10 +77,10 @@ impl FileProvider {
         // own; permit holders of one semaphore bump theirs concurrently, so that one is locked.
         let fence_path = self.dir.join(fence_file);
         let token = if !bump {
-            fence::current(&fence_path, &self.fences, pid)?
+            fence::current(&fence_path, cache)?
         } else {
             let lock = if meta.is_some() { fence::Lock::Own { try_only } } else { fence::Lock::Held };
-            match fence::bump(&fence_path, self.share, lock, &self.fences, pid).await? {
+            match fence::bump(&fence_path, self.share, lock, cache).await? {
                 Some(token) => token,
                 None => return Ok(None),
             }
@@ -117,7 +112,7 @@ impl FileProvider {
             };
             // Permit files are opened as they are tried: an uncontended acquisition opens one, not
             // all of them. A waiter ends up with all open, to watch them.
-            let mut permit_files: Vec<Option<(PathBuf, File, FileId)>> = (0..permits).map(|_| None).collect();
+            let mut permit_files: Vec<Option<(PathBuf, Fd, FileId)>> = (0..permits).map(|_| None).collect();
             // Permit files we may not open (another user's, without read access for us): skipped,
             // an error only if that is every permit.
             let mut denied: Vec<Option<io::Error>> = (0..permits).map(|_| None).collect();
@@ -167,7 +162,7 @@ impl FileProvider {
                         w.wait(seen).await;
                     }
                     _ => {
-                        let files = permit_files.iter().flatten().map(|(p, f, id)| (p.as_path(), f, *id));
+                        let files = permit_files.iter().flatten().map(|(p, f, id)| (p.as_path(), &**f, *id));
                         waiter = Some(Waiter::new(files));
                     }
                 }
@@ -195,20 +190,23 @@ impl RawProvider for FileProvider {
 }
 
 /// A locked file; unlocks explicitly before closing, so that the close event that wakes waiters
-/// always comes after the release.
+/// always comes after the release. In a forked child it neither unlocks nor closes: the fork
+/// handler closed the child's copy (see [`super::clofork`]), and the lock is the parent's.
 #[derive(Debug)]
-pub(crate) struct LockedFile(Option<File>);
+pub(crate) struct LockedFile(Option<Fd>);
 
 impl Drop for LockedFile {
     fn drop(&mut self) {
-        if let Some(file) = &self.0 {
+        if let Some(file) = &self.0
+            && file.is_ours()
+        {
             let _ = rustix::fs::flock(file, FlockOperation::Unlock);
         }
     }
 }
 
 impl LockedFile {
-    pub(crate) fn new(file: File) -> Self {
+    pub(crate) fn new(file: Fd) -> Self {
         LockedFile(Some(file))
     }
 
@@ -221,7 +219,7 @@ impl LockedFile {
     }
 
     /// Unlocks the file and returns it, open, for reuse.
-    fn into_unlocked(mut self) -> Option<File> {
+    fn into_unlocked(mut self) -> Option<Fd> {
         let file = self.0.take()?;
         rustix::fs::flock(&file, FlockOperation::Unlock).ok()?;
         Some(file)
@@ -229,16 +227,16 @@ impl LockedFile {
 
     /// Closes this process's descriptor WITHOUT unlocking: in a forked child, whose descriptor
     /// shares the open file description (and so the lock) with its parent's. The lock stays
-    /// with the parent's descriptor.
+    /// with the parent's descriptor. (A child made by `fork()` had its copy closed by the fork
+    /// handler already: then this only forgets it.)
     fn close_without_unlock(mut self) {
         drop(self.0.take());
     }
 }
 
-/// Where a released lock file's descriptor goes for reuse by the next guard of the provider.
+/// Where a released lock file's descriptor goes for reuse by the next guard of the process.
 #[derive(Debug)]
 struct Keep {
-    cache: Arc<Cache>,
     path: PathBuf,
     id: FileId,
 }
@@ -251,7 +249,7 @@ struct FileHeld {
     /// The process that acquired the lock: a forked child that releases a guard it inherited
     /// closes its copies of the descriptors and never unlocks its parent's lock.
     pid: u32,
-    /// Lock files (not semaphore files) go back to the provider's cache once unlocked.
+    /// Lock files (not semaphore files) go back to the process's cache once unlocked.
     keep: Option<Keep>,
     /// Set once the descriptors were handed out ([`RawHeld::duplicate_fds`]): another process
     /// may still hold a descriptor of this open file description, so it is never reused.
@@ -274,7 +272,7 @@ impl FileHeld {
         match &self.keep {
             Some(keep) if !self.exported.load(Ordering::Relaxed) => {
                 if let Some(unlocked) = file.into_unlocked() {
-                    keep.cache.put(&keep.path, unlocked, keep.id, pid);
+                    fdcache::shared(pid).put(&keep.path, unlocked, keep.id);
                 }
             }
             _ => drop(file),
@@ -371,20 +369,14 @@ impl Waiter {
 }
 
 /// Takes `path` shared or exclusive; `Ok(None)` on contention when `wait` is [`Wait::Try`].
-/// Starts with the descriptor `cache` keeps for `path` (`pid`: ours, see [`Cache::take`]).
+/// Starts with the descriptor `cache` keeps for `path`.
 /// Waits in the kernel (see [`blocker`]): on the caller's own thread when it may block and waits
 /// forever (the blocking facade), else on a pool thread; with inotify past the pool's bound.
-async fn lock_file(
-    path: &Path,
-    shared: bool,
-    wait: Wait,
-    cache: &Cache,
-    pid: u32,
-) -> Result<Option<(LockedFile, FileId)>> {
-    // The descriptor to try first: one kept from an earlier guard of this provider (its open
+async fn lock_file(path: &Path, shared: bool, wait: Wait, cache: &Cache) -> Result<Option<(LockedFile, FileId)>> {
+    // The descriptor to try first: one kept from an earlier guard of this process (its open
     // file description is ours alone, taken out of the cache; the checks below are the same as
     // for a new one), or the one a wait that comes back from the inotify fallback holds.
-    let mut next = cache.take(path, pid);
+    let mut next = cache.take(path);
     loop {
         let from_cache = next.is_some();
         let (file, id) = match next.take() {
@@ -399,7 +391,7 @@ async fn lock_file(
             // A kept descriptor goes back for the next attempt; a new one is closed: only guards
             // that held a lock leave a descriptor behind.
             if from_cache {
-                cache.put(path, file, id, pid);
+                cache.put(path, file, id);
             }
             return Ok(None);
         } else if !path_is(path, id)? {
@@ -649,7 +641,7 @@ pub(crate) enum Access {
 /// gets the directory's owner and group, so that root using a name first never locks the
 /// directory's owner out of it. Never follows a symlink, never blocks on a FIFO, refuses anything
 /// but a regular file.
-pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, FileId)> {
+pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(Fd, FileId)> {
     let (rw, create, share) = match access {
         Access::Lock => (OFlags::RDONLY, true, None),
         Access::Permit { share } => (OFlags::RDONLY, true, Some(share & 0o444)),
@@ -660,13 +652,11 @@ pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, File
     // Our read-write files are read and written on every acquisition: spare the filesystem an
     // atime update each time where we may (O_NOATIME needs ownership: EPERM otherwise).
     let open = |flags: OFlags| match share {
-        Some(_) if rw == OFlags::RDWR => {
-            match rustix::fs::open(path, flags | OFlags::NOATIME, Mode::from_raw_mode(0o666)) {
-                Err(rustix::io::Errno::PERM) => rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)),
-                other => other,
-            }
-        }
-        _ => rustix::fs::open(path, flags, Mode::from_raw_mode(0o666)),
+        Some(_) if rw == OFlags::RDWR => match open_fd(path, flags | OFlags::NOATIME, Mode::from_raw_mode(0o666)) {
+            Err(rustix::io::Errno::PERM) => open_fd(path, flags, Mode::from_raw_mode(0o666)),
+            other => other,
+        },
+        _ => open_fd(path, flags, Mode::from_raw_mode(0o666)),
     };
     // Open what is there; create only what is not, so that we know what we created.
     let mut created = false;
@@ -684,7 +674,7 @@ pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, File
             Err(_) => {}
         }
     }
-    let fd: OwnedFd = match opened {
+    let fd: Fd = match opened {
         Ok(fd) => fd,
         Err(rustix::io::Errno::LOOP) => {
             return Err(io::Error::other(format!("{} is a symbolic link; refusing to follow it", path.display())));
@@ -704,7 +694,22 @@ pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, File
     if created {
         give_to_dir_owner(&fd, path);
     }
-    Ok((File::from(fd), (st.st_dev, st.st_ino)))
+    Ok((fd, (st.st_dev, st.st_ino)))
+}
+
+/// Opens `path` as one of the backend's descriptors, which a forked child never inherits (see
+/// [`super::clofork`]). When the process is out of descriptors (`EMFILE`, `ENFILE`), closes the
+/// ones the cache keeps and tries once more (see [`fdcache::relieve`]).
+pub(crate) fn open_fd(path: &Path, flags: OFlags, mode: Mode) -> rustix::io::Result<Fd> {
+    use rustix::path::Arg;
+    // The path's C string is made here, before the descriptor's section (which allocates nothing).
+    path.into_with_c_str(|path| {
+        let open = || Fd::new(|| rustix::fs::open(path, flags, mode));
+        match open() {
+            Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) if fdcache::relieve() > 0 => open(),
+            other => other,
+        }
+    })
 }
 
 /// When we are root and the directory of `path` belongs to another user, gives the file `fd` (one
@@ -712,7 +717,7 @@ pub(crate) fn open_in_dir(path: &Path, access: Access) -> io::Result<(File, File
 /// shaped by the directory, not by who happened to create them first. Best effort: where that
 /// fails (say, a filesystem without ownership), the file stays ours, which the directory's owner
 /// can still recover from (it replaces files of ours it cannot write).
-fn give_to_dir_owner(fd: &OwnedFd, path: &Path) {
+fn give_to_dir_owner(fd: &Fd, path: &Path) {
     if !rustix::process::geteuid().is_root() {
         return;
     }
@@ -749,7 +754,7 @@ pub(crate) fn install(path: &Path, content: &[u8], share: u32, replace: bool) ->
     let mut attempt = 0;
     let (tmp, fd) = loop {
         let tmp = dir.join(format!(".interlock-{}-{}.tmp", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
-        match rustix::fs::open(&tmp, flags, Mode::from_raw_mode(0o666)) {
+        match open_fd(&tmp, flags, Mode::from_raw_mode(0o666)) {
             Ok(fd) => break (tmp, fd),
             // Left by a process that had our pid (another pid namespace, or one that crashed).
             Err(rustix::io::Errno::EXIST) if attempt < 100 => attempt += 1,
@@ -759,13 +764,13 @@ pub(crate) fn install(path: &Path, content: &[u8], share: u32, replace: bool) ->
     // Whether the temporary name is gone (moved into place), and what to return.
     let mut moved = false;
     let placed = (|| {
-        let file = File::from(fd);
-        file.write_all_at(content, 0)?;
-        let mode = rustix::fs::fstat(&file)?.st_mode & 0o7777;
+        fd.write_all_at(content, 0)?;
+        let mode = rustix::fs::fstat(&fd)?.st_mode & 0o7777;
         if mode & share != share {
-            rustix::fs::fchmod(&file, Mode::from_raw_mode(mode | share))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode | share))?;
         }
-        give_to_dir_owner(&OwnedFd::from(file), path);
+        give_to_dir_owner(&fd, path);
+        drop(fd);
         if replace {
             rustix::fs::rename(&tmp, path)?;
             moved = true;

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use std::time::Duration;
@@ -35,6 +35,7 @@ use std::time::Duration;
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use tokio::sync::watch;
 
+use super::clofork::Fd;
 use super::raw::FileId;
 
 /// Re-check interval for releases that send no event (a peer's `LOCK_UN` without `close`).
@@ -76,7 +77,8 @@ type Tx = Arc<watch::Sender<Wakes>>;
 
 /// The process-wide inotify instance and its dispatcher thread.
 pub(crate) struct Watcher {
-    fd: OwnedFd,
+    /// Closed in a forked child by the fork handler (see [`super::clofork`]).
+    fd: Fd,
     state: StdMutex<State>,
 }
 
@@ -157,7 +159,13 @@ pub(crate) fn per_process<T: Copy>(
 }
 
 fn start() -> Option<Watcher> {
-    match inotify::init(CreateFlags::CLOEXEC) {
+    let init = || Fd::new(|| inotify::init(CreateFlags::CLOEXEC));
+    let made = match init() {
+        // Out of descriptors: the cache gives its own back first.
+        Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) if super::fdcache::relieve() > 0 => init(),
+        other => other,
+    };
+    match made {
         Ok(fd) => Some(Watcher { fd, state: StdMutex::new(State::default()) }),
         Err(e) => {
             tracing::warn!(error = %e, "inotify unavailable; file-lock waiters will re-check every {DEGRADED_RECHECK:?}");
@@ -306,6 +314,11 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        if !self.watcher.fd.is_ours() {
+            // A parent's watcher, in a forked child (a future of the parent's dropped here): its
+            // state may have been locked at the fork and its descriptor is closed. Leave it.
+            return;
+        }
         let mut st = self.watcher.state();
         for id in self.ids.drain(..) {
             let Some(slot) = st.by_id.get_mut(&id) else { continue };
