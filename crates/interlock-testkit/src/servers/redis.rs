@@ -357,14 +357,7 @@ impl RedisGroup {
     ///
     /// When a member fails to start, or the program is missing and required.
     pub fn start_or_skip(n: usize, opts: &RedisOptions) -> Option<RedisGroup> {
-        match RedisGroup::start(n, opts) {
-            Ok(g) => Some(g),
-            Err(StartError::Missing { program }) => {
-                crate::skip(&format!("{program} (server program) is not installed"));
-                None
-            }
-            Err(e) => panic!("{e}"),
-        }
+        StartError::or_skip(RedisGroup::start(n, opts))
     }
 
     /// The masters, by index.

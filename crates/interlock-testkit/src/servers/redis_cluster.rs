@@ -124,19 +124,12 @@ impl RedisCluster {
     ///
     /// When it fails to start or form, or is missing and required.
     pub fn start_or_skip(masters: usize) -> Option<RedisCluster> {
-        match RedisCluster::start(masters) {
-            Ok(c) => Some(c),
-            Err(StartError::Missing { program }) => {
-                crate::skip(&format!("{program} (server program) is not installed"));
-                None
-            }
-            Err(e) => panic!("{e}"),
-        }
+        StartError::or_skip(RedisCluster::start(masters))
     }
 
     fn failed(&self, reason: String) -> StartError {
         let log_tail = self.nodes.iter().map(|n| format!("[{}]\n{}", n.name(), n.log_tail(15))).collect();
-        StartError::Failed { server: "redis-cluster".into(), reason, log_tail }
+        StartError::failed("redis-cluster", reason, log_tail)
     }
 
     fn form(&self) -> io::Result<()> {

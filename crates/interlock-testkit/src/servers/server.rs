@@ -247,13 +247,26 @@ impl Spec {
 
 /// Why a server did not start.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum StartError {
     /// Its program is not installed.
+    #[non_exhaustive]
     Missing {
         /// The program as the [`Spec`] names it.
         program: String,
     },
+    /// This process could not prepare what every server needs: its server directory in
+    /// `$TMPDIR`, a port lease, the reaper or the spawner thread (a local I/O failure, before
+    /// any server ran).
+    #[non_exhaustive]
+    Setup {
+        /// What could not be done, with the path involved.
+        what: String,
+        /// Why.
+        source: io::Error,
+    },
     /// It did not become ready.
+    #[non_exhaustive]
     Failed {
         /// The instance (`redis-3`).
         server: String,
@@ -268,6 +281,7 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::Missing { program } => write!(f, "{program} is not installed"),
+            StartError::Setup { what, source } => write!(f, "{what}: {source}"),
             StartError::Failed { server, reason, log_tail } => {
                 write!(f, "{server} did not start: {reason}\n--- last lines of its log ---\n{log_tail}")
             }
@@ -275,11 +289,33 @@ impl fmt::Display for StartError {
     }
 }
 
-impl std::error::Error for StartError {}
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Setup { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 impl StartError {
-    /// [`crate::skip`]s (returning `None`) when the program is missing; panics when it failed.
-    fn skip_missing<T>(r: Result<T, StartError>) -> Option<T> {
+    /// A [`StartError::Setup`].
+    pub(crate) fn setup(what: impl Into<String>, source: io::Error) -> StartError {
+        StartError::Setup { what: what.into(), source }
+    }
+
+    /// A [`StartError::Failed`].
+    pub(crate) fn failed(server: impl Into<String>, reason: impl Into<String>, log_tail: String) -> StartError {
+        StartError::Failed { server: server.into(), reason: reason.into(), log_tail }
+    }
+
+    /// `r`'s server, or `None` after a [`crate::skip`] when its program is missing (a failure with
+    /// `INTERLOCK_TEST_REQUIRE=1`). For the `start_or_skip` functions of the server modules.
+    ///
+    /// # Panics
+    ///
+    /// When the start failed for any other reason, or the program is missing and required.
+    pub fn or_skip<T>(r: Result<T, StartError>) -> Option<T> {
         match r {
             Ok(t) => Some(t),
             Err(StartError::Missing { program }) => {
@@ -352,7 +388,7 @@ impl Server {
     ///
     /// When the server fails to start, or is missing and required.
     pub fn start_or_skip(spec: Spec) -> Option<Server> {
-        StartError::skip_missing(Server::start(spec))
+        StartError::or_skip(Server::start(spec))
     }
 
     /// Makes the home and data directories and runs `init`; does not start the process.
@@ -365,16 +401,18 @@ impl Server {
     ) -> Result<Server, StartError> {
         static N: AtomicU64 = AtomicU64::new(0);
         let name = format!("{}-{}", spec.name, N.fetch_add(1, Ordering::Relaxed) + 1);
-        let fail = |reason: String| StartError::Failed { server: name.clone(), reason, log_tail: String::new() };
+        let fail = |reason: String| StartError::failed(&name, reason, String::new());
         let user = match &spec.user {
             Some(u) => Some(User::lookup(u).ok_or_else(|| fail(format!("no user {u} in /etc/passwd")))?),
             None => None,
         };
-        let home = spawn::session_dir().join(&name);
+        let home =
+            spawn::session_dir().map_err(|e| StartError::setup("cannot prepare private servers", e))?.join(&name);
         let data = home.join("data");
-        std::fs::create_dir_all(&data).map_err(|e| fail(format!("create {}: {e}", data.display())))?;
+        std::fs::create_dir_all(&data)
+            .map_err(|e| StartError::setup(format!("cannot create {}", data.display()), e))?;
         let log = home.join("server.log");
-        File::create(&log).map_err(|e| fail(format!("create {}: {e}", log.display())))?;
+        File::create(&log).map_err(|e| StartError::setup(format!("cannot create {}", log.display()), e))?;
         if let Some(u) = &user {
             for p in [&home, &data] {
                 std::os::unix::fs::chown(p, Some(u.uid), Some(u.gid))
@@ -417,7 +455,7 @@ impl Server {
     }
 
     fn failed(&self, reason: String) -> StartError {
-        StartError::Failed { server: self.name.clone(), reason, log_tail: self.log_tail(30) }
+        StartError::failed(&self.name, reason, self.log_tail(30))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -741,8 +779,10 @@ impl Group {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let leases: Vec<Vec<PortLease>> =
-                (0..n).map(|_| (0..spec.ports).map(|_| PortLease::reserve()).collect()).collect();
+            let leases = (0..n)
+                .map(|_| (0..spec.ports).map(|_| PortLease::lease()).collect::<io::Result<Vec<_>>>())
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(|e| StartError::setup("cannot lease a loopback port", e))?;
             let peers = Arc::new(leases.iter().map(|l| l.iter().map(PortLease::port).collect()).collect::<Vec<_>>());
             let mut members = Vec::with_capacity(n);
             for (index, l) in leases.into_iter().enumerate() {
@@ -764,7 +804,7 @@ impl Group {
     ///
     /// When a member fails to start, or the program is missing and required.
     pub fn start_or_skip(spec: Spec, n: usize) -> Option<Group> {
-        StartError::skip_missing(Group::start(spec, n))
+        StartError::or_skip(Group::start(spec, n))
     }
 
     /// The members, by index.

@@ -118,19 +118,22 @@ pub(super) fn start_server(url: &str) -> Result<StartedServer, Failure> {
     }
 }
 
-/// A testkit start error as one line: a missing program says how to install it.
+/// A testkit start error as one line: a missing program says how to install it (69); a local
+/// failure to prepare the servers (`$TMPDIR` unusable, no port lease) is an I/O error (74).
 pub(super) fn start_failure(e: interlock_testkit::servers::StartError) -> Failure {
+    use interlock_testkit::servers::StartError;
     match e {
-        interlock_testkit::servers::StartError::Missing { program } => Failure::new(
+        StartError::Missing { program, .. } => Failure::new(
             exit::UNAVAILABLE,
             format!("--start-server: {program} is not installed (Debian: apt-get install redis-server)"),
         ),
-        e => {
-            let text = e.to_string();
-            Failure::new(
-                exit::UNAVAILABLE,
-                format!("--start-server: {}", text.lines().next().unwrap_or("cannot start")),
-            )
-        }
+        e @ StartError::Setup { .. } => Failure::new(exit::IO_ERROR, format!("--start-server: {}", one_line(&e))),
+        e => Failure::new(exit::UNAVAILABLE, format!("--start-server: {}", one_line(&e))),
     }
+}
+
+/// The first line of `e`'s message (a start failure goes on with the server's log).
+fn one_line(e: &interlock_testkit::servers::StartError) -> String {
+    let text = e.to_string();
+    text.lines().next().unwrap_or("cannot start").to_owned()
 }
