@@ -8,7 +8,7 @@ use std::time::Duration;
 use interlock::Provider;
 
 /// A backend under test. The suite only uses these methods, so a new backend needs a harness and
-/// one line of `conformance_suite!`.
+/// one line of `conformance_suites!`.
 pub trait Harness: Send + Sync + 'static {
     /// The URL of the backend under test (a fresh namespace per harness instance).
     fn url(&self) -> String;
