@@ -48,6 +48,7 @@ pub fn spec(opts: &RedisOptions) -> Spec {
     let persistence = opts.persistence;
     let databases = opts.databases.max(1);
     let mut spec = Spec::new("redis", "redis-server")
+        .package("redis-server")
         .init(move |ctx| {
             let conf = ctx.home.join("redis.conf");
             let mut text = String::from("# written by interlock-testkit\n");

@@ -37,6 +37,7 @@ pub fn spec() -> Spec {
 pub fn spec_with(tls: Option<&super::redis_tls::TlsFiles>) -> Spec {
     let certs = tls.map(|f| [f.path("server.crt"), f.path("server.key"), f.path("ca.crt")]);
     Spec::new(if certs.is_some() { "redis-cluster-tls" } else { "redis-cluster" }, "redis-server")
+        .package("redis-server")
         .ports(if certs.is_some() { 3 } else { 2 })
         .args(move |ctx| {
             let port = ctx.port().to_string();

@@ -118,15 +118,13 @@ pub(super) fn start_server(url: &str) -> Result<StartedServer, Failure> {
     }
 }
 
-/// A testkit start error as one line: a missing program says how to install it (69); a local
+/// A testkit start error as one line: a missing program names its package (69); a local
 /// failure to prepare the servers (`$TMPDIR` unusable, no port lease) is an I/O error (74).
 pub(super) fn start_failure(e: interlock_testkit::servers::StartError) -> Failure {
     use interlock_testkit::servers::StartError;
     match e {
-        StartError::Missing { program, .. } => Failure::new(
-            exit::UNAVAILABLE,
-            format!("--start-server: {program} is not installed (Debian: apt-get install redis-server)"),
-        ),
+        // `redis-server is not installed (Debian package redis-server)`.
+        e @ StartError::Missing { .. } => Failure::new(exit::UNAVAILABLE, format!("--start-server: {e}")),
         e @ StartError::Setup { .. } => Failure::new(exit::IO_ERROR, format!("--start-server: {}", one_line(&e))),
         e => Failure::new(exit::UNAVAILABLE, format!("--start-server: {}", one_line(&e))),
     }
