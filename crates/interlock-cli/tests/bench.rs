@@ -256,3 +256,22 @@ fn start_server_dies_with_a_killed_bench() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// An unusable `$TMPDIR` (missing, or a file) makes `--start-server` exit 74 with one line that
+/// names it, for every scheme it starts servers for: the testkit's set-up returns its error
+/// instead of panicking.
+#[cfg(feature = "redlock")]
+#[test]
+fn start_server_with_an_unusable_tmpdir_is_an_io_error() {
+    if !cli_support::require_tool("redis-server", &["--version"]) {
+        return;
+    }
+    for (tmpdir, url) in
+        [("/nonexistent", "redis://"), ("/etc/passwd", "redis+cluster://"), ("/nonexistent", "redlock://")]
+    {
+        let mut c = cli_support::interlock();
+        c.env("TMPDIR", tmpdir).args(["bench", "-u", url, "--start-server", "--duration", "0.2", "uncontended"]);
+        let line = cli_support::output(c).fails_with(74);
+        assert!(line.starts_with("interlock: --start-server: ") && line.contains(tmpdir), "{url}: {line}");
+    }
+}

@@ -6,10 +6,13 @@
 //! A backend's test file instantiates the suite once per harness:
 //!
 //! ```ignore
-//! interlock_testkit::conformance_suite!(file, interlock_testkit::FileHarness::new(env!("CARGO_BIN_EXE_interlock")));
+//! interlock_testkit::conformance_suites! {
+//!     file => interlock_testkit::FileHarness::new(env!("CARGO_BIN_EXE_interlock")),
+//! }
 //! ```
 //!
-//! which expands into one `#[tokio::test]` per case, named `file::<case>`, so a failure names both.
+//! which expands into one `#[tokio::test]` per case, named `file::<case>`, so a failure names both,
+//! and a `conformance_suites()` list of the suites.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod backends;

@@ -55,7 +55,7 @@ fn starts_on_a_leased_port_and_answers_ping() {
     // Its port is leased: no other test can be handed it while the server lives.
     assert!(PortLease::try_reserve(r.port()).is_none());
     assert!(r.log_tail(50).contains("Ready to accept connections"), "{}", r.log_tail(50));
-    assert!(r.home().starts_with(interlock_testkit::servers::session_dir()));
+    assert!(r.home().starts_with(interlock_testkit::servers::session_dir().unwrap()));
 }
 
 #[test]
@@ -425,8 +425,8 @@ fn child_starts_servers() {
     println!(
         "CHILD pids={} dir={} reaper={}",
         list.join(","),
-        interlock_testkit::servers::session_dir().display(),
-        interlock_testkit::servers::reaper_pid()
+        interlock_testkit::servers::session_dir().unwrap().display(),
+        interlock_testkit::servers::reaper_pid().unwrap()
     );
     std::io::Write::flush(&mut std::io::stdout()).unwrap();
     if mode == "wait" {

@@ -1,6 +1,7 @@
 //! The `file://` harness: a fresh temporary lock directory per harness, and the `interlock`
 //! binary for the cross-process cases. No server, and nothing to break: the kernel holds a
-//! `flock` for as long as its holder's file descriptor lives.
+//! `flock` for as long as its holder's file descriptor lives, so the backend declares that it
+//! cannot lose a lock, and the suite never calls a fault hook (the trait's defaults stay).
 
 use std::path::{Path, PathBuf};
 
@@ -33,30 +34,5 @@ impl Harness for FileHarness {
 
     fn bin(&self) -> Option<&Path> {
         Some(&self.bin)
-    }
-
-    async fn expire(&self, _name: &str) -> bool {
-        false
-    }
-
-    /// No server: the kernel holds the locks, and nothing short of the holder's death (or an
-    /// unlock by it) takes them away.
-    async fn restart_server(&self) -> bool {
-        false
-    }
-
-    /// No connections: a `flock` lives in its holder's open file description.
-    async fn kill_connections(&self, _name: &str) -> bool {
-        false
-    }
-
-    /// Not needed: the paused-holder case stops an `interlock hold` process, which on `file`
-    /// keeps its lock however long it is stopped (the case is not applicable: no leases).
-    async fn pause_holders(&self, _name: &str) -> bool {
-        false
-    }
-
-    async fn resume_holders(&self, _name: &str) -> bool {
-        false
     }
 }

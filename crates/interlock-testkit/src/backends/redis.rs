@@ -107,13 +107,4 @@ impl Harness for RedisHarness {
         self.ns().kill_clients().expect("CLIENT KILL");
         true
     }
-
-    /// Not needed: the paused-holder case stops a real `interlock hold` process.
-    async fn pause_holders(&self, _name: &str) -> bool {
-        false
-    }
-
-    async fn resume_holders(&self, _name: &str) -> bool {
-        false
-    }
 }

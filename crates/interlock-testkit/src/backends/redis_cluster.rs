@@ -100,13 +100,4 @@ impl Harness for RedisClusterHarness {
     async fn kill_connections(&self, _name: &str) -> bool {
         false
     }
-
-    /// Not needed: the paused-holder case stops a real `interlock hold` process.
-    async fn pause_holders(&self, _name: &str) -> bool {
-        false
-    }
-
-    async fn resume_holders(&self, _name: &str) -> bool {
-        false
-    }
 }

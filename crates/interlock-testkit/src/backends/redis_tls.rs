@@ -57,19 +57,14 @@ impl Harness for RedisTlsHarness {
         true
     }
 
+    /// Not on the shared TLS server (other cases use it): restarts are tested on `redis://`,
+    /// whose servers the harness may own; TLS changes nothing there.
     async fn restart_server(&self) -> bool {
         false
     }
 
+    /// A Redis key outlives the client connection that set it, over TLS too.
     async fn kill_connections(&self, _name: &str) -> bool {
-        false
-    }
-
-    async fn pause_holders(&self, _name: &str) -> bool {
-        false
-    }
-
-    async fn resume_holders(&self, _name: &str) -> bool {
         false
     }
 }

@@ -138,13 +138,4 @@ impl Harness for RedlockHarness {
         }
         true
     }
-
-    /// Not needed: the paused-holder case stops a real `interlock hold` process.
-    async fn pause_holders(&self, _name: &str) -> bool {
-        false
-    }
-
-    async fn resume_holders(&self, _name: &str) -> bool {
-        false
-    }
 }

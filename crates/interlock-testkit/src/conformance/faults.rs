@@ -37,7 +37,10 @@ pub async fn lost_lock_is_signalled<H: Harness>(h: &H) {
     let g = m.lock_with(AcquireOptions::forever().lease(h.short_lease())).await.unwrap().unwrap();
     let token = g.fencing_token().unwrap();
     assert!(!g.is_lost());
-    assert!(h.expire(&name).await);
+    if !h.expire(&name).await {
+        g.release().await.unwrap();
+        return not_applicable("lost_lock_is_signalled", "the harness cannot take a lock away");
+    }
     tokio::time::timeout(EVENTUALLY, g.lost()).await.expect("lost() completes after the backend dropped the lock");
     assert!(g.is_lost());
     let next = h.provider().await.mutex(&name).unwrap().lock_timeout(EVENTUALLY).await.unwrap();
@@ -72,7 +75,10 @@ pub async fn stale_release_never_frees_another_holder<H: Harness>(h: &H) {
     }
     let name = unique("stale");
     let a = p.mutex(&name).unwrap().lock_with(AcquireOptions::forever().lease(h.short_lease())).await.unwrap().unwrap();
-    assert!(h.expire(&name).await);
+    if !h.expire(&name).await {
+        a.release().await.unwrap();
+        return not_applicable("stale_release_never_frees_another_holder", "the harness cannot take a lock away");
+    }
     let other = h.provider().await;
     let b = other.mutex(&name).unwrap().lock_timeout(EVENTUALLY).await.unwrap();
     assert!(matches!(a.release().await, Err(Error::LockLost { .. })));

@@ -62,6 +62,41 @@ pub(crate) fn has(p: &interlock::Provider, case: &str, needs: &[Needs]) -> bool 
     true
 }
 
+/// Instantiates the suite once per line, as [`conformance_suite!`](crate::conformance_suite) does
+/// for one, and defines `fn conformance_suites() -> Vec<&'static str>`: the names of the suites
+/// this build runs (a line's `#[cfg(...)]` applies to both), which a test checks against the
+/// registry's built backends. The list comes from the macro's input, so no formatting of the
+/// lines can hide one from it.
+///
+/// ```ignore
+/// interlock_testkit::conformance_suites! {
+///     memory => interlock_testkit::MemoryHarness::new(),
+///     #[cfg(feature = "redis")]
+///     redis => redis_harness!(),
+/// }
+/// ```
+#[macro_export]
+macro_rules! conformance_suites {
+    ($( $(#[cfg($cfg:meta)])* $name:ident => $harness:expr ),* $(,)?) => {
+        $(
+            $(#[cfg($cfg)])*
+            $crate::conformance_suite!($name, $harness);
+        )*
+
+        /// The names of the conformance suites instantiated in this file, for this build.
+        #[allow(dead_code)]
+        fn conformance_suites() -> ::std::vec::Vec<&'static str> {
+            #[allow(unused_mut)]
+            let mut names = ::std::vec::Vec::new();
+            $(
+                $(#[cfg($cfg)])*
+                names.push(stringify!($name));
+            )*
+            names
+        }
+    };
+}
+
 /// Expands into a module `$name` with one `#[tokio::test]` per conformance case, each running
 /// against a fresh `$harness`.
 #[macro_export]

@@ -3,17 +3,24 @@
 //! by fault hooks, and never left running after the test process, however it ends.
 //!
 //! - [`Spec`] says how to run one kind of server (program, arguments, readiness probe, stop
-//!   signal, user); [`Server`] is one running instance, [`Group`] several that know each other's
+//!   signal, user, its ports) and what it needs installed (program and tools, searched in
+//!   version directories before `$PATH`, files such as `zookeeper.jar`: checked before anything
+//!   starts); [`Server`] is one running instance, [`Group`] several that know each other's
 //!   ports. A backend adds a module here with its `Spec` and helpers, as [`redis`] does.
 //! - Ports: [`PortLease`] (a `flock`ed lock file per port, shared by every test process on the
-//!   machine, plus a bind probe; a start whose port was taken anyway is retried elsewhere).
+//!   machine, plus a bind probe; a start whose port was taken anyway is retried elsewhere, one
+//!   that needed a port its Spec does not lease fails at once, naming it, and so does one that
+//!   listens on such a port).
 //! - Lifetime: every server gets SIGKILL as its parent-death signal from a spawner thread that
 //!   lives as long as the process, and a reaper process removes what is left when the process
 //!   is gone, even after `kill -9` (see `spawn.rs`).
 //!
 //! See `docs/testing.md`, "Servers".
 
+mod access;
+mod listeners;
 mod ports;
+mod programs;
 pub mod redis;
 pub mod redis_cluster;
 pub mod redis_tls;
@@ -24,6 +31,7 @@ mod spawn;
 use std::path::{Path, PathBuf};
 
 pub use ports::PortLease;
+pub use programs::{dirs_matching, find_program};
 pub use rustix::process::Signal;
 pub use server::{Ctx, Group, LogOnPanic, Server, Spec, StartError, User};
 pub use spawn::{reaper_pid, session_dir};

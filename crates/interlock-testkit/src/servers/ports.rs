@@ -38,11 +38,14 @@ pub struct PortLease {
 impl PortLease {
     /// Leases a free port from the range (see the module docs).
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// When every port of the range is leased or bound.
-    pub fn reserve() -> PortLease {
+    /// When the lease directory cannot be used (`/tmp` not writable), or every port of the
+    /// range is leased or bound.
+    pub fn lease() -> io::Result<PortLease> {
         static CURSOR: AtomicUsize = AtomicUsize::new(usize::MAX);
+        // The lock files' directory first: unusable, no port can be leased (say why, at once).
+        lock_dir()?;
         let (low, high) = range();
         let span = usize::from(high - low);
         // Each process starts at its own place in the range, then walks on from there.
@@ -53,12 +56,21 @@ impl PortLease {
         let _ = CURSOR.compare_exchange(usize::MAX, seed % span, Ordering::Relaxed, Ordering::Relaxed);
         for _ in 0..span {
             let i = CURSOR.fetch_add(1, Ordering::Relaxed) % span;
-            let port = low + u16::try_from(i).expect("span fits in u16");
+            let Some(port) = u16::try_from(i).ok().and_then(|i| low.checked_add(i)) else { continue };
             if let Some(lease) = PortLease::try_reserve(port) {
-                return lease;
+                return Ok(lease);
             }
         }
-        panic!("no free loopback port in {low}..{high}");
+        Err(io::Error::new(io::ErrorKind::AddrInUse, format!("no free loopback port in {low}..{high}")))
+    }
+
+    /// [`PortLease::lease`] for tests, which want a port or a failure.
+    ///
+    /// # Panics
+    ///
+    /// When no port can be leased.
+    pub fn reserve() -> PortLease {
+        PortLease::lease().unwrap_or_else(|e| panic!("cannot lease a loopback port: {e}"))
     }
 
     /// Leases `port` if no other lease holds it and it binds on 127.0.0.1 now.
@@ -102,12 +114,15 @@ fn lock_dir() -> io::Result<PathBuf> {
     if let Some(d) = DIR.get() {
         return Ok(d.clone());
     }
+    let context = |dir: &std::path::Path, e: io::Error| {
+        io::Error::new(e.kind(), format!("cannot use {} for the port leases: {e}", dir.display()))
+    };
     let shared = PathBuf::from("/tmp/interlock-test-ports");
     let dir = match make_dir(&shared) {
         Ok(()) => shared,
         Err(_) => {
             let own = PathBuf::from(format!("/tmp/interlock-test-ports-{}", rustix::process::geteuid().as_raw()));
-            make_dir(&own)?;
+            make_dir(&own).map_err(|e| context(&own, e))?;
             own
         }
     };

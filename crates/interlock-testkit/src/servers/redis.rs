@@ -48,6 +48,7 @@ pub fn spec(opts: &RedisOptions) -> Spec {
     let persistence = opts.persistence;
     let databases = opts.databases.max(1);
     let mut spec = Spec::new("redis", "redis-server")
+        .package("redis-server")
         .init(move |ctx| {
             let conf = ctx.home.join("redis.conf");
             let mut text = String::from("# written by interlock-testkit\n");
@@ -357,14 +358,7 @@ impl RedisGroup {
     ///
     /// When a member fails to start, or the program is missing and required.
     pub fn start_or_skip(n: usize, opts: &RedisOptions) -> Option<RedisGroup> {
-        match RedisGroup::start(n, opts) {
-            Ok(g) => Some(g),
-            Err(StartError::Missing { program }) => {
-                crate::skip(&format!("{program} (server program) is not installed"));
-                None
-            }
-            Err(e) => panic!("{e}"),
-        }
+        StartError::or_skip(RedisGroup::start(n, opts))
     }
 
     /// The masters, by index.

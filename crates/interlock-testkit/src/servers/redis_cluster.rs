@@ -37,6 +37,7 @@ pub fn spec() -> Spec {
 pub fn spec_with(tls: Option<&super::redis_tls::TlsFiles>) -> Spec {
     let certs = tls.map(|f| [f.path("server.crt"), f.path("server.key"), f.path("ca.crt")]);
     Spec::new(if certs.is_some() { "redis-cluster-tls" } else { "redis-cluster" }, "redis-server")
+        .package("redis-server")
         .ports(if certs.is_some() { 3 } else { 2 })
         .args(move |ctx| {
             let port = ctx.port().to_string();
@@ -124,19 +125,12 @@ impl RedisCluster {
     ///
     /// When it fails to start or form, or is missing and required.
     pub fn start_or_skip(masters: usize) -> Option<RedisCluster> {
-        match RedisCluster::start(masters) {
-            Ok(c) => Some(c),
-            Err(StartError::Missing { program }) => {
-                crate::skip(&format!("{program} (server program) is not installed"));
-                None
-            }
-            Err(e) => panic!("{e}"),
-        }
+        StartError::or_skip(RedisCluster::start(masters))
     }
 
     fn failed(&self, reason: String) -> StartError {
         let log_tail = self.nodes.iter().map(|n| format!("[{}]\n{}", n.name(), n.log_tail(15))).collect();
-        StartError::Failed { server: "redis-cluster".into(), reason, log_tail }
+        StartError::failed("redis-cluster", reason, log_tail)
     }
 
     fn form(&self) -> io::Result<()> {

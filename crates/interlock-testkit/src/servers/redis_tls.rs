@@ -108,6 +108,7 @@ impl TlsFiles {
 pub fn spec(files: &TlsFiles, client_auth: bool) -> Spec {
     let (cert, key, ca) = (files.path("server.crt"), files.path("server.key"), files.path("ca.crt"));
     Spec::new("redis-tls", "redis-server")
+        .package("redis-server")
         .ports(2)
         .args(move |ctx| {
             let (tls, plain) = (ctx.port().to_string(), ctx.ports[1].to_string());

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 
 use super::ports::PortLease;
-use super::spawn;
+use super::{access, listeners, programs, spawn};
 
 /// The marker written to a server's log before each start.
 const START_MARK: &str = "--- interlock-testkit: start";
@@ -74,6 +74,27 @@ pub struct Ctx<'a> {
     pub pid: Option<u32>,
     /// The user it runs as, if not as this process's.
     pub user: Option<&'a User>,
+    /// The [`Spec::tool`]s, found before the start, and the [`Spec::search`] directories.
+    tools: &'a Tools,
+}
+
+/// The tools of a [`Spec`], found: `(name, path)`, and the directories searched.
+#[derive(Debug, Default)]
+pub(crate) struct Tools {
+    found: Vec<(String, PathBuf)>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Tools {
+    /// Where the program or tool `name` is: as found before the start, else looked for now.
+    fn path(&self, name: &str) -> PathBuf {
+        self.found
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone())
+            .or_else(|| programs::find_program(name, &self.dirs))
+            .unwrap_or_else(|| PathBuf::from(name))
+    }
 }
 
 impl Ctx<'_> {
@@ -95,6 +116,13 @@ impl Ctx<'_> {
             as_user(&mut cmd, u, self.home);
         }
         cmd
+    }
+
+    /// [`Ctx::command`] for the tool `name` of the [`Spec`] ([`Spec::tool`]: `initdb`,
+    /// `pg_isready`, `mariadb-install-db`), from where it was found before the start: the
+    /// [`Spec::search`] directories, then `$PATH`.
+    pub fn tool(&self, name: &str) -> Command {
+        self.command(self.tools.path(name))
     }
 
     /// Hands `path` (a file an `init` step wrote) to the server's user.
@@ -134,6 +162,11 @@ pub struct Spec {
     ready_timeout: Duration,
     user: Option<String>,
     env: Vec<(OsString, OsString)>,
+    search: Vec<String>,
+    tools: Vec<String>,
+    requires: Vec<PathBuf>,
+    package: Option<String>,
+    unleased_listeners: bool,
 }
 
 impl fmt::Debug for Spec {
@@ -145,6 +178,9 @@ impl fmt::Debug for Spec {
             .field("stop_signal", &self.stop_signal)
             .field("ready_timeout", &self.ready_timeout)
             .field("user", &self.user)
+            .field("search", &self.search)
+            .field("tools", &self.tools)
+            .field("requires", &self.requires)
             .finish_non_exhaustive()
     }
 }
@@ -169,6 +205,11 @@ impl Spec {
             ready_timeout: Duration::from_secs(60),
             user: None,
             env: Vec::new(),
+            search: Vec::new(),
+            tools: Vec::new(),
+            requires: Vec::new(),
+            package: None,
+            unleased_listeners: false,
         }
     }
 
@@ -229,31 +270,120 @@ impl Spec {
         self
     }
 
+    /// Looks for the program and the [`Spec::tool`]s in the directories `pattern` names before
+    /// `$PATH`: a path whose components may be `*`, the newest version first
+    /// ([`super::dirs_matching`]): `.search("/usr/lib/postgresql/*/bin")`.
+    pub fn search(mut self, pattern: &str) -> Spec {
+        self.search.push(pattern.to_owned());
+        self
+    }
+
+    /// Another program the server needs (an `init` step's `initdb`, a probe's `pg_isready`):
+    /// found before the start as the program is, or the start is [`StartError::Missing`]; run it
+    /// with [`Ctx::tool`].
+    pub fn tool(mut self, name: &str) -> Spec {
+        self.tools.push(name.to_owned());
+        self
+    }
+
+    /// A file the server needs (`/usr/share/java/zookeeper.jar` for `java`): missing, the start
+    /// is [`StartError::Missing`], before anything runs.
+    pub fn requires(mut self, path: impl Into<PathBuf>) -> Spec {
+        self.requires.push(path.into());
+        self
+    }
+
+    /// The Debian package that installs the program, its tools and files, named when one is
+    /// missing.
+    pub fn package(mut self, name: &str) -> Spec {
+        self.package = Some(name.to_owned());
+        self
+    }
+
+    /// Lets the server listen on ports its Spec does not lease. By default a server found
+    /// listening on one once it is ready fails to start ([`StartError::UnleasedPort`]): two tests
+    /// starting it at once would clash on that port.
+    pub fn allow_unleased_listeners(mut self) -> Spec {
+        self.unleased_listeners = true;
+        self
+    }
+
     /// The server's name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The program's path, if it exists.
+    /// The program's path, if it exists (in the [`Spec::search`] directories, then on `$PATH`).
     pub fn program_path(&self) -> Option<PathBuf> {
-        if self.program.contains('/') {
-            let p = PathBuf::from(&self.program);
-            super::is_executable(&p).then_some(p)
-        } else {
-            super::which(&self.program)
+        programs::find_program(&self.program, &self.search_dirs())
+    }
+
+    fn search_dirs(&self) -> Vec<PathBuf> {
+        self.search.iter().flat_map(|p| programs::dirs_matching(p)).collect()
+    }
+
+    /// The program and every tool and file, found; or what is missing.
+    fn find_all(&self) -> Result<(PathBuf, Tools), StartError> {
+        let missing = |what: String| StartError::Missing { program: what, package: self.package.clone() };
+        let dirs = self.search_dirs();
+        let program = programs::find_program(&self.program, &dirs)
+            .ok_or_else(|| missing(programs::describe_missing(&self.program, &self.search)))?;
+        let mut found = Vec::new();
+        for t in &self.tools {
+            let path =
+                programs::find_program(t, &dirs).ok_or_else(|| missing(programs::describe_missing(t, &self.search)))?;
+            found.push((t.clone(), path));
         }
+        if let Some(f) = programs::first_missing_file(&self.requires) {
+            return Err(missing(format!("{} (needed by {})", f.display(), self.name)));
+        }
+        Ok((program, Tools { found, dirs }))
     }
 }
 
 /// Why a server did not start.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum StartError {
-    /// Its program is not installed.
+    /// Its program, a [`Spec::tool`] or a [`Spec::requires`] file is not installed: checked before
+    /// anything is started.
+    #[non_exhaustive]
     Missing {
-        /// The program as the [`Spec`] names it.
+        /// What is missing: the program or tool as the [`Spec`] names it (and where it was
+        /// looked for), or the file's path.
         program: String,
+        /// The Debian package that installs it ([`Spec::package`]), when the Spec says.
+        package: Option<String>,
+    },
+    /// This process could not prepare what every server needs: its server directory in
+    /// `$TMPDIR`, a port lease, the reaper or the spawner thread (a local I/O failure, before
+    /// any server ran).
+    #[non_exhaustive]
+    Setup {
+        /// What could not be done, with the path involved.
+        what: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// It opens a port that its [`Spec`] does not lease: it exited because that port was in use
+    /// (`taken`: starting again cannot help, unlike a clash on its own leased ports, which is
+    /// retried on fresh ports), or it listens there once ready (another test's server could take
+    /// it first). Lease the port ([`Spec::ports`]) and pass it in the arguments, or turn that
+    /// listener off (ZooKeeper's admin server: `admin.enableServer=false`).
+    #[non_exhaustive]
+    UnleasedPort {
+        /// The instance (`zookeeper-2`).
+        server: String,
+        /// The ports: those the log names (possibly none) when `taken`, those it listens on when
+        /// not.
+        ports: Vec<u16>,
+        /// It exited because the port was in use (else: it listens on it).
+        taken: bool,
+        /// The last lines of its log.
+        log_tail: String,
     },
     /// It did not become ready.
+    #[non_exhaustive]
     Failed {
         /// The instance (`redis-3`).
         server: String,
@@ -267,7 +397,33 @@ pub enum StartError {
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartError::Missing { program } => write!(f, "{program} is not installed"),
+            StartError::Missing { program, package: None } => write!(f, "{program} is not installed"),
+            StartError::Missing { program, package: Some(p) } => {
+                write!(f, "{program} is not installed (Debian package {p})")
+            }
+            StartError::UnleasedPort { server, ports, taken, log_tail } => {
+                let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+                let named = if list.is_empty() { "not named in its log".to_owned() } else { list.join(", ") };
+                if *taken {
+                    write!(
+                        f,
+                        "{server} did not start: a port it opens that its Spec does not lease is in use ({named}); \
+                               its own ports were free, so starting again cannot help"
+                    )?;
+                } else {
+                    write!(
+                        f,
+                        "{server} listens on ports its Spec does not lease ({named}): another test's server may \
+                               take them first"
+                    )?;
+                }
+                write!(
+                    f,
+                    "; lease them (Spec::ports) and pass them in its arguments, or turn that listener off\n\
+                           --- last lines of its log ---\n{log_tail}"
+                )
+            }
+            StartError::Setup { what, source } => write!(f, "{what}: {source}"),
             StartError::Failed { server, reason, log_tail } => {
                 write!(f, "{server} did not start: {reason}\n--- last lines of its log ---\n{log_tail}")
             }
@@ -275,15 +431,37 @@ impl fmt::Display for StartError {
     }
 }
 
-impl std::error::Error for StartError {}
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Setup { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 impl StartError {
-    /// [`crate::skip`]s (returning `None`) when the program is missing; panics when it failed.
-    fn skip_missing<T>(r: Result<T, StartError>) -> Option<T> {
+    /// A [`StartError::Setup`].
+    pub(crate) fn setup(what: impl Into<String>, source: io::Error) -> StartError {
+        StartError::Setup { what: what.into(), source }
+    }
+
+    /// A [`StartError::Failed`].
+    pub(crate) fn failed(server: impl Into<String>, reason: impl Into<String>, log_tail: String) -> StartError {
+        StartError::Failed { server: server.into(), reason: reason.into(), log_tail }
+    }
+
+    /// `r`'s server, or `None` after a [`crate::skip`] when its program is missing (a failure with
+    /// `INTERLOCK_TEST_REQUIRE=1`). For the `start_or_skip` functions of the server modules.
+    ///
+    /// # Panics
+    ///
+    /// When the start failed for any other reason, or the program is missing and required.
+    pub fn or_skip<T>(r: Result<T, StartError>) -> Option<T> {
         match r {
             Ok(t) => Some(t),
-            Err(StartError::Missing { program }) => {
-                crate::skip(&format!("{program} (server program) is not installed"));
+            Err(e @ StartError::Missing { .. }) => {
+                crate::skip(&e.to_string());
                 None
             }
             Err(e) => panic!("{e}"),
@@ -291,10 +469,30 @@ impl StartError {
     }
 }
 
-/// Why one launch failed: the port was taken under us (start again elsewhere), or anything else.
+/// Why one launch failed.
 struct LaunchError {
-    in_use: bool,
+    kind: Launch,
     reason: String,
+}
+
+impl LaunchError {
+    fn other(reason: impl Into<String>) -> LaunchError {
+        LaunchError { kind: Launch::Other, reason: reason.into() }
+    }
+}
+
+/// What kind of failure a launch met.
+enum Launch {
+    /// It exited over an address in use, and one of its own leased ports is held by another
+    /// program: start it again, on fresh ports (a first start) or later (a restart).
+    OwnPortTaken,
+    /// It exited over an address in use, but its own ports were free: a port its Spec does not
+    /// lease (those the log names).
+    OtherPortTaken(Vec<u16>),
+    /// It is ready, but listens on ports its Spec does not lease.
+    Listens(Vec<u16>),
+    /// Anything else.
+    Other,
 }
 
 #[derive(Debug, Default)]
@@ -319,6 +517,7 @@ pub struct Server {
     data: PathBuf,
     log: PathBuf,
     program: PathBuf,
+    tools: Arc<Tools>,
     user: Option<User>,
     state: Mutex<State>,
 }
@@ -352,29 +551,43 @@ impl Server {
     ///
     /// When the server fails to start, or is missing and required.
     pub fn start_or_skip(spec: Spec) -> Option<Server> {
-        StartError::skip_missing(Server::start(spec))
+        StartError::or_skip(Server::start(spec))
     }
 
     /// Makes the home and data directories and runs `init`; does not start the process.
     fn prepare(
         spec: &Spec,
-        program: &Path,
+        (program, tools): (&Path, &Arc<Tools>),
         index: usize,
         leases: Vec<PortLease>,
         peers: Arc<Vec<Vec<u16>>>,
     ) -> Result<Server, StartError> {
         static N: AtomicU64 = AtomicU64::new(0);
         let name = format!("{}-{}", spec.name, N.fetch_add(1, Ordering::Relaxed) + 1);
-        let fail = |reason: String| StartError::Failed { server: name.clone(), reason, log_tail: String::new() };
+        let fail = |reason: String| StartError::failed(&name, reason, String::new());
         let user = match &spec.user {
             Some(u) => Some(User::lookup(u).ok_or_else(|| fail(format!("no user {u} in /etc/passwd")))?),
             None => None,
         };
-        let home = spawn::session_dir().join(&name);
+        let home =
+            spawn::session_dir().map_err(|e| StartError::setup("cannot prepare private servers", e))?.join(&name);
+        if let Some((dir, mode, owner)) = user.as_ref().and_then(|u| access::blocked_on_the_way(u, &home)) {
+            let u = user.as_ref().map_or("", |u| u.name.as_str());
+            return Err(StartError::setup(
+                format!(
+                    "{u} cannot reach its server directory {}: {} (mode {mode:04o}, owner uid {owner}) is not \
+                     searchable by it; set TMPDIR to a directory that every user can traverse, such as /tmp",
+                    home.display(),
+                    dir.display()
+                ),
+                io::Error::from(io::ErrorKind::PermissionDenied),
+            ));
+        }
         let data = home.join("data");
-        std::fs::create_dir_all(&data).map_err(|e| fail(format!("create {}: {e}", data.display())))?;
+        std::fs::create_dir_all(&data)
+            .map_err(|e| StartError::setup(format!("cannot create {}", data.display()), e))?;
         let log = home.join("server.log");
-        File::create(&log).map_err(|e| fail(format!("create {}: {e}", log.display())))?;
+        File::create(&log).map_err(|e| StartError::setup(format!("cannot create {}", log.display()), e))?;
         if let Some(u) = &user {
             for p in [&home, &data] {
                 std::os::unix::fs::chown(p, Some(u.uid), Some(u.gid))
@@ -393,6 +606,7 @@ impl Server {
             data,
             log,
             program: program.to_owned(),
+            tools: Arc::clone(tools),
             user,
             state: Mutex::new(State::default()),
         };
@@ -413,11 +627,12 @@ impl Server {
             log: &self.log,
             pid,
             user: self.user.as_ref(),
+            tools: &self.tools,
         }
     }
 
     fn failed(&self, reason: String) -> StartError {
-        StartError::Failed { server: self.name.clone(), reason, log_tail: self.log_tail(30) }
+        StartError::failed(&self.name, reason, self.log_tail(30))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -429,7 +644,7 @@ impl Server {
         let mut st = self.state();
         debug_assert!(st.child.is_none(), "spawn while running");
         st.starts += 1;
-        let err = |what: &str, e: io::Error| LaunchError { in_use: false, reason: format!("{what}: {e}") };
+        let err = |what: &str, e: io::Error| LaunchError::other(format!("{what}: {e}"));
         let mut log = OpenOptions::new().append(true).open(&self.log).map_err(|e| err("open the log", e))?;
         let ctx = self.ctx(None);
         let args = (self.spec.args)(&ctx);
@@ -459,38 +674,80 @@ impl Server {
             let pid = {
                 let mut st = self.state();
                 let Some(child) = st.child.as_mut() else {
-                    return Err(LaunchError { in_use: false, reason: "it is not running".into() });
+                    return Err(LaunchError::other("it is not running"));
                 };
                 match child.try_wait() {
                     Ok(None) => child.id(),
                     Ok(Some(status)) => {
                         st.child = None;
                         st.last_exit = Some(status);
-                        let since = self.log_since_start().to_ascii_lowercase();
-                        return Err(LaunchError {
-                            in_use: since.contains("address already in use") || since.contains("address in use"),
-                            reason: format!("it exited ({}) before it was ready", describe(status)),
-                        });
+                        drop(st);
+                        return Err(self.exited(status));
                     }
-                    Err(e) => return Err(LaunchError { in_use: false, reason: format!("wait: {e}") }),
+                    Err(e) => return Err(LaunchError::other(format!("wait: {e}"))),
                 }
             };
             let last = match (self.spec.ready)(&self.ctx(Some(pid))) {
                 // Ready, and still the process we started (not another one answering on the port).
-                Ok(()) if self.is_running() => return Ok(()),
+                Ok(()) if self.is_running() => return self.check_listeners(pid),
                 Ok(()) => "the probe passed but the process has exited".to_owned(),
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
                 self.kill();
-                return Err(LaunchError {
-                    in_use: false,
-                    reason: format!("not ready after {:?}; last probe: {last}", self.spec.ready_timeout),
-                });
+                return Err(LaunchError::other(format!(
+                    "not ready after {:?}; last probe: {last}",
+                    self.spec.ready_timeout
+                )));
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(100));
         }
+    }
+
+    /// Why it exited before it was ready: over an address in use, one of its own ports (held by
+    /// another program now) or another one; or anything else.
+    fn exited(&self, status: ExitStatus) -> LaunchError {
+        let reason = format!("it exited ({}) before it was ready", describe(status));
+        let since = self.log_since_start();
+        if !listeners::says_in_use(&since) {
+            return LaunchError::other(reason);
+        }
+        match listeners::whose_port(&since, &self.ports) {
+            listeners::Clash::Other(ports) => LaunchError { kind: Launch::OtherPortTaken(ports), reason },
+            listeners::Clash::Own => {
+                let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+                LaunchError {
+                    kind: Launch::OwnPortTaken,
+                    reason: format!("{reason}: one of its ports ({}) was in use", ports.join(", ")),
+                }
+            }
+        }
+    }
+
+    /// Fails a server that is ready but listens on ports it did not lease (unless its Spec allows
+    /// it, or `/proc` cannot tell).
+    fn check_listeners(&self, pid: u32) -> Result<(), LaunchError> {
+        if self.spec.unleased_listeners {
+            return Ok(());
+        }
+        let Some(listening) = listeners::listening_ports(pid) else { return Ok(()) };
+        let extra: Vec<u16> = listening.into_iter().filter(|p| !self.ports.contains(p)).collect();
+        if extra.is_empty() {
+            return Ok(());
+        }
+        self.kill();
+        Err(LaunchError { kind: Launch::Listens(extra), reason: "it listens on ports it did not lease".into() })
+    }
+
+    /// The [`StartError`] of a launch that failed for good.
+    fn launch_failed(&self, e: LaunchError) -> StartError {
+        let (ports, taken) = match e.kind {
+            Launch::OtherPortTaken(ports) => (ports, true),
+            Launch::Listens(ports) => (ports, false),
+            Launch::OwnPortTaken | Launch::Other => return self.failed(e.reason),
+        };
+        StartError::UnleasedPort { server: self.name.clone(), ports, taken, log_tail: self.log_tail(30) }
     }
 
     /// The log written since the last start marker.
@@ -693,7 +950,7 @@ fn describe(status: ExitStatus) -> String {
 /// before any member is). With `retry_in_use`, a server whose port was taken is started again on
 /// the same port until [`RESTART_PORT_WAIT`] passes; without, that is an `in_use` error.
 fn launch(servers: &[&Server], retry_in_use: bool) -> Result<(), StartError> {
-    launch_inner(servers, retry_in_use).map_err(|(s, e)| s.failed(e.reason))
+    launch_inner(servers, retry_in_use).map_err(|(s, e)| s.launch_failed(e))
 }
 
 fn launch_inner<'a>(servers: &[&'a Server], retry_in_use: bool) -> Result<(), (&'a Server, LaunchError)> {
@@ -708,7 +965,9 @@ fn launch_inner<'a>(servers: &[&'a Server], retry_in_use: bool) -> Result<(), (&
         for s in &pending {
             match s.wait_ready(ready_by) {
                 Ok(()) => {}
-                Err(e) if e.in_use && retry_in_use && Instant::now() < port_deadline => in_use.push(*s),
+                Err(e) if matches!(e.kind, Launch::OwnPortTaken) && retry_in_use && Instant::now() < port_deadline => {
+                    in_use.push(*s);
+                }
                 Err(e) => return Err((*s, e)),
             }
         }
@@ -735,25 +994,26 @@ impl Group {
     ///
     /// As [`Server::start`].
     pub fn start(spec: Spec, n: usize) -> Result<Group, StartError> {
-        let Some(program) = spec.program_path() else {
-            return Err(StartError::Missing { program: spec.program.clone() });
-        };
+        let (program, tools) = spec.find_all()?;
+        let tools = Arc::new(tools);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let leases: Vec<Vec<PortLease>> =
-                (0..n).map(|_| (0..spec.ports).map(|_| PortLease::reserve()).collect()).collect();
+            let leases = (0..n)
+                .map(|_| (0..spec.ports).map(|_| PortLease::lease()).collect::<io::Result<Vec<_>>>())
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(|e| StartError::setup("cannot lease a loopback port", e))?;
             let peers = Arc::new(leases.iter().map(|l| l.iter().map(PortLease::port).collect()).collect::<Vec<_>>());
             let mut members = Vec::with_capacity(n);
             for (index, l) in leases.into_iter().enumerate() {
-                members.push(Server::prepare(&spec, &program, index, l, Arc::clone(&peers))?);
+                members.push(Server::prepare(&spec, (&program, &tools), index, l, Arc::clone(&peers))?);
             }
             let refs: Vec<&Server> = members.iter().collect();
             match launch_inner(&refs, false) {
                 Ok(()) => return Ok(Group { members }),
                 // The port was taken between our probe and the server's bind: new ports.
-                Err((_, e)) if e.in_use && attempt < START_ATTEMPTS => {}
-                Err((s, e)) => return Err(s.failed(e.reason)),
+                Err((_, e)) if matches!(e.kind, Launch::OwnPortTaken) && attempt < START_ATTEMPTS => {}
+                Err((s, e)) => return Err(s.launch_failed(e)),
             }
         }
     }
@@ -764,7 +1024,7 @@ impl Group {
     ///
     /// When a member fails to start, or the program is missing and required.
     pub fn start_or_skip(spec: Spec, n: usize) -> Option<Group> {
-        StartError::skip_missing(Group::start(spec, n))
+        StartError::or_skip(Group::start(spec, n))
     }
 
     /// The members, by index.

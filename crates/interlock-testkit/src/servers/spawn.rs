@@ -69,20 +69,35 @@ fn only(mechanism: &str) -> bool {
     ONLY.get_or_init(|| std::env::var(ONLY_ENV).ok()).as_deref() == Some(mechanism)
 }
 
-fn session() -> &'static Session {
+/// This process's session, set up by the first caller. A failure (an unusable `$TMPDIR`, no
+/// `sh`, no thread) is returned, not cached: the next caller tries again.
+fn session() -> io::Result<&'static Session> {
     static SESSION: OnceLock<Session> = OnceLock::new();
-    SESSION.get_or_init(|| {
-        let root = tempfile::Builder::new()
-            .prefix(&format!("interlock-servers-{}-", std::process::id()))
-            .tempdir()
-            .expect("create the server directory")
-            .keep();
+    static SETUP: Mutex<()> = Mutex::new(());
+    if let Some(s) = SESSION.get() {
+        return Ok(s);
+    }
+    let _one_at_a_time = SETUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(s) = SESSION.get() {
+        return Ok(s);
+    }
+    let session = Session::start()?;
+    Ok(SESSION.get_or_init(|| session))
+}
+
+impl Session {
+    fn start() -> io::Result<Session> {
+        let context = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+        let root =
+            tempfile::Builder::new().prefix(&format!("interlock-servers-{}-", std::process::id())).tempdir().map_err(
+                |e| context(&format!("cannot create a directory in {} ($TMPDIR)", std::env::temp_dir().display()), e),
+            )?;
         // Servers that run as another user must reach their own directory inside.
-        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .expect("chmod the server directory");
+        std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|e| context(&format!("cannot chmod {}", root.path().display()), e))?;
         let mut reaper = Command::new("sh")
             .args(["-c", REAPER, "interlock-testkit-reaper"])
-            .arg(&root)
+            .arg(root.path())
             .arg(if only("pdeathsig") { "nokill" } else { "kill" })
             .current_dir("/")
             .process_group(0)
@@ -90,9 +105,13 @@ fn session() -> &'static Session {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start the server reaper (sh)");
-        let reaper_stdin = reaper.stdin.take().expect("reaper stdin");
+            .map_err(|e| context("cannot start the servers' reaper (sh)", e))?;
         let reaper_pid = reaper.id();
+        let Some(reaper_stdin) = reaper.stdin.take() else {
+            let _ = reaper.kill();
+            let _ = reaper.wait();
+            return Err(io::Error::other("the servers' reaper (sh) has no standard input"));
+        };
         // Not waited for: it outlives us on purpose. Dropping a `Child` neither kills nor waits.
         drop(reaper);
 
@@ -105,20 +124,31 @@ fn session() -> &'static Session {
                     let _ = reply.send(cmd.spawn());
                 }
             })
-            .expect("start the spawner thread");
-        Session { root, reaper_pid, spawner: Mutex::new(tx), _reaper_stdin: reaper_stdin }
-    })
+            // The reaper sees its stdin close when `reaper_stdin` is dropped here, and removes
+            // the directory (`keep` has not run yet, so `root` would remove it too).
+            .map_err(|e| context("cannot start the servers' spawner thread", e))?;
+        Ok(Session { root: root.keep(), reaper_pid, spawner: Mutex::new(tx), _reaper_stdin: reaper_stdin })
+    }
 }
 
-/// The directory that holds every server home of this process; the reaper removes it when this
-/// process is gone.
-pub fn session_dir() -> &'static Path {
-    &session().root
+/// The directory that holds every server home of this process (made by the first call, in
+/// `$TMPDIR`); the reaper removes it when this process is gone.
+///
+/// # Errors
+///
+/// When it cannot be made (`$TMPDIR` missing or not writable), or the reaper or the spawner
+/// thread cannot be started.
+pub fn session_dir() -> io::Result<&'static Path> {
+    Ok(&session()?.root)
 }
 
 /// The reaper's process id (see the module docs).
-pub fn reaper_pid() -> u32 {
-    session().reaper_pid
+///
+/// # Errors
+///
+/// As [`session_dir`].
+pub fn reaper_pid() -> io::Result<u32> {
+    Ok(session()?.reaper_pid)
 }
 
 /// Spawns `cmd` on the spawner thread, with SIGKILL as its parent-death signal.
@@ -127,7 +157,7 @@ pub(crate) fn spawn(mut cmd: Command) -> io::Result<Child> {
         die_with_parent(&mut cmd);
     }
     let (reply_tx, reply_rx) = channel();
-    session()
+    session()?
         .spawner
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

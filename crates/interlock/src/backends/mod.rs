@@ -158,6 +158,51 @@ pub static BACKENDS: &[Backend] = &[
     ),
 ];
 
+/// Schemes that no build of interlock ever serves, for tests that need a URL that is "not built":
+/// a planned backend's scheme (`zk://`, `mysql://`) cannot serve there, since it stops being
+/// refused the day that backend is built (and cargo unifies features across a workspace), and a
+/// refused connection is `Unavailable` too (exit 69), so a test of the refusal must check its
+/// message, not only its kind.
+///
+/// Their registry entries are hidden: not in [`backends()`], `interlock --help` or the list of
+/// known schemes of an unknown scheme's error; [`for_scheme`] finds them, and
+/// [`crate::connect`] refuses them exactly as it refuses a planned backend, or a written one
+/// whose cargo feature is off.
+#[doc(hidden)]
+pub mod test_schemes {
+    /// A planned backend that is never written (`Availability::Planned`): refused as `zk://` is
+    /// while ZooKeeper is planned.
+    pub const PLANNED: &str = "interlock-test-planned";
+    /// A written backend whose cargo feature is never on (`Availability::FeatureOff`): refused as
+    /// `redis://` is by a build without the `redis` feature.
+    pub const FEATURE_OFF: &str = "interlock-test-feature-off";
+}
+
+/// The hidden entries of [`test_schemes`].
+static TEST_BACKENDS: &[Backend] = &[
+    Backend::planned(
+        "test-planned",
+        "test-planned",
+        "test-only planned",
+        &[test_schemes::PLANNED],
+        "interlock-test-planned://host/path",
+        "nothing (a test fixture)",
+        None,
+    ),
+    Backend {
+        availability: Availability::FeatureOff,
+        ..Backend::planned(
+            "test-feature-off",
+            "test-feature-off",
+            "test-only feature-off",
+            &[test_schemes::FEATURE_OFF],
+            "interlock-test-feature-off://host/path",
+            "nothing (a test fixture)",
+            None,
+        )
+    },
+];
+
 /// Every backend interlock knows (see [`BACKENDS`]).
 ///
 /// # Examples
@@ -172,9 +217,9 @@ pub fn backends() -> &'static [Backend] {
     BACKENDS
 }
 
-/// The backend that answers to `scheme` (case-insensitive).
+/// The backend that answers to `scheme` (case-insensitive), the hidden [`test_schemes`] too.
 pub fn for_scheme(scheme: &str) -> Option<&'static Backend> {
-    BACKENDS.iter().find(|b| b.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)))
+    BACKENDS.iter().chain(TEST_BACKENDS).find(|b| b.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)))
 }
 
 /// Builds the raw backend for `url`, and its default lease settings.
@@ -212,7 +257,7 @@ mod tests {
     fn schemes_and_names_are_unique_and_lowercase() {
         let mut schemes = HashSet::new();
         let mut names = HashSet::new();
-        for b in BACKENDS {
+        for b in BACKENDS.iter().chain(TEST_BACKENDS) {
             assert!(names.insert(b.name), "{} twice", b.name);
             assert!(!b.schemes.is_empty(), "{} has no scheme", b.name);
             for s in b.schemes {
@@ -227,8 +272,34 @@ mod tests {
     async fn unknown_and_planned_schemes_are_refused_by_the_table() {
         let e = connect_raw(&LockUrl::parse("gopher://x").unwrap()).await.err().unwrap().to_string();
         assert!(e.contains("unknown scheme `gopher`") && e.contains("zookeeper") && e.contains("postgresql"), "{e}");
-        let e = connect_raw(&LockUrl::parse("mariadb://u@h/db").unwrap()).await.err().unwrap();
-        assert!(matches!(e, Error::Unsupported { backend: "mysql", .. }), "{e}");
-        assert!(e.to_string().contains("cargo feature `mysql`"), "{e}");
+        assert!(!e.contains("interlock-test"), "the test schemes are not listed: {e}");
+        let url = format!("{}://u:hunter2@h/db", test_schemes::PLANNED);
+        let e = connect_raw(&LockUrl::parse(&url).unwrap()).await.err().unwrap();
+        assert!(matches!(e, Error::Unsupported { backend: "test-planned", .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "test-planned: `interlock-test-planned://` URLs are not supported by this build: the test-only planned \
+             backend, which needs cargo feature `test-planned`, not implemented yet"
+        );
+        let url = format!("{}://h", test_schemes::FEATURE_OFF.to_ascii_uppercase());
+        let e = connect_raw(&LockUrl::parse(&url).unwrap()).await.err().unwrap();
+        assert!(matches!(e, Error::Unsupported { backend: "test-feature-off", .. }), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("the test-only feature-off backend, built without its cargo feature `test-feature-off`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_test_schemes_are_hidden_and_never_built() {
+        for scheme in [test_schemes::PLANNED, test_schemes::FEATURE_OFF] {
+            let b = for_scheme(scheme).unwrap();
+            assert_ne!(b.availability, Availability::Built);
+            assert!(b.connect.is_none());
+            assert!(!backends().iter().any(|v| std::ptr::eq(v, b)), "{scheme} is listed");
+        }
+        assert_eq!(for_scheme(test_schemes::PLANNED).unwrap().availability, Availability::Planned);
+        assert_eq!(for_scheme(test_schemes::FEATURE_OFF).unwrap().availability, Availability::FeatureOff);
     }
 }

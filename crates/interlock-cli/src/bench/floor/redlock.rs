@@ -1,11 +1,12 @@
 //! The redlock backend's floors: one `PING` to every master at once, on connections of their
-//! own, and waiting for all N answers (the slowest of N round trips): what one Redlock round
-//! costs at best (see [`super::round_trip`] for what each workload's floor does with one).
+//! own ([`interlock::redlock::raw_connections`]), and waiting for all N answers (the slowest of
+//! N round trips): what one Redlock round costs at best (see [`super::round_trip`] for what each
+//! workload's floor does with one).
 //!
 //! `--start-server` starts three private `redis-server` masters (the redis floor's
 //! `--start-server`, three times) and kills them, by pid, when the bench ends.
 
-use interlock::redlock::FloorConnections;
+use interlock::redis::RawConnection;
 
 use super::round_trip::{self, RoundTrip};
 use super::{Floors, StartedServer};
@@ -17,7 +18,7 @@ const MASTERS: usize = 3;
 pub(super) const FLOORS: Floors = Floors {
     backend: "redlock",
     uncontended: |t, _, d| {
-        Box::pin(round_trip::uncontended::<FloorConnections>(t, d, |c| {
+        Box::pin(round_trip::uncontended::<PingRound>(t, d, |c| {
             let n = c.len();
             [
                 (format!("2 × PING round to all {n} masters (acquire + release at best)"), 2),
@@ -26,7 +27,7 @@ pub(super) const FLOORS: Floors = Floors {
         }))
     },
     contended: |t, clients, d| {
-        Box::pin(round_trip::contended::<FloorConnections>(
+        Box::pin(round_trip::contended::<PingRound>(
             t,
             clients,
             d,
@@ -34,7 +35,7 @@ pub(super) const FLOORS: Floors = Floors {
         ))
     },
     waiters: |t, w, kind| {
-        Box::pin(round_trip::waiters::<FloorConnections>(
+        Box::pin(round_trip::waiters::<PingRound>(
             t,
             w,
             kind,
@@ -45,7 +46,7 @@ pub(super) const FLOORS: Floors = Floors {
         ))
     },
     handoff: |t, holds, pace| {
-        Box::pin(round_trip::handoff::<FloorConnections>(
+        Box::pin(round_trip::handoff::<PingRound>(
             t,
             holds,
             pace,
@@ -56,13 +57,32 @@ pub(super) const FLOORS: Floors = Floors {
     start_server: Some(start_servers),
 };
 
-impl RoundTrip for FloorConnections {
+/// A connection of its own to every master; a round is one `PING` to each at once, done when
+/// all have answered.
+pub(super) struct PingRound(Vec<RawConnection>);
+
+impl PingRound {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl RoundTrip for PingRound {
     async fn open(url: &str) -> Result<Self, Failure> {
-        FloorConnections::open(url).await.map_err(|e| Failure::from_lock(&e, exit::CONFLICT_DEFAULT))
+        let conns = interlock::redlock::raw_connections(url)
+            .await
+            .map_err(|e| Failure::from_lock(&e, exit::CONFLICT_DEFAULT))?;
+        let mut c = PingRound(conns);
+        c.round().await?;
+        Ok(c)
     }
 
     async fn round(&mut self) -> Result<(), Failure> {
-        self.ping_all().await.map_err(|e| Failure::from_lock(&e, exit::CONFLICT_DEFAULT))
+        // Polled together on this task, as the backend's rounds are: no task per master.
+        for r in futures_util::future::join_all(self.0.iter_mut().map(super::redis::ping)).await {
+            r?;
+        }
+        Ok(())
     }
 }
 

@@ -131,34 +131,48 @@ pub const REGISTRATION: Duration = Duration::from_secs(2);
 const _: () =
     assert!(CLAIM.as_millis() == raw::CLAIM.as_millis() && REGISTRATION.as_millis() == raw::REGISTRATION.as_millis());
 
-/// A plain connection to the server of a `redis://` URL, for measurements next to interlock's
-/// (the `PING` floor of `interlock bench`). Not a lock.
+/// A plain connection of its own to the server, or the cluster, of a `redis://` URL: what
+/// [`raw_connection`] opens. Not a lock.
+///
+/// Not part of interlock's API (hidden from its docs): its variants are the `redis` crate's
+/// types, which follow that crate's version.
+#[doc(hidden)]
 #[cfg(feature = "redis")]
-#[derive(Debug)]
-pub struct FloorConnection {
-    config: config::RedisConfig,
-    conn: raw::Conn,
+#[non_exhaustive]
+pub enum RawConnection {
+    /// One server (`redis://`, `rediss://`), or one Redlock master.
+    Server(::redis::aio::MultiplexedConnection),
+    /// A Redis Cluster (`redis+cluster://`, `rediss+cluster://`): commands go where the caller
+    /// routes them.
+    Cluster(::redis::cluster_async::ClusterConnection),
 }
 
 #[cfg(feature = "redis")]
-impl FloorConnection {
-    /// Connects (and authenticates) to the server of `url`.
-    ///
-    /// # Errors
-    ///
-    /// As [`crate::connect`].
-    pub async fn open(url: &str) -> Result<FloorConnection> {
-        let config = config::RedisConfig::from_url(&LockUrl::parse(url)?)?;
-        let conn = raw::floor_connection(&config).await?;
-        Ok(FloorConnection { config, conn })
+impl std::fmt::Debug for RawConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RawConnection::Server(_) => "RawConnection::Server",
+            RawConnection::Cluster(_) => "RawConnection::Cluster",
+        })
     }
+}
 
-    /// One `PING` round trip.
-    ///
-    /// # Errors
-    ///
-    /// [`crate::Error::Unavailable`] when the server does not answer.
-    pub async fn ping(&mut self) -> Result<()> {
-        raw::floor_ping(&self.config, &mut self.conn).await
-    }
+/// Opens a plain connection of its own to the server (or cluster) of `url`, connected and
+/// authenticated as the backend's own connections are (TLS with the URL's `ca`, `cert` and
+/// `key`, ACL user and password, database; `command_timeout` bounds connecting and each reply),
+/// for measurements next to interlock's: `interlock bench`'s floors time `PING`s on it. It takes
+/// no lock and creates no key.
+///
+/// Not part of interlock's API (hidden from its docs): it exists for `interlock bench`, and its
+/// [`RawConnection`] follows the `redis` crate's version.
+///
+/// # Errors
+///
+/// As [`crate::connect`]: [`crate::Error::InvalidUrl`] for a URL the backend refuses,
+/// [`crate::Error::Unavailable`] when the server cannot be reached, [`crate::Error::Auth`] when
+/// it refuses the credentials.
+#[doc(hidden)]
+#[cfg(feature = "redis")]
+pub async fn raw_connection(url: &str) -> Result<RawConnection> {
+    raw::raw_connection(&config::RedisConfig::from_url(&LockUrl::parse(url)?)?).await
 }

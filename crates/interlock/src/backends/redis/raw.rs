@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::cluster_routing::RoutingInfo;
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline,
     ProtocolVersion, RedisConnectionInfo, RedisError, RedisFuture, ScriptInvocation, ServerErrorKind, Value,
@@ -1063,17 +1063,16 @@ impl RawProvider for RedisProvider {
     }
 }
 
-/// A plain connection for `interlock bench`'s floors (see `super::FloorConnection`); on a
-/// cluster, a cluster connection whose `PING`s go to the master of slot 0.
-pub(crate) async fn floor_connection(config: &RedisConfig) -> Result<Conn> {
+/// A plain connection of its own to `config`'s server (see `super::raw_connection`): a multiplexed
+/// connection, or on a cluster a cluster connection; `command_timeout` bounds the connection and
+/// each reply.
+pub(crate) async fn raw_connection(config: &RedisConfig) -> Result<super::RawConnection> {
     if config.cluster {
         let client = cluster_client(config, Some(config.command_timeout))?;
-        let mut c = Conn::Cluster(client.get_async_connection().await.map_err(|e| map_err(config, "connect", e))?);
-        floor_ping(config, &mut c).await?;
-        return Ok(c);
+        let c = client.get_async_connection().await.map_err(|e| map_err(config, "connect", e))?;
+        return Ok(super::RawConnection::Cluster(c));
     }
-    let client = client(config)?;
-    let mut c = client
+    let c = client(config)?
         .get_multiplexed_async_connection_with_config(
             &AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(config.command_timeout))
@@ -1081,17 +1080,5 @@ pub(crate) async fn floor_connection(config: &RedisConfig) -> Result<Conn> {
         )
         .await
         .map_err(|e| map_err(config, "connect", e))?;
-    ping(&mut c).await.map_err(|e| map_err(config, "PING", e))?;
-    Ok(Conn::Plain(c))
-}
-
-pub(crate) async fn floor_ping(config: &RedisConfig, c: &mut Conn) -> Result<()> {
-    let r = match c {
-        Conn::Cluster(c) => {
-            let slot0 = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(0, SlotAddr::Master)));
-            c.route_command(redis::cmd("PING"), slot0).await.map(drop)
-        }
-        c => ping(c).await,
-    };
-    r.map_err(|e| map_err(config, "PING", e))
+    Ok(super::RawConnection::Server(c))
 }

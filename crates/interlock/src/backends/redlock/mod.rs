@@ -117,72 +117,17 @@ pub fn lock_key(prefix: &str, name: &str) -> String {
     keys::Keys::new(prefix, name).lock
 }
 
-/// Plain connections to every master of a `redlock://` URL, for measurements next to
-/// interlock's (the floor of `interlock bench`: one `PING` to every master at once). Not a lock.
+/// Opens a plain connection of its own to every master of `url` (in the URL's order), as
+/// [`crate::redis::raw_connection`] does for one server: for measurements next to interlock's
+/// (`interlock bench`'s floor sends one `PING` to every master at once). It takes no lock.
+///
+/// Not part of interlock's API (hidden from its docs): it exists for `interlock bench`.
+///
+/// # Errors
+///
+/// As [`crate::connect`], when the URL is refused or any master cannot be reached.
+#[doc(hidden)]
 #[cfg(feature = "redlock")]
-#[derive(Debug)]
-pub struct FloorConnections {
-    conns: Vec<(crate::backends::redis::config::RedisConfig, crate::backends::redis::raw::Conn)>,
-}
-
-#[cfg(feature = "redlock")]
-impl FloorConnections {
-    /// Connects (and authenticates) to every master of `url`.
-    ///
-    /// # Errors
-    ///
-    /// As [`crate::connect`], when any master cannot be reached.
-    pub async fn open(url: &str) -> Result<FloorConnections> {
-        let config = config::RedlockConfig::from_url(&LockUrl::parse(url)?)?;
-        Ok(FloorConnections { conns: raw::floor_connections(&config).await? })
-    }
-
-    /// How many masters.
-    pub fn len(&self) -> usize {
-        self.conns.len()
-    }
-
-    /// True with no masters (never: a URL names at least [`MIN_MASTERS`]).
-    pub fn is_empty(&self) -> bool {
-        self.conns.is_empty()
-    }
-
-    /// One `PING` to every master at once; returns when all answered (the slowest of the N
-    /// round trips).
-    ///
-    /// # Errors
-    ///
-    /// [`crate::Error::Unavailable`] when a master does not answer.
-    pub async fn ping_all(&mut self) -> Result<()> {
-        let pings: Vec<_> =
-            self.conns.iter_mut().map(|(c, conn)| Box::pin(crate::backends::redis::raw::floor_ping(c, conn))).collect();
-        for r in join_all(pings).await {
-            r?;
-        }
-        Ok(())
-    }
-}
-
-/// Polls every future until all are done (the workspace has no `futures` dependency).
-#[cfg(feature = "redlock")]
-async fn join_all<F: std::future::Future + Unpin>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut futs: Vec<Option<F>> = futs.into_iter().map(Some).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
-            if let Some(fut) = f {
-                match std::pin::Pin::new(fut).poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *o = Some(v);
-                        *f = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
-    })
-    .await;
-    out.into_iter().flatten().collect()
+pub async fn raw_connections(url: &str) -> Result<Vec<crate::redis::RawConnection>> {
+    raw::raw_connections(&config::RedlockConfig::from_url(&LockUrl::parse(url)?)?).await
 }

@@ -1129,14 +1129,11 @@ impl RawProvider for RedlockProvider {
     }
 }
 
-/// Plain connections to every master of a `redlock://` URL, for `interlock bench`'s floor.
-pub(crate) async fn floor_connections(
-    config: &RedlockConfig,
-) -> Result<Vec<(RedisConfig, crate::backends::redis::raw::Conn)>> {
+/// A plain connection of its own to every master (see `super::raw_connections`).
+pub(crate) async fn raw_connections(config: &RedlockConfig) -> Result<Vec<crate::backends::redis::RawConnection>> {
     let mut out = Vec::new();
     for c in &config.masters {
-        let conn = crate::backends::redis::raw::floor_connection(c).await.map_err(rebrand)?;
-        out.push((c.clone(), conn));
+        out.push(crate::backends::redis::raw::raw_connection(c).await.map_err(rebrand)?);
     }
     Ok(out)
 }
