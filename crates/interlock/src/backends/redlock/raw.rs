@@ -572,8 +572,12 @@ impl Op {
 /// Where a [`release_everywhere`] releases, and which answers it waits for before it returns
 /// (the others complete in the background).
 enum Until {
-    /// Every master, every answer.
-    All,
+    /// Every master, until every one answered, or until this many answered and the others had
+    /// the stragglers' time ([`straggler_deadline`]) more: the undo of an abandoned acquisition,
+    /// which a program about to exit waits for (`finish_cleanups`), and which must not wait for a
+    /// paused minority. A late master's release is in its connection's queue by then, behind the
+    /// acquire requests: it lands when the master runs again (also after this process has exited).
+    Settled(usize),
     /// Every master, until this many held the lock, or so many did not that a quorum cannot have.
     Quorum(usize),
     /// Only the masters marked `true`, every answer (the undo of a failed attempt before the next
@@ -606,16 +610,19 @@ async fn release_everywhere(
         })
     };
     let (mut held, mut not_held, mut errors) = (0, 0, Vec::new());
-    while let Some((_, r)) = replies.recv().await {
+    let (started, mut stragglers) = (Instant::now(), None);
+    while let Some((_, r)) = next_answer(&mut replies, stragglers).await {
         match r {
             Ok(1) => held += 1,
             Ok(_) => not_held += 1,
             Err(e) => errors.push(e),
         }
-        if let Until::Quorum(q) = until
-            && (held >= q || not_held > n - q)
-        {
-            break;
+        match until {
+            Until::Quorum(q) if held >= q || not_held > n - q => break,
+            Until::Settled(q) if stragglers.is_none() && held + not_held + errors.len() >= q => {
+                stragglers = Some(straggler_deadline(started));
+            }
+            _ => {}
         }
     }
     (held, not_held, errors)
@@ -743,9 +750,9 @@ impl RedlockProvider {
         // Armed before the first request: whatever we may have set on a master (a key, a share,
         // a waiting writer's registration) goes if we are dropped.
         let undo = Cleanup::new({
-            let (masters, op) = (self.masters.clone(), op.clone());
+            let (masters, op, quorum) = (self.masters.clone(), op.clone(), self.quorum());
             async move {
-                let (_, _, errors) = release_everywhere(masters, op, false, Until::All).await;
+                let (_, _, errors) = release_everywhere(masters, op, false, Until::Settled(quorum)).await;
                 for e in errors {
                     tracing::debug!(error = %e, "redlock: undo of an abandoned acquisition failed on a master; its lease expires on its own");
                 }
