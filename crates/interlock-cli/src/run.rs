@@ -387,6 +387,10 @@ async fn finish(guard: Guard, tree: &Tree) -> Outcome {
             exit::LOCK_LOST,
             format!("lock {name}: the command was killed when its lease ran out before a renewal reached the guardian"),
         )),
+        Ok(()) if tree.killed_unguarded() => Err(Failure::new(
+            exit::LOCK_LOST,
+            format!("lock {name}: the command was killed when its guardian died and no other could be started"),
+        )),
         Ok(()) => Ok(code),
         Err(e) if e.is_lock_lost() => Err(Failure::from_lock(&e, exit::CONFLICT_DEFAULT)),
         Err(e) => {
