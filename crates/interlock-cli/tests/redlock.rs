@@ -643,6 +643,37 @@ async fn a_wait_given_up_with_two_paused_masters_of_five_ends_at_once() {
     given_up_waits_never_wait_for_paused_masters(2).await;
 }
 
+/// Masters that do not have interlock's scripts cached (first use after they started, a `SCRIPT
+/// FLUSH`) get them at connect: so the release that `interlock hold` sends to a paused master just
+/// before it exits (it returns once a quorum released) is one `EVALSHA` that the master runs
+/// when it is continued. (Without the scripts, the master answered `NOSCRIPT` once continued, to a
+/// process that was gone and could not send the script again, and kept the key for its lease.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_sent_to_a_paused_master_lands_after_the_process_exits() {
+    let Some(h) = own(3) else { return };
+    for r in h.group().members() {
+        assert_eq!(r.cmd(0, &["SCRIPT", "FLUSH"]).unwrap(), Resp::Simple("OK".into()));
+    }
+    let url = h.base_url();
+    let name = unique("late-release");
+    let hold = Hold::start(h.bin().unwrap(), &url, &name, &[]).await;
+    let paused = h.group().member(0).server();
+    paused.pause();
+    assert_eq!(hold.release().await, Some(0), "released on a quorum while a master is paused");
+    paused.resume();
+    // No prefix in the base URL: the key is the name; the lease is the default 10 s.
+    let key = name.clone();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = h.group().member(0).cmd(h.ns().db, &["PTTL", &key]).unwrap();
+        if left == Resp::Int(-2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the paused master kept the released key: PTTL {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A TCP forwarder on a leased loopback port to `target`: another address of the same server.
 fn forwarder(target: u16) -> PortLease {
     let lease = PortLease::reserve();

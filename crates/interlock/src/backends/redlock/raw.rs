@@ -50,8 +50,9 @@ pub(crate) struct Master {
     client: Client,
     conn: OnceCell<ConnectionManager>,
     wakeups: Arc<Wakeups>,
-    /// A script of ours ran here: the master has them cached, so an `EVALSHA` is one request
-    /// (without them it is a `NOSCRIPT` answer, then the script sent again).
+    /// The master has our scripts cached (checked, and the missing ones loaded, when the
+    /// connection opened; or a script of ours ran here), so an `EVALSHA` is one request (without
+    /// them it is a `NOSCRIPT` answer, then the script sent again).
     scripted: AtomicBool,
     /// What the provider's masters found out about each other (one server named twice).
     peers: Arc<Peers>,
@@ -169,10 +170,32 @@ impl Master {
         // refused to an ACL user: then only the addresses tell two masters apart.
         let mut second = first.clone();
         let info = async move { redis::cmd("INFO").arg("server").query_async::<String>(&mut second).await };
+        // Which of our scripts the master has cached, in the same round trip.
+        let mut third = first.clone();
+        let hashes: Vec<&str> = scripts::ALL.iter().map(|s| s.get_hash()).collect();
+        let cached =
+            async move { redis::cmd("SCRIPT").arg("EXISTS").arg(hashes).query_async::<Vec<i64>>(&mut third).await };
         let ping_cmd = redis::cmd("PING");
         let ping = ping_cmd.query_async::<redis::Value>(&mut first);
-        let (ping, info) = tokio::join!(ping, info);
+        let (ping, info, cached) = tokio::join!(ping, info, cached);
         ping.map_err(|e| self.err("PING", e))?;
+        // The missing ones are loaded now (on first use after the master started, or after a
+        // SCRIPT FLUSH): a request sent to this master is then one EVALSHA, which it runs when it
+        // gets to it, also after this process has exited (a release sent to a paused master
+        // just before `interlock run` exits). A `NOSCRIPT` answer would need us to send the
+        // script again, and a paused master answers after we are gone. An ACL user without
+        // SCRIPT is left to the EVALSHA / EVAL fallback of each request.
+        if let Ok(cached) = cached {
+            let mut all = cached.len() == scripts::ALL.len();
+            for (script, have) in scripts::ALL.iter().zip(cached) {
+                if have == 0 && script.load_async(&mut first).await.is_err() {
+                    all = false;
+                }
+            }
+            if all {
+                self.scripted.store(true, Ordering::SeqCst);
+            }
+        }
         let run_id = info
             .ok()
             .and_then(|text| text.lines().find_map(|l| l.strip_prefix("run_id:")).map(|id| id.trim().to_owned()));
