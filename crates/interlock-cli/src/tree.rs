@@ -200,7 +200,8 @@ impl Tree {
                         seen = Reaped::Stopped(sig);
                     }
                 }
-                Ok(Some((pid, st))) if Some(pid) == self.guardian => {
+                // A stop of the guardian (someone's SIGSTOP to the command's group) is not its end.
+                Ok(Some((pid, st))) if Some(pid) == self.guardian && (st.exited() || st.signaled()) => {
                     // It killed the tree when the lease ran out, or someone killed it.
                     tracing::debug!(status = ?st, "the guardian process ended");
                     self.guardian = None;
@@ -209,7 +210,7 @@ impl Tree {
                         self.replace_guardian(pid, st);
                     }
                 }
-                Ok(Some(_)) => {} // a descendant re-parented to us: reaped
+                Ok(Some(_)) => {} // a descendant re-parented to us: reaped (or the guardian stopped)
                 Ok(None) => {
                     // The guardian is a child but not part of the tree: alone, it means done.
                     if let Some(guardian) = self.guardian
@@ -516,10 +517,14 @@ fn spawn_guardian(
     Ok((pid, feed))
 }
 
-/// Sets up the guardian between `fork` and `exec`: SIGTERM when interlock dies.
+/// Sets up the guardian between `fork` and `exec`: SIGTERM when interlock dies; SIGTTIN and SIGTTOU
+/// ignored (dispositions that survive `exec`): the kernel sends them to the command's whole
+/// process group, the guardian's, when the command reads or writes the terminal from the
+/// background, and the guardian must never be stopped by them (nor by its own messages on a
+/// terminal with `tostop`).
 #[allow(unsafe_code)]
 fn guardian_setup(cmd: &mut Command) {
-    // SAFETY: as in `child_setup`: raw system calls and `sigprocmask` (async-signal-safe), in
+    // SAFETY: as in `child_setup`: raw system calls, `sigprocmask` and `signal` (async-signal-safe), in
     // the forked child before `exec`, on a `sigset_t` initialised by `sigemptyset`.
     unsafe {
         cmd.pre_exec(move || {
@@ -529,6 +534,8 @@ fn guardian_setup(cmd: &mut Command) {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            libc::signal(libc::SIGTTIN, libc::SIG_IGN);
+            libc::signal(libc::SIGTTOU, libc::SIG_IGN);
             // If interlock dies before this line, the guardian sees that itself (its parent changed).
             rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
             Ok(())
