@@ -493,11 +493,18 @@ say("exit\n")
 print("ok")
 "#;
     let d = LockDir::new();
-    let mut c = Command::new("python3");
-    c.args(["-c", PY, BIN, &d.url()]).env_remove("INTERLOCK_URL").env("INTERLOCK_LOG", "debug");
-    let out = cli_support::output(c);
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(out.stdout.trim(), "ok");
+    // The file backend, and one whose locks expire, where the command's group is its guardian's
+    // (quoted: the URL goes into the shell's command line).
+    for url in [d.url(), "'memory://?lease=30s'".to_owned()] {
+        let mut c = Command::new("python3");
+        c.args(["-c", PY, BIN, &url])
+            .env_remove("INTERLOCK_URL")
+            .env("INTERLOCK_LOG", "debug")
+            .env("INTERLOCK_ALLOW_IN_PROCESS", "1");
+        let out = cli_support::output(c);
+        assert!(out.status.success(), "{url}: {out:?}");
+        assert_eq!(out.stdout.trim(), "ok", "{url}");
+    }
 }
 
 #[test]
