@@ -149,7 +149,7 @@ impl LockArgs {
 /// the signals are caught from before the wait: one that would otherwise end interlock (SIGHUP,
 /// SIGINT, SIGTERM, ...) ends the wait, its undo runs (within [`CLEANUP_LIMIT`]) so that the wait
 /// leaves nothing behind, and then interlock dies of that signal, as it would have without the
-/// handler; a second one meanwhile (not a copy of the first, see [`Caught::repeats`]; not a
+/// handler; a second one meanwhile (not a copy of the first, see [`signals::Caught::repeats`]; not a
 /// SIGHUP, which a hangup brings twice, from the kernel and from the shell) ends interlock at once
 /// by that signal, without waiting for a server that does not answer. SIGTSTP gives the wait up
 /// too (a stopped waiter must never be handed the lock: it would hold it, doing nothing, for its
