@@ -1,6 +1,6 @@
 //! The acquisition flags shared by `run` and `hold`: which URL, which primitive, how long to wait.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use interlock::{AcquireOptions, Guard, Provider};
@@ -121,7 +121,14 @@ pub struct Held {
 impl LockArgs {
     /// How long to wait, from `-n` and `-w` (`-n` wins; `-w 0` is one attempt).
     pub fn options(&self) -> AcquireOptions {
-        let options = match (self.nonblock, self.timeout) {
+        self.options_after(Duration::ZERO)
+    }
+
+    /// [`LockArgs::options`] for a wait that starts `spent` after the first began (a wait given
+    /// up while interlock was stopped, and started again): what is left of `-w`, and one attempt
+    /// once nothing is.
+    pub fn options_after(&self, spent: Duration) -> AcquireOptions {
+        let options = match (self.nonblock, self.timeout.map(|d| d.saturating_sub(spent))) {
             (true, _) => AcquireOptions::try_once(),
             (false, Some(d)) if d.is_zero() => AcquireOptions::try_once(),
             (false, Some(d)) => AcquireOptions::timeout(d),
@@ -142,8 +149,14 @@ impl LockArgs {
 /// the signals are caught from before the wait: one that would otherwise end interlock (SIGHUP,
 /// SIGINT, SIGTERM, ...) ends the wait, its undo runs (within [`CLEANUP_LIMIT`]) so that the wait
 /// leaves nothing behind, and then interlock dies of that signal, as it would have without the
-/// handler. SIGTSTP stops interlock as it would have (unless its process group is orphaned, where
-/// the kernel would have discarded it); SIGCONT and SIGCHLD change nothing. On the others (file)
+/// handler; a second one meanwhile (not a copy of the first, see [`signals::Caught::repeats`]; not a
+/// SIGHUP, which a hangup brings twice, from the kernel and from the shell) ends interlock at once
+/// by that signal, without waiting for a server that does not answer. SIGTSTP gives the wait up
+/// too (a stopped waiter must never be handed the lock: it would hold it, doing nothing, for its
+/// lease), lets its undo land, and stops interlock as it would have (unless its process group is
+/// orphaned, where the kernel would have discarded the signal); once continued, interlock waits
+/// again, for what is left of `-w`, at the end of the queue. SIGCONT and SIGCHLD change nothing.
+/// Only the signals in `catch` are caught (`hold` does not catch SIGTSTP). On the others (file)
 /// the process's end takes an abandoned wait with it (the kernel drops a dead process's `flock`
 /// wait), and the wait may block this thread in the kernel, where no handler could run: there the
 /// signals keep their default action until the lock is held.
@@ -155,7 +168,7 @@ impl LockArgs {
 pub async fn acquire(args: &LockArgs, catch: &[Signal]) -> Result<(Held, Signals), Failure> {
     let provider = connect_shared(&resolve_url(args.url.as_deref())).await?;
     if !provider.capabilities().can_lose {
-        let guard = take(&provider, args).await?;
+        let guard = take(&provider, args, args.options()).await?;
         return match Signals::install(catch) {
             Ok(signals) => Ok((Held { provider, guard }, signals)),
             Err(failure) => {
@@ -167,24 +180,30 @@ pub async fn acquire(args: &LockArgs, catch: &[Signal]) -> Result<(Held, Signals
         };
     }
     let mut signals = Signals::install(catch)?;
-    let mut attempt = Box::pin(take(&provider, args));
+    let started = Instant::now();
+    let mut attempt = Box::pin(take(&provider, args, args.options()));
     let guard = loop {
         tokio::select! {
             taken = &mut attempt => break taken?,
             caught = signals.recv() => match caught.signal {
                 Signal::CHILD | Signal::CONT => {}
+                Signal::TSTP if crate::tree::group_is_orphaned(rustix::process::getpgrp()) => {}
                 Signal::TSTP => {
-                    if !crate::tree::group_is_orphaned(rustix::process::getpgrp())
-                        && let Err(e) = rustix::process::kill_process(rustix::process::getpid(), Signal::STOP)
-                    {
+                    tracing::debug!("SIGTSTP while waiting for the lock; giving up the wait until continued");
+                    drop(attempt);
+                    if let Some(sig) = land_undo(&mut signals, None).await {
+                        signals::die_of(sig);
+                    }
+                    if let Err(e) = rustix::process::kill_process(rustix::process::getpid(), Signal::STOP) {
                         tracing::debug!(error = %e, "cannot stop ourselves");
                     }
+                    // Continued: wait again, for what is left.
+                    attempt = Box::pin(take(&provider, args, args.options_after(started.elapsed())));
                 }
                 sig => {
                     tracing::debug!(signal = sig.as_raw(), "signal while waiting for the lock; giving up the wait");
                     drop(attempt);
-                    interlock::finish_cleanups(CLEANUP_LIMIT).await;
-                    signals::die_of(sig);
+                    signals::die_of(land_undo(&mut signals, Some(caught)).await.unwrap_or(sig));
                 }
             }
         }
@@ -193,11 +212,35 @@ pub async fn acquire(args: &LockArgs, catch: &[Signal]) -> Result<(Held, Signals
     Ok((Held { provider, guard }, signals))
 }
 
-/// Takes the lock the flags describe from `provider`.
-async fn take(provider: &Provider, args: &LockArgs) -> Result<Guard, Failure> {
+/// Lets the undo of a wait just given up land (at most [`CLEANUP_LIMIT`]), while signals keep
+/// coming: returns the terminating signal to die of, `first` (the one that ended the wait) or
+/// one that came meanwhile. A second terminating signal (not a copy of `first`, nor a SIGHUP)
+/// ends interlock at once, by that signal: the user insists, and a server that does not answer
+/// must not keep interlock alive for [`CLEANUP_LIMIT`].
+async fn land_undo(signals: &mut Signals, mut first: Option<signals::Caught>) -> Option<Signal> {
+    let landed = interlock::finish_cleanups(CLEANUP_LIMIT);
+    tokio::pin!(landed);
+    loop {
+        tokio::select! {
+            _ = &mut landed => return first.map(|c| c.signal),
+            caught = signals.recv() => match (caught.signal, first) {
+                (Signal::CHILD | Signal::CONT | Signal::TSTP, _) => {}
+                (_, None) => first = Some(caught),
+                (Signal::HUP, Some(_)) => {}
+                (sig, Some(f)) if !caught.repeats(&f) => {
+                    tracing::debug!(signal = sig.as_raw(), "a second signal while the wait's undo lands: exiting now");
+                    signals::die_of(sig);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Takes the lock the flags describe from `provider`, waiting as `options` say.
+async fn take(provider: &Provider, args: &LockArgs, options: AcquireOptions) -> Result<Guard, Failure> {
     let conflict = args.conflict_exit_code;
     let fail = |e: interlock::Error| Failure::from_lock(&e, conflict);
-    let options = args.options();
     let attempt = match (args.shared, args.permits) {
         (true, Some(_)) => return Err(Failure::usage("--shared and --permits cannot be used together")),
         (true, None) => provider.rwlock(&args.name).map_err(fail)?.read_with(options).await,

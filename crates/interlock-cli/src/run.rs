@@ -163,11 +163,6 @@ struct Runner<'a> {
     lease: Option<(ValidityWatch, Duration)>,
 }
 
-/// A second copy of one signal from one sender that arrives within this time is the same event:
-/// `timeout(1)` sends its signal to its child and then to its process group, microseconds apart,
-/// and the kernel would have merged the two had the first still been pending.
-const SAME_EVENT: Duration = Duration::from_millis(10);
-
 impl<'a> Runner<'a> {
     fn new(tree: &'a mut Tree, signals: &'a mut Signals, lease: Option<(ValidityWatch, Duration)>) -> Runner<'a> {
         Runner {
@@ -298,13 +293,13 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Whether `caught` must be passed on: not a repeat of the same event (see [`SAME_EVENT`]),
-    /// not something we sent ourselves (job control), not something a process of the command's
-    /// group sent (never bounce a signal back at its sender), not a hangup the kernel also sent to
-    /// the command's group because it had the terminal.
+    /// Whether `caught` must be passed on: not a repeat of the same event (see
+    /// [`signals::SAME_EVENT`]), not something we sent ourselves (job control), not something a
+    /// process of the command's group sent (never bounce a signal back at its sender), not a
+    /// hangup the kernel also sent to the command's group because it had the terminal.
     fn forwards(&mut self, caught: Caught) -> bool {
         let repeat = self.last.is_some_and(|(sig, sender, at)| {
-            sig == caught.signal && sender == caught.sender && caught.at.duration_since(at) < SAME_EVENT
+            sig == caught.signal && sender == caught.sender && caught.at.duration_since(at) < signals::SAME_EVENT
         });
         let sender = caught.sender.and_then(Pid::from_raw);
         let ours = sender == Some(self.me);
@@ -391,6 +386,10 @@ async fn finish(guard: Guard, tree: &Tree) -> Outcome {
         Ok(()) if tree.killed_by_guardian() => Err(Failure::new(
             exit::LOCK_LOST,
             format!("lock {name}: the command was killed when its lease ran out before a renewal reached the guardian"),
+        )),
+        Ok(()) if tree.killed_unguarded() => Err(Failure::new(
+            exit::LOCK_LOST,
+            format!("lock {name}: the command was killed when its guardian died and no other could be started"),
         )),
         Ok(()) => Ok(code),
         Err(e) if e.is_lock_lost() => Err(Failure::from_lock(&e, exit::CONFLICT_DEFAULT)),

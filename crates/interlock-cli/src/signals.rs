@@ -39,6 +39,21 @@ pub struct Caught {
     pub at: std::time::Instant,
 }
 
+/// A second copy of one signal from one sender that arrives within this time is the same event:
+/// `timeout(1)` sends its signal to its child and then to its process group, microseconds apart,
+/// and the kernel would have merged the two had the first still been pending.
+pub const SAME_EVENT: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl Caught {
+    /// Whether this is a copy of `earlier`: the same signal from the same sender within
+    /// [`SAME_EVENT`] (one event, as `timeout(1)` sends it).
+    pub fn repeats(&self, earlier: &Caught) -> bool {
+        self.signal == earlier.signal
+            && self.sender == earlier.sender
+            && self.at.saturating_duration_since(earlier.at) < SAME_EVENT
+    }
+}
+
 /// Catches a set of signals from the moment it is made, until it is dropped.
 #[derive(Debug)]
 pub struct Signals {

@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use rustix::io::FdFlags;
@@ -42,16 +42,40 @@ pub struct Spec<'a> {
 /// interlock's end of the guardian's lease feed (its standard input): one message per validity
 /// instant of the lock. Non-blocking: a guardian that does not read (stopped with the whole tree)
 /// never holds interlock up; the newest instant is what counts, and a full pipe (thousands of
-/// unread renewals) only loses older ones.
+/// unread renewals) only loses older ones. It remembers the newest instant, for a guardian
+/// started in place of one that died ([`Tree::reap`]).
 #[derive(Clone, Debug)]
-pub struct LeaseFeed(Arc<std::io::PipeWriter>);
+pub struct LeaseFeed(Arc<StdMutex<FeedPipe>>);
+
+#[derive(Debug)]
+struct FeedPipe {
+    writer: std::io::PipeWriter,
+    newest: Instant,
+}
 
 impl LeaseFeed {
+    fn new(writer: std::io::PipeWriter, first: Instant) -> LeaseFeed {
+        LeaseFeed(Arc::new(StdMutex::new(FeedPipe { writer, newest: first })))
+    }
+
     /// Tells the guardian that the lock is valid until `until`.
     pub fn send(&self, until: Instant) {
-        if let Err(e) = (&*self.0).write_all(&crate::guard::encode(until)) {
+        let mut pipe = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        pipe.newest = until;
+        if let Err(e) = (&pipe.writer).write_all(&crate::guard::encode(until)) {
             tracing::debug!(error = %e, "cannot tell the guardian the lock's new validity");
         }
+    }
+
+    /// Feeds a new guardian from now on: `start` gets the newest instant and returns the write
+    /// end of the new guardian's feed (which already holds that instant). No instant sent
+    /// meanwhile is lost: `send` waits.
+    fn replace(&self, start: impl FnOnce(Instant) -> io::Result<Option<std::io::PipeWriter>>) -> io::Result<()> {
+        let mut pipe = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(writer) = start(pipe.newest)? {
+            pipe.writer = writer;
+        }
+        Ok(())
     }
 }
 
@@ -80,6 +104,11 @@ pub struct Tree {
     guardian: Option<Pid>,
     /// How the guardian ended, once reaped.
     guardian_status: Option<WaitStatus>,
+    /// The guardian's margin before the lease's end (`--margin-ms`), for one started in place of
+    /// a guardian that died.
+    margin: Option<Duration>,
+    /// The guardian died and no other could be started: the tree was killed.
+    unguarded: bool,
     /// The guardian's lease feed (held as long as the tree: its end-of-file tells the guardian
     /// that interlock is gone).
     feed: Option<LeaseFeed>,
@@ -112,8 +141,8 @@ impl Tree {
     pub fn spawn(cmd: &mut Command, spec: &Spec<'_>) -> io::Result<Tree> {
         let me = rustix::process::getpid();
         let (guardian, feed) = if spec.guardian {
-            let (pid, feed) = spawn_guardian(me, spec.lease)?;
-            (Some(pid), feed)
+            let (pid, writer) = spawn_guardian(me, spec.lease, None)?;
+            (Some(pid), writer.zip(spec.lease).map(|(w, (first, _))| LeaseFeed::new(w, first)))
         } else {
             (None, None)
         };
@@ -141,7 +170,17 @@ impl Tree {
         };
         // std's `Child` is dropped without waiting: we reap with `waitpid` ourselves.
         drop(child);
-        Ok(Tree { me, child: pid, group: guardian.unwrap_or(pid), status: None, guardian, guardian_status: None, feed })
+        Ok(Tree {
+            me,
+            child: pid,
+            group: guardian.unwrap_or(pid),
+            status: None,
+            guardian,
+            guardian_status: None,
+            margin: spec.lease.map(|(_, margin)| margin),
+            unguarded: false,
+            feed,
+        })
     }
 
     /// Reaps every child whose state changed (the command, and descendants re-parented to us);
@@ -161,13 +200,17 @@ impl Tree {
                         seen = Reaped::Stopped(sig);
                     }
                 }
-                Ok(Some((pid, st))) if Some(pid) == self.guardian => {
+                // A stop of the guardian (someone's SIGSTOP to the command's group) is not its end.
+                Ok(Some((pid, st))) if Some(pid) == self.guardian && (st.exited() || st.signaled()) => {
                     // It killed the tree when the lease ran out, or someone killed it.
                     tracing::debug!(status = ?st, "the guardian process ended");
                     self.guardian = None;
                     self.guardian_status = Some(st);
+                    if !self.killed_by_guardian() {
+                        self.replace_guardian(pid, st);
+                    }
                 }
-                Ok(Some(_)) => {} // a descendant re-parented to us: reaped
+                Ok(Some(_)) => {} // a descendant re-parented to us: reaped (or the guardian stopped)
                 Ok(None) => {
                     // The guardian is a child but not part of the tree: alone, it means done.
                     if let Some(guardian) = self.guardian
@@ -181,6 +224,56 @@ impl Tree {
                 Err(rustix::io::Errno::CHILD) => return Ok(Reaped::Done),
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The guardian `dead` ended while the tree runs (someone killed it: `kill -9`, the OOM
+    /// killer), not because it killed the tree: without one, nothing would keep the tree inside
+    /// the lease if interlock were paused, nor kill its group if interlock died. Another takes
+    /// its place, in the command's process group, fed the newest validity instant. If none can
+    /// be started (no process left for it, a process limit), the tree is killed: a command that
+    /// could run past its lease unwatched is what the guardian is there to prevent (interlock
+    /// then exits 75).
+    fn replace_guardian(&mut self, dead: Pid, st: WaitStatus) {
+        if descendants(self.me).is_empty() {
+            return;
+        }
+        let how = match (st.exit_status(), st.terminating_signal()) {
+            (Some(code), _) => format!("exited {code}"),
+            (_, Some(sig)) => format!("was killed by signal {sig}"),
+            _ => "ended".to_owned(),
+        };
+        let (me, group, margin) = (self.me, self.group, self.margin);
+        let mut started = None;
+        let result = match (&self.feed, margin) {
+            (Some(feed), Some(margin)) => feed.replace(|newest| {
+                let (pid, writer) = spawn_guardian(me, Some((newest, margin)), Some(group))?;
+                started = Some(pid);
+                Ok(writer)
+            }),
+            _ => spawn_guardian(me, None, Some(group)).map(|(pid, _)| started = Some(pid)),
+        };
+        match (result, started) {
+            (Ok(()), Some(pid)) => {
+                self.guardian = Some(pid);
+                self.guardian_status = None;
+                crate::exit::say(&format!(
+                    "the guardian process ({}) {how} while the command ran: another one ({}) keeps the command \
+                     inside the lock's lease",
+                    dead.as_raw_nonzero(),
+                    pid.as_raw_nonzero()
+                ));
+            }
+            (result, _) => {
+                let why = result.err().map_or_else(|| "no pid".to_owned(), |e| e.to_string());
+                crate::exit::say(&format!(
+                    "the guardian process ({}) {how} while the command ran, and no other can be started ({why}): \
+                     the command is killed (SIGKILL), since nothing would keep it inside the lock's lease",
+                    dead.as_raw_nonzero()
+                ));
+                self.unguarded = true;
+                self.signal(Signal::KILL);
             }
         }
     }
@@ -211,6 +304,11 @@ impl Tree {
     /// then exits 75).
     pub fn killed_by_guardian(&self) -> bool {
         self.guardian_status.is_some_and(|st| st.exit_status() == Some(i32::from(crate::exit::LOCK_LOST)))
+    }
+
+    /// True when the tree was killed because its guardian died and no other could be started.
+    pub fn killed_unguarded(&self) -> bool {
+        self.unguarded
     }
 
     /// Sends `sig` to every process of the tree, each once: the command's process group with one
@@ -383,42 +481,50 @@ fn child_setup(cmd: &mut Command, setup: ChildSetup) {
     }
 }
 
-/// Starts `interlock guard --parent ME` in a process group of its own, with SIGTERM as its
-/// parent-death signal; returns its pid, which is also its group's id. With `lease`, its standard
-/// input is a pipe that already holds the first validity instant (`--margin-ms`), and the feed of
-/// later ones is returned.
-fn spawn_guardian(me: Pid, lease: Option<(Instant, Duration)>) -> io::Result<(Pid, Option<LeaseFeed>)> {
+/// Starts `interlock guard --parent ME`, with SIGTERM as its parent-death signal, in a process
+/// group of its own (whose id is its pid), or in the existing group `join` (a guardian started in
+/// place of one that died); returns its pid. With `lease`, its standard input is a pipe that
+/// already holds the first validity instant (`--margin-ms`), and the pipe's write end (for the
+/// later ones) is returned.
+fn spawn_guardian(
+    me: Pid,
+    lease: Option<(Instant, Duration)>,
+    join: Option<Pid>,
+) -> io::Result<(Pid, Option<std::io::PipeWriter>)> {
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg("guard").arg("--parent").arg(me.as_raw_nonzero().to_string());
     let feed = match lease {
         Some((until, margin)) => {
             // Both ends close-on-exec: the command never holds either.
-            let (reader, writer) = std::io::pipe()?;
+            let (reader, mut writer) = std::io::pipe()?;
             let mut flags = rustix::fs::fcntl_getfl(&writer)?;
             flags |= rustix::fs::OFlags::NONBLOCK;
             rustix::fs::fcntl_setfl(&writer, flags)?;
-            let feed = LeaseFeed(Arc::new(writer));
-            feed.send(until);
+            writer.write_all(&crate::guard::encode(until))?;
             cmd.arg("--margin-ms").arg(margin.as_millis().max(1).to_string());
             cmd.stdin(reader);
-            Some(feed)
+            Some(writer)
         }
         None => {
             cmd.stdin(std::process::Stdio::null());
             None
         }
     };
-    cmd.stdout(std::process::Stdio::null()).process_group(0);
+    cmd.stdout(std::process::Stdio::null()).process_group(Pid::as_raw(join));
     guardian_setup(&mut cmd);
     let child = cmd.spawn()?;
     let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw).ok_or_else(|| io::Error::other("bad pid"))?;
     Ok((pid, feed))
 }
 
-/// Sets up the guardian between `fork` and `exec`: SIGTERM when interlock dies.
+/// Sets up the guardian between `fork` and `exec`: SIGTERM when interlock dies; SIGTTIN and SIGTTOU
+/// ignored (dispositions that survive `exec`): the kernel sends them to the command's whole
+/// process group, the guardian's, when the command reads or writes the terminal from the
+/// background, and the guardian must never be stopped by them (nor by its own messages on a
+/// terminal with `tostop`).
 #[allow(unsafe_code)]
 fn guardian_setup(cmd: &mut Command) {
-    // SAFETY: as in `child_setup`: raw system calls and `sigprocmask` (async-signal-safe), in
+    // SAFETY: as in `child_setup`: raw system calls, `sigprocmask` and `signal` (async-signal-safe), in
     // the forked child before `exec`, on a `sigset_t` initialised by `sigemptyset`.
     unsafe {
         cmd.pre_exec(move || {
@@ -428,6 +534,8 @@ fn guardian_setup(cmd: &mut Command) {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            libc::signal(libc::SIGTTIN, libc::SIG_IGN);
+            libc::signal(libc::SIGTTOU, libc::SIG_IGN);
             // If interlock dies before this line, the guardian sees that itself (its parent changed).
             rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
             Ok(())

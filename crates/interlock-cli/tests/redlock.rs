@@ -539,6 +539,141 @@ async fn two_paused_masters_of_five_never_slow_a_call() {
     paused_masters_never_slow_a_call(2).await;
 }
 
+/// A wait given up while `k` of 5 masters are paused (SIGSTOP) ends as soon as a quorum has
+/// answered its undo, never after the paused masters' command timeout (5 s): `finish_cleanups`
+/// after a timed-out `lock_timeout`, a blocking `lock_timeout` (which returns once its own undo
+/// has landed), `interlock run -w 1` (which lets the undo land before it exits) and a waiting
+/// `interlock run` ended by SIGTERM. The undo's releases to the paused masters wait in their
+/// connections and land when the masters run again: nothing of the gone waiters stays. (Each
+/// bound is well above the healthy figure, printed, and below what waiting for a paused master
+/// took: 5 s, UNDO_WAIT's 2 s, the CLI's 3 s.)
+#[allow(clippy::unwrap_used)]
+async fn given_up_waits_never_wait_for_paused_masters(k: usize) {
+    let Some(h) = own(5) else { return };
+    let url = h.base_url();
+    let name = unique("given-up");
+    let p = interlock::connect(&url).await.expect("connect");
+    let m = p.mutex(&name).unwrap();
+    // Every script has run on every master (a master that has not loaded the release script
+    // cannot run a release sent by a process that has exited since).
+    m.lock().await.unwrap().release().await.unwrap();
+    let held = m.lock().await.unwrap();
+    for i in 0..k {
+        h.group().member(i).server().pause();
+    }
+    // A provider of its own: one of `p` would queue in `p` behind `held`, never on the masters.
+    let q = interlock::connect(&url).await.expect("connect with a quorum answering");
+    let started = Instant::now();
+    let timed_out = q.mutex(&name).unwrap().lock_timeout(Duration::from_millis(300)).await;
+    assert!(matches!(timed_out, Err(Error::Timeout { .. })), "{timed_out:?}");
+    assert!(interlock::finish_cleanups(EVENTUALLY).await, "the undo never ended");
+    let took = started.elapsed();
+    eprintln!("{k} of 5 paused: lock_timeout(300ms) and its undo: {took:?}");
+    assert!(took < Duration::from_millis(2500), "the undo waited for the paused masters: {took:?}");
+
+    let (blocking_url, blocking_name) = (url.clone(), name.clone());
+    // On a thread of its own: the blocking API refuses to run inside a runtime.
+    let blocking = std::thread::spawn(move || {
+        let b = interlock::blocking::connect(&blocking_url).expect("connect");
+        let m = b.mutex(&blocking_name).unwrap();
+        let started = Instant::now();
+        let r = m.lock_timeout(Duration::from_millis(300)).map(drop);
+        (r, started.elapsed())
+    });
+    let (r, took) = tokio::task::spawn_blocking(move || blocking.join().unwrap()).await.unwrap();
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    eprintln!("{k} of 5 paused: blocking lock_timeout(300ms): {took:?}");
+    assert!(took < Duration::from_millis(1800), "the blocking wait waited for the paused masters: {took:?}");
+
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["run", "-u", &url, "-w", "1", &name, "--", "true"])
+        .env_remove("INTERLOCK_LOG")
+        .output()
+        .expect("run interlock");
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    eprintln!("{k} of 5 paused: interlock run -w 1 timing out: {took:?}");
+    assert!(took < Duration::from_millis(3500), "interlock run -w 1 waited for the paused masters: {took:?}");
+
+    let mut waiter = Command::new(BIN)
+        .args(["run", "-u", &url, &name, "--", "true"])
+        .env_remove("INTERLOCK_LOG")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run interlock");
+    let deadline = Instant::now() + EVENTUALLY;
+    while p.status(&name).await.unwrap().waiters != Some(1) {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = rustix::process::Pid::from_raw(i32::try_from(waiter.id()).unwrap()).unwrap();
+    let started = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let st = waiter.wait().unwrap();
+    let took = started.elapsed();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(15), "{st}");
+    eprintln!("{k} of 5 paused: a waiting interlock run ended by SIGTERM: {took:?}");
+    assert!(took < Duration::from_millis(2000), "SIGTERM's undo waited for the paused masters: {took:?}");
+
+    held.release().await.unwrap();
+    for i in 0..k {
+        h.group().member(i).server().resume();
+    }
+    let deadline = Instant::now() + Duration::from_secs(6);
+    for i in 0..5 {
+        loop {
+            let keys: Vec<String> = h.ns().keys_on(i).unwrap().into_iter().filter(|k| k.contains(&name)).collect();
+            if keys.iter().all(|k| k.ends_with(":fence")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "left behind on master {i}: {keys:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wait_given_up_with_one_paused_master_of_five_ends_at_once() {
+    given_up_waits_never_wait_for_paused_masters(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wait_given_up_with_two_paused_masters_of_five_ends_at_once() {
+    given_up_waits_never_wait_for_paused_masters(2).await;
+}
+
+/// Masters that do not have interlock's scripts cached (first use after they started, a `SCRIPT
+/// FLUSH`) get them at connect: so the release that `interlock hold` sends to a paused master just
+/// before it exits (it returns once a quorum released) is one `EVALSHA` that the master runs
+/// when it is continued. (Without the scripts, the master answered `NOSCRIPT` once continued, to a
+/// process that was gone and could not send the script again, and kept the key for its lease.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_sent_to_a_paused_master_lands_after_the_process_exits() {
+    let Some(h) = own(3) else { return };
+    for r in h.group().members() {
+        assert_eq!(r.cmd(0, &["SCRIPT", "FLUSH"]).unwrap(), Resp::Simple("OK".into()));
+    }
+    let url = h.base_url();
+    let name = unique("late-release");
+    let hold = Hold::start(h.bin().unwrap(), &url, &name, &[]).await;
+    let paused = h.group().member(0).server();
+    paused.pause();
+    assert_eq!(hold.release().await, Some(0), "released on a quorum while a master is paused");
+    paused.resume();
+    // No prefix in the base URL: the key is the name; the lease is the default 10 s.
+    let key = name.clone();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = h.group().member(0).cmd(h.ns().db, &["PTTL", &key]).unwrap();
+        if left == Resp::Int(-2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the paused master kept the released key: PTTL {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A TCP forwarder on a leased loopback port to `target`: another address of the same server.
 fn forwarder(target: u16) -> PortLease {
     let lease = PortLease::reserve();

@@ -54,18 +54,40 @@ fn start(url: &str, args: &[&str], name: &str, command: &[String]) -> Proc {
     Proc::spawn(c)
 }
 
+/// The guardian of `interlock run` `pid` (its child `interlock guard`).
+fn guardian_of(pid: u32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).find(|p| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        ppid == Some(pid) && cmdline.split(|b| *b == 0).nth(1) == Some(b"guard".as_slice())
+    })
+}
+
 /// Lease 2 s, a 4 s critical section, interlock alone stopped for 3.5 s: the command's last
 /// heartbeat comes before the lease ends by the local clock (at most 2 s after the pause began:
 /// the last renewal was sent before it), the second holder gets in after it, no heartbeat of the
 /// first command falls inside the second's section, none comes after interlock is continued,
-/// and interlock exits 75.
-fn paused_interlock_never_lets_a_second_holder_in(url: &str) {
+/// and interlock exits 75. With `kill_guardian`, the guardian is killed (`kill -9`) before the
+/// pause: another takes its place, and the same holds.
+fn paused_interlock_never_lets_a_second_holder_in(url: &str, kill_guardian: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (log_a, log_b) = (dir.path().join("a"), dir.path().join("b"));
     let name = unique("paused-run");
     let lease = 2.0;
-    let mut a = start(url, &["--lease", "2s"], &name, &heartbeats(&log_a, 4.0));
+    // 2 s more with `kill_guardian`, for the time its replacement may take to be in place.
+    let section = if kill_guardian { 6.0 } else { 4.0 };
+    let mut a = start(url, &["--lease", "2s"], &name, &heartbeats(&log_a, section));
     assert_eq!(a.line(), "ready", "{}", a.stderr());
+    if kill_guardian {
+        let guardian = guardian_of(a.pid()).expect("the guardian of interlock run");
+        rustix::process::kill_process(rustix::process::Pid::from_raw(guardian).unwrap(), Signal::KILL).unwrap();
+        // Its replacement, if any, is in place within a moment (the pause then tells).
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while guardian_of(a.pid()).is_none_or(|g| g == guardian) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     std::thread::sleep(Duration::from_millis(500));
     let paused = mono();
     a.signal(Signal::STOP);
@@ -92,6 +114,9 @@ fn paused_interlock_never_lets_a_second_holder_in(url: &str) {
     assert!(last_a < first_b, "the first command ran inside the second holder's section");
     assert!(last_a < resumed, "the first command ran again after interlock was continued");
     assert!(a.stderr().contains("SIGSTOP") && a.stderr().contains("SIGKILL"), "{}", a.stderr());
+    if kill_guardian {
+        assert!(a.stderr().contains("another one"), "{}", a.stderr());
+    }
 }
 
 /// Pauses of interlock shorter than the guardian's margin (500 ms for a 2 s lease) change
@@ -138,7 +163,13 @@ mod on_redis {
     #[test]
     fn paused_interlock_never_lets_a_second_holder_in() {
         let Some(h) = harness() else { return };
-        super::paused_interlock_never_lets_a_second_holder_in(&h.url());
+        super::paused_interlock_never_lets_a_second_holder_in(&h.url(), false);
+    }
+
+    #[test]
+    fn a_killed_guardian_is_replaced_and_a_paused_interlock_still_lets_no_second_holder_in() {
+        let Some(h) = harness() else { return };
+        super::paused_interlock_never_lets_a_second_holder_in(&h.url(), true);
     }
 
     #[test]
@@ -165,7 +196,13 @@ mod on_redlock {
     #[test]
     fn paused_interlock_never_lets_a_second_holder_in() {
         let Some(h) = harness() else { return };
-        super::paused_interlock_never_lets_a_second_holder_in(&h.url());
+        super::paused_interlock_never_lets_a_second_holder_in(&h.url(), false);
+    }
+
+    #[test]
+    fn a_killed_guardian_is_replaced_and_a_paused_interlock_still_lets_no_second_holder_in() {
+        let Some(h) = harness() else { return };
+        super::paused_interlock_never_lets_a_second_holder_in(&h.url(), true);
     }
 
     #[test]

@@ -367,6 +367,52 @@ fn in_a_terminal(dir: &LockDir, command: &[&str], keys: &str) -> String {
     in_a_pty(&argv, &format!("keys:{keys}"))
 }
 
+/// On a backend whose locks expire, the command's process group is its guardian's: a command that
+/// reads the terminal from there gets SIGTTIN, which the kernel sends to the whole group. The
+/// guardian must not stop with it, nor interlock take that stop for the guardian's end (it then
+/// lost track of the guardian and waited for it forever once the command was done: `interlock
+/// run -u redis://... x -- ./ask-and-deploy.sh` hung in every terminal).
+#[test]
+fn a_command_that_reads_the_terminal_on_a_leased_backend_finishes() {
+    if !cli_support::require_tool("python3", &["--version"]) {
+        return;
+    }
+    const PY: &str = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+buf = b""
+def read(t):
+    global buf
+    r, _, _ = select.select([fd], [], [], t)
+    if r:
+        try: buf += os.read(fd, 1000)
+        except OSError: time.sleep(t)
+end = time.time() + 20
+while b"ready" not in buf and time.time() < end: read(0.1)
+time.sleep(0.3)
+os.write(fd, b"hello\n")
+end = time.time() + 15
+while time.time() < end:
+    read(0.1)
+    done, st = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("status", os.waitstatus_to_exitcode(st), "read" if b"got hello" in buf else "unread")
+        sys.exit(0)
+os.killpg(pid, 9)
+print("hung: %r" % buf[-300:])
+"#;
+    let mut c = Command::new("python3");
+    c.args(["-c", PY, BIN, "run", "-u", "memory://?lease=30s", "x", "--", "sh", "-c"])
+        .arg("echo ready; read line; echo got $line")
+        .env_remove("INTERLOCK_URL")
+        .env("INTERLOCK_ALLOW_IN_PROCESS", "1");
+    let out = cli_support::output(c);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout.trim(), "status 0 read", "{out:?}");
+}
+
 #[test]
 fn ctrl_c_in_a_terminal_reaches_the_command_once() {
     if !cli_support::require_tool("python3", &["--version"]) {
@@ -447,11 +493,18 @@ say("exit\n")
 print("ok")
 "#;
     let d = LockDir::new();
-    let mut c = Command::new("python3");
-    c.args(["-c", PY, BIN, &d.url()]).env_remove("INTERLOCK_URL").env("INTERLOCK_LOG", "debug");
-    let out = cli_support::output(c);
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(out.stdout.trim(), "ok");
+    // The file backend, and one whose locks expire, where the command's group is its guardian's
+    // (quoted: the URL goes into the shell's command line).
+    for url in [d.url(), "'memory://?lease=30s'".to_owned()] {
+        let mut c = Command::new("python3");
+        c.args(["-c", PY, BIN, &url])
+            .env_remove("INTERLOCK_URL")
+            .env("INTERLOCK_LOG", "debug")
+            .env("INTERLOCK_ALLOW_IN_PROCESS", "1");
+        let out = cli_support::output(c);
+        assert!(out.status.success(), "{url}: {out:?}");
+        assert_eq!(out.stdout.trim(), "ok", "{url}");
+    }
 }
 
 #[test]

@@ -50,8 +50,9 @@ pub(crate) struct Master {
     client: Client,
     conn: OnceCell<ConnectionManager>,
     wakeups: Arc<Wakeups>,
-    /// A script of ours ran here: the master has them cached, so an `EVALSHA` is one request
-    /// (without them it is a `NOSCRIPT` answer, then the script sent again).
+    /// The master has our scripts cached (checked, and the missing ones loaded, when the
+    /// connection opened; or a script of ours ran here), so an `EVALSHA` is one request (without
+    /// them it is a `NOSCRIPT` answer, then the script sent again).
     scripted: AtomicBool,
     /// What the provider's masters found out about each other (one server named twice).
     peers: Arc<Peers>,
@@ -169,10 +170,32 @@ impl Master {
         // refused to an ACL user: then only the addresses tell two masters apart.
         let mut second = first.clone();
         let info = async move { redis::cmd("INFO").arg("server").query_async::<String>(&mut second).await };
+        // Which of our scripts the master has cached, in the same round trip.
+        let mut third = first.clone();
+        let hashes: Vec<&str> = scripts::ALL.iter().map(|s| s.get_hash()).collect();
+        let cached =
+            async move { redis::cmd("SCRIPT").arg("EXISTS").arg(hashes).query_async::<Vec<i64>>(&mut third).await };
         let ping_cmd = redis::cmd("PING");
         let ping = ping_cmd.query_async::<redis::Value>(&mut first);
-        let (ping, info) = tokio::join!(ping, info);
+        let (ping, info, cached) = tokio::join!(ping, info, cached);
         ping.map_err(|e| self.err("PING", e))?;
+        // The missing ones are loaded now (on first use after the master started, or after a
+        // SCRIPT FLUSH): a request sent to this master is then one EVALSHA, which it runs when it
+        // gets to it, also after this process has exited (a release sent to a paused master
+        // just before `interlock run` exits). A `NOSCRIPT` answer would need us to send the
+        // script again, and a paused master answers after we are gone. An ACL user without
+        // SCRIPT is left to the EVALSHA / EVAL fallback of each request.
+        if let Ok(cached) = cached {
+            let mut all = cached.len() == scripts::ALL.len();
+            for (script, have) in scripts::ALL.iter().zip(cached) {
+                if have == 0 && script.load_async(&mut first).await.is_err() {
+                    all = false;
+                }
+            }
+            if all {
+                self.scripted.store(true, Ordering::SeqCst);
+            }
+        }
         let run_id = info
             .ok()
             .and_then(|text| text.lines().find_map(|l| l.strip_prefix("run_id:")).map(|id| id.trim().to_owned()));
@@ -572,8 +595,12 @@ impl Op {
 /// Where a [`release_everywhere`] releases, and which answers it waits for before it returns
 /// (the others complete in the background).
 enum Until {
-    /// Every master, every answer.
-    All,
+    /// Every master, until every one answered, or until this many answered and the others had
+    /// the stragglers' time ([`straggler_deadline`]) more: the undo of an abandoned acquisition,
+    /// which a program about to exit waits for (`finish_cleanups`), and which must not wait for a
+    /// paused minority. A late master's release is in its connection's queue by then, behind the
+    /// acquire requests: it lands when the master runs again (also after this process has exited).
+    Settled(usize),
     /// Every master, until this many held the lock, or so many did not that a quorum cannot have.
     Quorum(usize),
     /// Only the masters marked `true`, every answer (the undo of a failed attempt before the next
@@ -606,16 +633,19 @@ async fn release_everywhere(
         })
     };
     let (mut held, mut not_held, mut errors) = (0, 0, Vec::new());
-    while let Some((_, r)) = replies.recv().await {
+    let (started, mut stragglers) = (Instant::now(), None);
+    while let Some((_, r)) = next_answer(&mut replies, stragglers).await {
         match r {
             Ok(1) => held += 1,
             Ok(_) => not_held += 1,
             Err(e) => errors.push(e),
         }
-        if let Until::Quorum(q) = until
-            && (held >= q || not_held > n - q)
-        {
-            break;
+        match until {
+            Until::Quorum(q) if held >= q || not_held > n - q => break,
+            Until::Settled(q) if stragglers.is_none() && held + not_held + errors.len() >= q => {
+                stragglers = Some(straggler_deadline(started));
+            }
+            _ => {}
         }
     }
     (held, not_held, errors)
@@ -743,9 +773,9 @@ impl RedlockProvider {
         // Armed before the first request: whatever we may have set on a master (a key, a share,
         // a waiting writer's registration) goes if we are dropped.
         let undo = Cleanup::new({
-            let (masters, op) = (self.masters.clone(), op.clone());
+            let (masters, op, quorum) = (self.masters.clone(), op.clone(), self.quorum());
             async move {
-                let (_, _, errors) = release_everywhere(masters, op, false, Until::All).await;
+                let (_, _, errors) = release_everywhere(masters, op, false, Until::Settled(quorum)).await;
                 for e in errors {
                     tracing::debug!(error = %e, "redlock: undo of an abandoned acquisition failed on a master; its lease expires on its own");
                 }

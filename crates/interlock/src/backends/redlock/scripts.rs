@@ -23,3 +23,6 @@ script!(WRITEBACK, "scripts/writeback.lua");
 script!(RENEW, "scripts/renew.lua");
 script!(RELEASE, "scripts/release.lua");
 script!(STATUS, "scripts/status.lua");
+
+/// Every script, for the check at connect that the master has them cached.
+pub(crate) static ALL: [&LazyLock<Script>; 5] = [&ACQUIRE, &WRITEBACK, &RENEW, &RELEASE, &STATUS];
