@@ -5,6 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Started as a background job of a non-interactive shell (`.ci/run &`, nohup), this script and
+# everything it starts inherit SIGINT and SIGQUIT ignored, which bash cannot undo; interlock and
+# Python keep a signal that was ignored at their start ignored, as they should, and the tests that
+# send SIGINT would wait for nothing. Start again with both at their default action (bash itself
+# shows SIGQUIT ignored in its own status, so SIGINT tells).
+sig_ign=$(awk '/^SigIgn:/ {print $2}' /proc/$$/status)
+if (( (16#$sig_ign & 2) != 0 )) && [ -z "${INTERLOCK_TEST_SIGNALS_RESET:-}" ]; then
+  export INTERLOCK_TEST_SIGNALS_RESET=1
+  exec env --default-signal=SIGINT,SIGQUIT "$0" "$@"
+fi
+
 missing=()
 command -v flock >/dev/null 2>&1 || missing+=(util-linux)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
