@@ -5,15 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Started as a background job of a non-interactive shell (`.ci/run &`, nohup), this script and
-# everything it starts inherit SIGINT and SIGQUIT ignored, which bash cannot undo; interlock and
-# Python keep a signal that was ignored at their start ignored, as they should, and the tests that
-# send SIGINT would wait for nothing. Start again with both at their default action (bash itself
-# shows SIGQUIT ignored in its own status, so SIGINT tells).
+# Started by `nohup` or as a background job of a non-interactive shell (`.ci/run &`), this script
+# and everything it starts inherit SIGHUP, or SIGINT and SIGQUIT, ignored, which bash cannot undo;
+# interlock and Python keep a signal that was ignored at their start ignored, as they should, and
+# the tests that send those signals would wait for nothing. Start again with them at their default
+# action (bash shows SIGQUIT ignored in its own status anyway, so SIGHUP and SIGINT tell).
 sig_ign=$(awk '/^SigIgn:/ {print $2}' /proc/$$/status)
-if (( (16#$sig_ign & 2) != 0 )) && [ -z "${INTERLOCK_TEST_SIGNALS_RESET:-}" ]; then
+if (( (16#$sig_ign & 3) != 0 )) && [ -z "${INTERLOCK_TEST_SIGNALS_RESET:-}" ]; then
   export INTERLOCK_TEST_SIGNALS_RESET=1
-  exec env --default-signal=SIGINT,SIGQUIT "$0" "$@"
+  exec env --default-signal=SIGHUP,SIGINT,SIGQUIT "$0" "$@"
 fi
 
 missing=()
