@@ -22,9 +22,14 @@ use rustix::process::Signal;
 const NEXT_WITHIN: Duration = Duration::from_secs(6);
 
 /// `interlock run -u URL ARGS... NAME -- sh -c 'echo in'`, started: it prints `in` once it holds
-/// the lock.
+/// the lock. In a process group of its own, whose parent (this test) is in another group of the
+/// same session, so that the group is never orphaned: in an orphaned group interlock rightly
+/// lets SIGTSTP go (the kernel would discard it), and the test's own group is orphaned when the
+/// test run was started by a shell that has exited (`nohup .ci/run &`).
 fn waiter(url: &str, args: &[&str], name: &str) -> Proc {
+    use std::os::unix::process::CommandExt;
     let mut c = interlock();
+    c.process_group(0);
     c.args(["run", "-u", url]).args(args).args([name, "--", "sh", "-c", "echo in"]);
     Proc::spawn(c)
 }
