@@ -405,3 +405,32 @@ def test_a_killed_holder_leaves_no_lock_in_its_multiprocessing_pool_workers(lock
                 os.kill(w, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.mark.parametrize("how", ["os", "libc"])
+def test_a_child_leaves_the_parents_background_tasks_alone(url, how):
+    # memory://?expiry=session: the provider's session is kept alive by a background task of the
+    # provider. A child that closes and drops the provider it inherited reconnects, and closes
+    # and drops its own: the parent's task, its session and the lock of it live on.
+    p = helper(
+        """
+        locks = interlock.connect("memory://forked?expiry=session&lease=600ms")
+        g = locks.mutex("job").acquire()
+        pid = fork()
+        if pid == 0:
+            try:
+                locks.close()
+                del locks
+                report("child-ok")
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        time.sleep(2)  # three session leases: only the parent's keep-alive keeps it
+        report("status", status, "lost", g.lost)
+        g.release()
+        report("released")
+        """,
+        url,
+        how,
+    )
+    assert lines(p) == ["child-ok", "status", "0", "lost", "False", "released"]

@@ -43,7 +43,8 @@ pub struct LockArgs {
     #[arg(long, value_name = "N")]
     pub permits: Option<u32>,
 
-    /// Lease for backends whose locks expire, renewed in the background (e.g. 30s; ignored by file)
+    /// Lease for backends whose locks each have one (Redis, Redlock), renewed in the background (e.g.
+    /// 30s); refused (exit 69) where locks do not expire (file) or share a session's lease
     #[arg(long, value_name = "DUR", value_parser = parse_dur)]
     pub lease: Option<Duration>,
 

@@ -95,7 +95,8 @@ pub async fn run(args: RunArgs) -> Outcome {
     // Locks that expire once interlock no longer renews them: the command must not outlive it,
     // nor its lease.
     let expiring = provider.capabilities().can_lose;
-    let lease = args.lock.lease.unwrap_or(provider.default_lease().lease);
+    let lease =
+        args.lock.lease.or_else(|| provider.default_lease().map(|l| l.lease)).unwrap_or(interlock::DEFAULT_LEASE);
     let lease_watch = guard.validity_watch().filter(|_| expiring).map(|w| (w, crate::guard::margin(lease)));
     let spec = Spec {
         death_signal: expiring.then_some(Signal::KILL),

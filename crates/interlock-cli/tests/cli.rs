@@ -616,6 +616,23 @@ fn bad_timeouts_leases_and_permits_are_64() {
     run(&["run", "-u", &url, "--kill-after", "forever", "job", "--", "true"]).fails_with(64);
 }
 
+/// `--lease` on a backend whose locks do not expire is refused with one line (exit 69, as every
+/// `Unsupported`), not ignored; a bad value is still a usage error first.
+#[test]
+fn a_lease_on_a_backend_without_leases_is_refused() {
+    let d = LockDir::new();
+    let url = d.url();
+    for cmd in ["run", "hold"] {
+        let mut args = vec![cmd, "-u", &url, "--lease", "30s", "job"];
+        if cmd == "run" {
+            args.extend(["--", "true"]);
+        }
+        let line = run(&args).fails_with(69);
+        assert!(line.contains("a lease for one acquisition") && line.contains("do not expire"), "{cmd}: {line}");
+    }
+    run(&["run", "-u", &url, "--lease", "1ms", "job", "--", "true"]).fails_with(64);
+}
+
 // ---------------------------------------------------------------- status
 
 #[test]

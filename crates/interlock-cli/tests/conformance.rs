@@ -61,6 +61,12 @@ interlock_testkit::conformance_suites! {
     #[cfg(feature = "redlock")]
     redlock5 => redlock_harness!(5),
     memory_latency => interlock_testkit::MemoryHarness::with_latency(std::time::Duration::from_millis(2)),
+    // The memory backend in the other lease models and with server-side timeouts: the paths of
+    // the SQL, ZooKeeper and etcd backends, before they exist (docs/backends/memory.md).
+    memory_no_expiry => interlock_testkit::MemoryHarness::without_expiry(),
+    memory_like_sql => interlock_testkit::MemoryHarness::like_sql(),
+    memory_session => interlock_testkit::MemoryHarness::with_session(),
+    memory_like_zookeeper => interlock_testkit::MemoryHarness::like_zookeeper(),
 }
 
 /// Every backend this build has is complete: a docs page, and a line above that runs the suite

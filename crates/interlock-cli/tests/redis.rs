@@ -98,6 +98,34 @@ async fn client_kill_keeps_the_lock_and_renewal_continues() {
     g.release().await.expect("released normally, never lost");
 }
 
+/// A lock handed over to a waiter is valid from when the waiter's wait (and the claim pipelined
+/// behind it) was sent, so it comes with less than its whole lease left. With a renewal interval
+/// close to the lease (3 s renewed every 2.7 s: a 300 ms margin), the guard's monitor renews it
+/// by the validity it came with, not a renewal interval after the grant, and it is never lost;
+/// the backend does not renew inside `acquire` to get there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lock_handed_over_after_a_wait_is_renewed_in_time() {
+    let Some(h) = shared() else { return };
+    let name = unique("handedover");
+    let opts = AcquireOptions::forever().lease(Duration::from_secs(3)).renew_every(Duration::from_millis(2700));
+    let (p, q) = (h.provider().await, h.provider().await);
+    let mut shortest = Duration::MAX;
+    for _ in 0..3 {
+        let holder = p.mutex(&name).unwrap().lock_with(opts).await.unwrap().unwrap();
+        let m = q.mutex(&name).unwrap();
+        let waiter = tokio::spawn(async move { m.lock_with(opts).await });
+        // Released while the waiter waits in `BLPOP` (each wait lasts up to 500 ms).
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        holder.release().await.unwrap();
+        let g = waiter.await.unwrap().unwrap().unwrap();
+        shortest = shortest.min(g.valid_until().unwrap().saturating_duration_since(Instant::now()));
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert!(!g.is_lost(), "a lock handed over with less than its lease left was lost");
+        g.release().await.expect("released, never lost");
+    }
+    eprintln!("the shortest validity a handed-over lock came with: {shortest:?} (renewal interval 2.7 s)");
+}
+
 /// A wrong password, and none where one is required, are `Auth` from `connect`, one line, without
 /// the password; the right one works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -529,6 +529,41 @@ async fn paused_masters_never_slow_a_call(k: usize) {
     eprintln!("{k} of 5 paused: no stale key {:?} after the masters were continued", resumed.elapsed());
 }
 
+/// The requests of Redlock's rounds are tasks of the provider: with one of three masters paused,
+/// a lock and its release return on the quorum while the paused master's requests are still
+/// under way, counted as the provider's tasks; `close()` lets them end (each is bounded by the
+/// command timeout) and leaves none. Closing closes the masters' connections: a guard taken
+/// before can no longer renew and is lost when its lease runs out (before, Redlock had no
+/// `close`, and such a guard went on renewing); a new provider works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rounds_are_tasks_of_the_provider_and_close_ends_them() {
+    let Some(h) = own(3) else { return };
+    let url = format!("{}&command_timeout=1s", h.url());
+    let p = interlock::connect(&url).await.unwrap();
+    let name = unique("tasks");
+    // Every master's connection open.
+    p.mutex(&name).unwrap().lock().await.unwrap().release().await.unwrap();
+    let opts = AcquireOptions::forever().lease(Duration::from_millis(1500));
+    let held = p.mutex(unique("held")).unwrap().lock_with(opts).await.unwrap().unwrap();
+    h.group().member(0).server().pause();
+    let g = p.mutex(&name).unwrap().lock_timeout(EVENTUALLY).await.expect("a lock on the quorum left");
+    g.release().await.expect("released on the quorum left");
+    assert!(p.task_count() >= 1, "the paused master's requests are not the provider's tasks");
+    let started = Instant::now();
+    p.close().await.unwrap();
+    eprintln!("close took {:?} (the paused master's requests time out after 1 s)", started.elapsed());
+    assert_eq!(p.task_count(), 0, "tasks left after close");
+    h.group().member(0).server().resume();
+    assert!(matches!(p.mutex(&name).unwrap().try_lock().await, Err(Error::Unavailable { .. })));
+    tokio::time::timeout(EVENTUALLY, held.lost()).await.expect("a guard of a closed provider is lost at its lease");
+    assert!(held.release().await.is_err());
+    let q = interlock::connect(&url).await.unwrap();
+    let g = q.mutex(&name).unwrap().lock_timeout(EVENTUALLY).await.expect("a new provider works");
+    g.release().await.unwrap();
+    q.close().await.unwrap();
+    assert_eq!(q.task_count(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_paused_master_of_five_never_slows_a_call() {
     paused_masters_never_slow_a_call(1).await;

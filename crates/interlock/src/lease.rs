@@ -95,9 +95,10 @@ pub(crate) struct Watch {
     pub(crate) event: Option<BoxFuture<'static, String>>,
 }
 
-/// Starts the monitor of one guard, when there is anything to watch: renews the lease every
-/// `cfg.renew_every` and awaits the backend's loss event; stops when the lock is lost (and says so
-/// on `lost`) or when the returned task is aborted (release or drop of the guard).
+/// Starts the monitor of one guard, when there is anything to watch: renews the lease before its
+/// validity runs out (see [`next_renewal`]) and awaits the backend's loss event; stops when the
+/// lock is lost (and says so on `lost`) or when the returned task is aborted (release or drop of
+/// the guard).
 pub(crate) fn spawn(watch: Watch, count: &Arc<MonitorCount>) -> Option<JoinHandle<()>> {
     let Watch { raw, cfg, lost, validity, event } = watch;
     if validity.is_none() && event.is_none() {
@@ -129,14 +130,35 @@ pub(crate) fn spawn(watch: Watch, count: &Arc<MonitorCount>) -> Option<JoinHandl
     }))
 }
 
+/// When to renew a lock valid until `until`, by the validity the backend reported, not by a fixed
+/// period: the lease's margin ([`LeaseConfig::margin`], lease minus renewal interval) before the
+/// validity runs out, so that a lock renewed every third of its lease is renewed with two thirds
+/// left, however much of it the backend granted.
+///
+/// `sent` is when the request that reported `until` was sent, for a renewal; `None` for the
+/// acquisition. A lock acquired with less than the margin left (handed over near the end of its
+/// lease, a TTL rounded down, a session near its timeout) is renewed at once. After a renewal
+/// that reported less than the margin, the next one comes no sooner than the renewal interval or
+/// half of what is left after the renewal's sending, whichever is shorter: never a busy loop, even
+/// against a backend that keeps granting little (or reports a session's validity that has not
+/// moved yet).
+fn next_renewal(cfg: LeaseConfig, until: Instant, now: Instant, sent: Option<Instant>) -> Instant {
+    let by_margin = until.checked_sub(cfg.margin()).unwrap_or(now);
+    let earliest = match sent {
+        None => now,
+        Some(sent) => {
+            let gap = cfg.renew_every.min(until.saturating_duration_since(sent) / 2).max(Duration::from_millis(1));
+            sent.checked_add(gap).unwrap_or(until)
+        }
+    };
+    by_margin.max(earliest).min(until)
+}
+
 /// Renews until the lock is lost (returns why) or released (returns `None`).
 async fn renew_until_lost(raw: &dyn RawHeld, cfg: LeaseConfig, validity: &Validity) -> Option<String> {
     // Retry a failed renewal a few times per renewal period, never past the validity.
     let retry_every = (cfg.renew_every / 4).max(Duration::from_millis(10));
-    // The config was validated, so these sums cannot overflow on a real clock; if one did, renew
-    // at the validity instead of panicking.
-    let after = |at: Instant, d: Duration, fallback: Option<Instant>| at.checked_add(d).or(fallback);
-    let mut next = after(Instant::now(), cfg.renew_every, validity.get())?;
+    let mut next = next_renewal(cfg, validity.get()?, Instant::now(), None);
     loop {
         let until = validity.get()?;
         // Wake at the next renewal, or at expiry if that comes first.
@@ -150,15 +172,52 @@ async fn renew_until_lost(raw: &dyn RawHeld, cfg: LeaseConfig, validity: &Validi
             Err(_) => return Some(format!("lease of {:?} ran out while a renewal was in flight", cfg.lease)),
             Ok(Ok(Renewal::Until(t))) => {
                 validity.extend(t);
-                next = after(sent, cfg.renew_every, Some(t))?;
+                next = next_renewal(cfg, validity.get()?, Instant::now(), Some(sent));
             }
             Ok(Ok(Renewal::Lost)) => {
                 return Some("the backend no longer holds the lock for us (expired, deleted or taken over)".into());
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "lease renewal failed; retrying until the lease runs out");
-                next = after(Instant::now(), retry_every, Some(until))?;
+                next = Instant::now().checked_add(retry_every).unwrap_or(until).min(until);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(lease_ms: u64, renew_ms: u64) -> LeaseConfig {
+        LeaseConfig::new(Duration::from_millis(lease_ms), Duration::from_millis(renew_ms)).unwrap()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn renewals_come_a_margin_before_the_validity() {
+        let now = Instant::now();
+        // A full lease from a request sent now: every third of it, as before.
+        assert_eq!(next_renewal(cfg(900, 300), now + ms(900), now, None), now + ms(300));
+        assert_eq!(next_renewal(cfg(900, 300), now + ms(900), now, Some(now)), now + ms(300));
+        // Granted with less left than the margin (600 ms): renewed at once.
+        assert_eq!(next_renewal(cfg(900, 300), now + ms(200), now, None), now);
+        // Granted with a little more than the margin: renewed when the margin is left.
+        assert_eq!(next_renewal(cfg(900, 800), now + ms(500), now, None), now + ms(400));
+    }
+
+    #[test]
+    fn a_backend_that_grants_little_is_not_renewed_in_a_busy_loop() {
+        let now = Instant::now();
+        // A renewal sent now that reported 200 ms (less than the 600 ms margin): half of it.
+        assert_eq!(next_renewal(cfg(900, 300), now + ms(200), now, Some(now)), now + ms(100));
+        // A validity that has not moved (a session's keep-alive not yet back): half of what is
+        // left, so the renewals close in on the validity, at least 1 ms apart, never past it.
+        assert_eq!(next_renewal(cfg(900, 300), now + ms(10), now, Some(now)), now + ms(5));
+        assert_eq!(next_renewal(cfg(900, 300), now + ms(1), now, Some(now)), now + ms(1));
+        assert_eq!(next_renewal(cfg(900, 300), now, now, Some(now)), now);
     }
 }

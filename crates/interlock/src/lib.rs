@@ -78,8 +78,8 @@ pub use backends::{file, memory, redis, redlock};
 pub use error::{BoxError, Error, Result};
 pub use guard::{Guard, ValidityWatch};
 pub use name::{LockName, MAX_NAME_LEN};
-pub use provider::{AcquireOptions, DEFAULT_LEASE, Mutex, Provider, RwLock, Semaphore, WaitFor};
-pub use raw::{HeldMode, LockKind, LockStatus, finish_cleanups};
+pub use provider::{AcquireOptions, Mutex, Provider, RwLock, Semaphore, WaitFor};
+pub use raw::{DEFAULT_LEASE, HeldMode, LeaseModel, LockKind, LockStatus, finish_cleanups};
 pub use url::LockUrl;
 
 /// Connects to the backend named by `url` and returns a provider of locks.
@@ -111,9 +111,17 @@ pub use url::LockUrl;
 pub async fn connect(url: &str) -> Result<Provider> {
     let parsed = LockUrl::parse(url)?;
     let limit = parsed.options().take_duration(url::CONNECT_TIMEOUT)?.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-    let (raw, lease) = match tokio::time::timeout(limit, backends::connect_raw(&parsed)).await {
-        Ok(connected) => connected?,
+    // The provider's background tasks, from the start: what a backend spawned while connecting
+    // goes if the connection fails or takes too long.
+    let tasks = raw::Tasks::new();
+    let connected = match tokio::time::timeout(limit, backends::connect_raw(&parsed, &tasks)).await {
+        Ok(Ok(connected)) => connected,
+        Ok(Err(e)) => {
+            tasks.shutdown().await;
+            return Err(e);
+        }
         Err(_) => {
+            tasks.shutdown().await;
             return Err(Error::Unavailable {
                 backend: backends::for_scheme(parsed.scheme()).map_or("interlock", |b| b.name),
                 message: format!("{parsed}: no connection within {limit:?} ({} option)", url::CONNECT_TIMEOUT),
@@ -121,7 +129,8 @@ pub async fn connect(url: &str) -> Result<Provider> {
             });
         }
     };
-    Ok(Provider::from_raw(raw, lease, parsed.redacted().to_owned()))
+    let (raw, lease) = connected;
+    Ok(Provider::from_raw_with_tasks(raw, lease, tasks, parsed.redacted().to_owned()))
 }
 
 /// How long [`connect`] waits for a backend to connect (and authenticate, and set up what it

@@ -11,10 +11,7 @@ use crate::guard::Guard;
 use crate::lease::MonitorCount;
 use crate::local::{LocalPermit, LocalQueues, Outcome};
 use crate::name::LockName;
-use crate::raw::{Capabilities, LeaseConfig, LockKind, LockStatus, RawProvider, Request, Wait};
-
-/// The default lease of backends whose locks expire.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+use crate::raw::{Capabilities, LeaseConfig, LeaseModel, LockKind, LockStatus, RawProvider, Request, Tasks, Wait};
 
 /// How long an acquisition may wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,14 +65,18 @@ impl AcquireOptions {
         AcquireOptions { wait: WaitFor::Forever, ..Self::try_once() }
     }
 
-    /// Sets the lease, for backends whose locks expire (ignored by `file`). Renewal happens every
-    /// third of it unless [`AcquireOptions::renew_every`] says otherwise.
+    /// Sets the lease, for backends whose locks each have a lease of their own
+    /// ([`LeaseModel::PerLock`]: Redis, Redlock, `memory://?lease=`). Renewal happens every third of
+    /// it unless [`AcquireOptions::renew_every`] says otherwise. Elsewhere the acquisition is refused
+    /// with [`Error::Unsupported`] (after the value is checked): a lock that does not expire, or one
+    /// that shares its session's lease, cannot have the lease asked for.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
         self
     }
 
-    /// Sets how often the lease is renewed.
+    /// Sets how often the lease is renewed (refused as [`AcquireOptions::lease`] is, on backends
+    /// without a lease per lock).
     pub fn renew_every(mut self, every: Duration) -> Self {
         self.renew_every = Some(every);
         self
@@ -112,18 +113,24 @@ struct Inner {
     closed: std::sync::atomic::AtomicBool,
     local: LocalQueues,
     monitors: Arc<MonitorCount>,
-    lease: LeaseConfig,
+    /// The lease settings of acquisitions that set none (`None`: locks do not expire).
+    lease: Option<LeaseConfig>,
+    /// The backend's background tasks, shut down after its `close`.
+    tasks: Tasks,
     url: String,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         if !*self.closed.get_mut() {
-            let raw = self.raw.clone();
+            let (raw, tasks) = (self.raw.clone(), self.tasks.clone());
             crate::raw::spawn_cleanup(async move {
                 if let Err(e) = raw.close().await {
                     tracing::debug!(error = %e, "closing a dropped provider failed");
                 }
+                // The loops are aborted at once; a program about to exit does not wait
+                // (`finish_cleanups`) for the bounded requests still under way.
+                crate::raw::spawn_detached(async move { tasks.shutdown().await });
             });
         }
     }
@@ -140,8 +147,21 @@ impl fmt::Debug for Provider {
 }
 
 impl Provider {
-    /// Wraps a raw backend. `url` must already be redacted.
-    pub fn from_raw(raw: Arc<dyn RawProvider>, lease: LeaseConfig, url: String) -> Self {
+    /// Wraps a raw backend that has no background tasks. `lease`: the lease settings of
+    /// acquisitions that set none (`None` for a backend whose locks do not expire). `url` must
+    /// already be redacted.
+    pub fn from_raw(raw: Arc<dyn RawProvider>, lease: Option<LeaseConfig>, url: String) -> Self {
+        Provider::from_raw_with_tasks(raw, lease, Tasks::new(), url)
+    }
+
+    /// [`Provider::from_raw`] for a raw backend that spawns its background work through `tasks`:
+    /// the provider shuts them down after the backend's `close`.
+    pub fn from_raw_with_tasks(
+        raw: Arc<dyn RawProvider>,
+        lease: Option<LeaseConfig>,
+        tasks: Tasks,
+        url: String,
+    ) -> Self {
         Provider {
             inner: Arc::new(Inner {
                 raw,
@@ -149,6 +169,7 @@ impl Provider {
                 local: LocalQueues::default(),
                 monitors: Arc::default(),
                 lease,
+                tasks,
                 url,
             }),
         }
@@ -169,9 +190,25 @@ impl Provider {
         self.inner.raw.capabilities()
     }
 
-    /// The lease settings used when an acquisition does not set its own.
-    pub fn default_lease(&self) -> LeaseConfig {
+    /// The lease settings used when an acquisition does not set its own (for a
+    /// [`LeaseModel::PerSession`] backend, the session's); `None` when locks do not expire.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> interlock::Result<()> {
+    /// let expiring = interlock::connect("memory://?lease=30s").await?;
+    /// assert_eq!(expiring.default_lease().map(|l| l.lease), Some(std::time::Duration::from_secs(30)));
+    /// assert!(interlock::connect("memory://").await?.default_lease().is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn default_lease(&self) -> Option<LeaseConfig> {
         self.inner.lease
+    }
+
+    /// How this provider's locks expire (see [`LeaseModel`]).
+    pub fn lease_model(&self) -> LeaseModel {
+        self.capabilities().lease
     }
 
     /// A mutex: one holder at a time.
@@ -221,6 +258,19 @@ impl Provider {
         &self.inner.monitors
     }
 
+    /// Number of live background tasks of the backend ([`Tasks`]): zero once the provider is
+    /// closed (a diagnostic, used by tests to show that none is left behind).
+    #[doc(hidden)]
+    pub fn task_count(&self) -> usize {
+        self.inner.tasks.count()
+    }
+
+    /// The backend's background tasks, to count them after the provider is gone (a diagnostic).
+    #[doc(hidden)]
+    pub fn tasks(&self) -> Tasks {
+        self.inner.tasks.clone()
+    }
+
     /// Closes the provider: stops the backend's background work and closes its connections.
     /// Acquisitions through it (and its clones) fail from then on with [`Error::Unavailable`];
     /// locks still held through it may be lost on backends that hold them on a connection or a
@@ -244,7 +294,9 @@ impl Provider {
         if self.inner.closed.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
-        self.inner.raw.close().await
+        let closed = self.inner.raw.close().await;
+        self.inner.tasks.shutdown().await;
+        closed
     }
 
     /// True once [`Provider::close`] was called.
@@ -269,7 +321,8 @@ impl Provider {
 
     /// The one acquisition path every public method goes through.
     async fn acquire(&self, name: &LockName, kind: LockKind, opts: AcquireOptions) -> Result<Option<Guard>> {
-        let lease = self.lease_config(opts)?;
+        let capabilities = self.capabilities();
+        let lease = self.lease_config(opts, capabilities.lease, name)?;
         let (try_only, deadline) = match opts.wait {
             // A zero timeout is one attempt, with its round trip (a deadline that has already
             // passed would leave a network backend no time to answer).
@@ -282,7 +335,6 @@ impl Provider {
             WaitFor::Timeout(waited) => Err(Error::Timeout { name: name.display(), waited }),
             _ => Ok(None),
         };
-        let capabilities = self.capabilities();
         if !capabilities.supports(kind) {
             let what = if matches!(kind, LockKind::Read) { "read-write locks" } else { "semaphores" };
             return Err(Error::Unsupported {
@@ -308,7 +360,16 @@ impl Provider {
         let request = Request { name: name.clone(), kind, lease };
         let wait = if try_only { Wait::Try } else { Wait::Until(deadline) };
         let attempt = self.inner.raw.acquire(request, wait);
-        let held = match deadline {
+        // A backend that owns its deadline answers at it by itself; it is cancelled only when its
+        // grace has passed too (a server that does not answer). Any other is cancelled at it.
+        let cancel_at = match deadline {
+            Some(d) => match self.inner.raw.deadline_grace() {
+                Some(grace) => d.checked_add(grace),
+                None => Some(d),
+            },
+            None => None,
+        };
+        let held = match cancel_at {
             Some(d) => match tokio::time::timeout_at(d.into(), attempt).await {
                 Ok(r) => r?,
                 Err(_) => None,
@@ -321,15 +382,32 @@ impl Provider {
         }
     }
 
-    fn lease_config(&self, opts: AcquireOptions) -> Result<LeaseConfig> {
-        let base = self.inner.lease;
+    /// The lease settings of one acquisition: its own (checked first, so a bad value is a usage
+    /// error on every backend), which only a backend with a lease per lock honours; otherwise the
+    /// provider's.
+    fn lease_config(&self, opts: AcquireOptions, model: LeaseModel, name: &LockName) -> Result<LeaseConfig> {
+        let base = self.inner.lease.unwrap_or_default();
+        if opts.lease.is_none() && opts.renew_every.is_none() {
+            return Ok(base);
+        }
         let lease = opts.lease.unwrap_or(base.lease);
         let renew_every = match (opts.renew_every, opts.lease) {
             (Some(r), _) => r,
             (None, Some(l)) => l / 3,
             (None, None) => base.renew_every,
         };
-        LeaseConfig::new(lease, renew_every)
+        let config = LeaseConfig::new(lease, renew_every)?;
+        if model != LeaseModel::PerLock {
+            return Err(Error::Unsupported {
+                backend: self.backend(),
+                operation: format!(
+                    "a lease for one acquisition (lock {:?}) is not supported by this backend: {}",
+                    name.display(),
+                    model.describe()
+                ),
+            });
+        }
+        Ok(config)
     }
 }
 

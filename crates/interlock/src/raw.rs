@@ -12,10 +12,31 @@
 //!   queue node, revoke our lease, close a session that may hold a grant) goes in a [`Cleanup`],
 //!   armed as soon as the thing exists and disarmed when `acquire` returns the lock: the core drops
 //!   the future at the caller's deadline or cancellation, and the cleanup then finishes on a
-//!   runtime that outlives the caller ([`spawn_cleanup`]). Spawn no other tasks for it.
+//!   runtime that outlives the caller ([`spawn_cleanup`]).
+//! - A backend whose waits time out on the server by themselves (`GET_LOCK(name, t)`,
+//!   `lock_timeout`, a ZooKeeper wait with a deadline) says so with
+//!   [`RawProvider::deadline_grace`]: it then honours the deadline of [`Wait::Until`] itself and
+//!   answers `Ok(None)` through its normal path, and the core cancels it only when the grace has
+//!   passed after the deadline too. A grant that races the timeout is returned as held (also just
+//!   after the deadline) or released by the undo, never left behind.
+//! - Background work of the backend's own (a connection's driver future, a session's event loop
+//!   or keep-alive, watch streams, requests of a quorum round that outlive its answer) runs as
+//!   tasks of the provider's [`Tasks`], which the backend gets from the core when it connects:
+//!   counted, aborted (or, for [`Tasks::spawn_finishing`], waited for) at close and at the drop of
+//!   the provider's last handle. Never `tokio::spawn` directly: a task nothing tracks outlives its
+//!   provider. A held lock needs no task of its own (below).
 //! - `acquire` waits on the backend's own signal, not by sleeping in a loop; a bounded re-check is
 //!   allowed where a peer tool can release without signalling, and must be documented.
 //! - Every acquisition is an independent holder, even within one process.
+//! - How locks expire is the backend's [`LeaseModel`], in its [`Capabilities`] (and its registry
+//!   entry): none, a lease per lock, or one per session. The URL's `lease` and `renew` options are
+//!   parsed by [`LeaseConfig::from_url`] from that model, never by hand; a per-call lease is
+//!   refused by the core unless the model is [`LeaseModel::PerLock`].
+//! - [`RawHeld::valid_until`] and each [`Renewal::Until`] report the validity the backend can
+//!   prove (from when the request was sent; shorter than the lease where the server granted less:
+//!   a lock handed over near the end of its lease, a TTL rounded down, a session's remaining
+//!   time). The core's monitor renews before that validity minus the lease's margin (lease minus
+//!   renewal interval), at once when less is left: a backend never renews inside `acquire`.
 //! - [`RawHeld::release`] is idempotent and only ever releases this holder's own lock. Its future
 //!   may be dropped at any await point (a caller cancelling `Guard::release()`); the core then
 //!   calls `release` again, as for a dropped guard, and runs it to completion in the background.
@@ -26,6 +47,9 @@
 //! - A loss that the backend learns by an event (session expired, connection closed, watched key
 //!   deleted) is reported through the future of [`RawHeld::watch_lost`], which the core's one
 //!   monitor per guard awaits: backends spawn no task of their own to watch a held lock.
+//! - Constants and helpers a backend needs live here or in the registry (`backends/mod.rs`),
+//!   never in the core's `provider.rs`, `guard.rs`, `lease.rs` or `blocking.rs`, which backends do
+//!   not import.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -37,12 +61,15 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::name::LockName;
+use crate::url::{LockUrl, UrlOptions};
 
 pub(crate) mod cleanup;
+mod tasks;
 
 pub use cleanup::{
     Cleanup, finish_cleanups, finish_cleanups_blocking, spawn_cleanup, spawn_detached, tokio_context_destroyed,
 };
+pub use tasks::Tasks;
 
 /// A boxed, sendable future, as the raw traits return (they must stay object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -88,10 +115,71 @@ pub enum Wait {
     /// One attempt; contention returns `Ok(None)` at once.
     Try,
     /// Wait until the deadline (`None`: forever); at the deadline return `Ok(None)`.
-    /// The core also enforces the deadline by dropping the future, so backends may rely on
-    /// cancellation instead of checking it themselves.
+    /// Unless the backend owns its deadline ([`RawProvider::deadline_grace`]), the core enforces
+    /// it by dropping the future at the deadline, so backends may rely on cancellation instead of
+    /// checking it themselves.
     Until(Option<Instant>),
 }
+
+/// The lease of a lock when neither the URL nor the acquisition sets one: 10 s, renewed every
+/// third of it.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// How a backend's locks can expire, stated once: in its registry entry
+/// ([`crate::backends::Backend::capabilities`]) and in [`Capabilities::lease`] (where one URL may
+/// choose another: `memory://` runs in each).
+///
+/// The model decides which lease settings apply: the URL's `lease` and `renew` options
+/// ([`LeaseConfig::from_url`]), and the per-call [`crate::AcquireOptions::lease`] and
+/// [`crate::AcquireOptions::renew_every`], which the core refuses with
+/// [`crate::Error::Unsupported`] unless the model is [`LeaseModel::PerLock`].
+///
+/// # Examples
+///
+/// ```
+/// use interlock::raw::LeaseModel;
+/// let redis = interlock::backends::for_scheme("redis").unwrap();
+/// assert_eq!(redis.capabilities.lease, LeaseModel::PerLock);
+/// assert!(!LeaseModel::None.expires() && LeaseModel::PerSession.expires());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LeaseModel {
+    /// Locks do not expire while the process lives: they last as long as a file description
+    /// (`file`) or a connection (MySQL, PostgreSQL), and are lost only by an event (the
+    /// connection closed). No lease option applies.
+    #[default]
+    None,
+    /// Each lock has a lease of its own (Redis, Redlock): the URL's `lease` and `renew` are the
+    /// defaults, each acquisition may set its own, and the core's monitor renews each guard.
+    PerLock,
+    /// One lease for every lock of the provider: its session's (a ZooKeeper session timeout, an
+    /// etcd lease's TTL), set by the URL's `lease` and `renew` only. When the session goes,
+    /// every lock of it goes; the guards' monitors follow the session's validity
+    /// ([`RawHeld::renew`] reports it).
+    PerSession,
+}
+
+impl LeaseModel {
+    /// True when locks expire unless kept alive (a lease per lock or per session).
+    pub const fn expires(self) -> bool {
+        !matches!(self, LeaseModel::None)
+    }
+
+    /// A few words for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            LeaseModel::None => "its locks do not expire (they last as long as what holds them)",
+            LeaseModel::PerLock => "each lock has a lease of its own",
+            LeaseModel::PerSession => {
+                "its locks share the lease of the provider's session, set by the URL's `lease` option"
+            }
+        }
+    }
+}
+
+/// The URL options that set leases, for the backends whose model has them ([`LeaseConfig::from_url`]).
+pub const LEASE_OPTIONS: &[&str] = &["lease", "renew"];
 
 /// Lease settings for one acquisition (ignored by backends without leases).
 ///
@@ -104,6 +192,13 @@ pub struct LeaseConfig {
     pub lease: Duration,
     /// How often the core renews it.
     pub renew_every: Duration,
+}
+
+/// [`DEFAULT_LEASE`], renewed every third of it.
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig { lease: DEFAULT_LEASE, renew_every: DEFAULT_LEASE / 3 }
+    }
 }
 
 impl LeaseConfig {
@@ -135,6 +230,54 @@ impl LeaseConfig {
         let config = LeaseConfig { lease, renew_every };
         config.validate()?;
         Ok(config)
+    }
+
+    /// The URL's lease settings for a backend whose locks expire as `model` says: the one place
+    /// where the options `lease` and `renew` are read (taken from `opts`). `None` for
+    /// [`LeaseModel::None`], whose URLs may not set them; otherwise the URL's lease (default
+    /// [`DEFAULT_LEASE`]) renewed every `renew` (default a third of the lease), checked.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidUrl`] for a lease option on a backend without leases, a value that is
+    /// not a duration, or one outside the bounds of [`LeaseConfig::new`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use interlock::LockUrl;
+    /// use interlock::raw::{LeaseConfig, LeaseModel};
+    /// let url = LockUrl::parse("redis://h?lease=30s").unwrap();
+    /// let lease = LeaseConfig::from_url(&url, &mut url.options(), LeaseModel::PerLock).unwrap().unwrap();
+    /// assert_eq!((lease.lease, lease.renew_every), (Duration::from_secs(30), Duration::from_secs(10)));
+    /// let url = LockUrl::parse("file:///tmp/x?lease=30s").unwrap();
+    /// assert!(LeaseConfig::from_url(&url, &mut url.options(), LeaseModel::None).unwrap_err().is_usage());
+    /// ```
+    pub fn from_url(url: &LockUrl, opts: &mut UrlOptions<'_>, model: LeaseModel) -> Result<Option<LeaseConfig>> {
+        let lease = opts.take_duration("lease")?;
+        let renew = opts.take_duration("renew")?;
+        if !model.expires() {
+            return match (lease, renew) {
+                (None, None) => Ok(None),
+                (l, _) => {
+                    let which = if l.is_some() { "lease" } else { "renew" };
+                    Err(url.invalid(format!("option `{which}`: this backend has no leases: {}", model.describe())))
+                }
+            };
+        }
+        let lease = lease.unwrap_or(DEFAULT_LEASE);
+        let config = LeaseConfig::new(lease, renew.unwrap_or(lease / 3)).map_err(|e| match e {
+            Error::InvalidArgument(reason) => url.invalid(reason),
+            other => other,
+        })?;
+        Ok(Some(config))
+    }
+
+    /// How long before the validity runs out the monitor renews: the lease minus the renewal
+    /// interval (a lock renewed every third of its lease is renewed with two thirds left).
+    pub fn margin(&self) -> Duration {
+        self.lease.saturating_sub(self.renew_every)
     }
 
     /// A checked lease renewed every third of it (the default renewal).
@@ -206,7 +349,9 @@ pub struct Request {
     pub name: LockName,
     /// The primitive.
     pub kind: LockKind,
-    /// Lease settings, for backends whose locks expire (already validated).
+    /// Lease settings (already validated): the acquisition's or the URL's for
+    /// [`LeaseModel::PerLock`], the session's (the URL's) for [`LeaseModel::PerSession`];
+    /// [`DEFAULT_LEASE`], unused, for backends whose locks do not expire.
     pub lease: LeaseConfig,
 }
 
@@ -232,7 +377,10 @@ pub trait RawHeld: Send + Sync + Debug + 'static {
         None
     }
 
-    /// Extends the lease to `lease` from now. Only called when [`RawHeld::valid_until`] is `Some`.
+    /// Extends the lease to `lease` from now (for [`LeaseModel::PerSession`]: checks that the lock
+    /// is still held and reports the session's validity, keeping the session alive if the
+    /// backend's keep-alive is the renewal itself). Only called when [`RawHeld::valid_until`] is
+    /// `Some`: by the core's monitor, before the last validity minus the lease's margin.
     fn renew(&self, lease: Duration) -> BoxFuture<'_, Result<Renewal>> {
         let _ = lease;
         Box::pin(async { Ok(Renewal::Lost) })
@@ -294,6 +442,22 @@ pub trait RawProvider: Send + Sync + Debug + 'static {
     /// Who holds `name`, as far as the backend can tell.
     fn status<'a>(&'a self, name: &'a LockName) -> BoxFuture<'a, Result<LockStatus>>;
 
+    /// Whether this backend's waits time out by themselves, and how long after the deadline the
+    /// core may still wait for their answer.
+    ///
+    /// `None` (the default): the core drops the acquisition's future at the deadline of
+    /// [`Wait::Until`], and the backend's undo ([`Cleanup`]) removes what it left.
+    ///
+    /// `Some(grace)`: the backend honours the deadline itself (the server's own timeout:
+    /// `GET_LOCK(name, t)`, `lock_timeout`, a wait with a deadline) and answers `Ok(None)` through
+    /// its normal path; the core drops the future only once `grace` has passed after the deadline
+    /// as well (a server that does not answer), so cancellation stays the exception. A grant that
+    /// arrives after the deadline but within the grace is returned to the caller as held. Make the
+    /// grace cover the answer's way back (a round trip, the command timeout).
+    fn deadline_grace(&self) -> Option<Duration> {
+        None
+    }
+
     /// Stops the backend's background work (pub/sub connections, sessions, keep-alives) and
     /// closes its connections. Called once, by [`crate::Provider::close`] or, best-effort in the
     /// background, when the last handle of the provider is dropped. Locks still held through
@@ -318,13 +482,21 @@ pub struct Capabilities {
     pub rwlock: bool,
     /// Semaphores are supported.
     pub semaphore: bool,
+    /// How locks expire (none, per lock, per session): which lease settings apply.
+    pub lease: LeaseModel,
 }
 
 impl Capabilities {
     /// Builds a capability set (the struct is `#[non_exhaustive]`), with every primitive
-    /// supported.
+    /// supported and locks that do not expire ([`Capabilities::with_lease`] says otherwise).
     pub const fn new(cross_process: bool, can_lose: bool, fencing: bool) -> Self {
-        Capabilities { cross_process, can_lose, fencing, rwlock: true, semaphore: true }
+        Capabilities { cross_process, can_lose, fencing, rwlock: true, semaphore: true, lease: LeaseModel::None }
+    }
+
+    /// The same, with locks that expire as `model` says (the default is [`LeaseModel::None`]).
+    pub const fn with_lease(mut self, model: LeaseModel) -> Self {
+        self.lease = model;
+        self
     }
 
     /// The same, without read-write locks: the core refuses them with

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use interlock::memory::{MemorySpace, Step};
-use interlock::{AcquireOptions, Error};
+use interlock::{AcquireOptions, Error, LeaseModel};
 
 fn space() -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -99,12 +99,87 @@ async fn huge_leases_are_invalid_arguments_not_panics() {
                 other => panic!("{url} {opts:?}: {other:?}"),
             }
         }
-        // The bounds themselves are accepted.
-        let g = m.lock_with(AcquireOptions::forever().lease(day)).await.unwrap().unwrap();
-        g.release().await.unwrap();
+        // The bounds themselves are accepted where each lock has a lease of its own, and refused
+        // (not ignored) where locks do not expire.
+        match m.lock_with(AcquireOptions::forever().lease(day)).await {
+            Ok(g) if p.lease_model() == LeaseModel::PerLock => g.unwrap().release().await.unwrap(),
+            Err(Error::Unsupported { .. }) if p.lease_model() == LeaseModel::None => {}
+            other => panic!("{url}: {other:?}"),
+        }
     }
     let e = interlock::connect("memory://?lease=25h").await.unwrap_err();
     assert!(e.is_usage() && e.to_string().contains("at most 1 day"), "{e}");
+}
+
+/// A lease for one acquisition is honoured where each lock has a lease of its own, and refused
+/// with `Unsupported` (not ignored) where locks do not expire or share their session's lease; the
+/// provider's default lease says the same.
+#[tokio::test]
+async fn per_call_leases_only_where_each_lock_has_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let own = Duration::from_secs(30);
+    for (url, model) in [
+        (format!("file://{}", dir.path().display()), LeaseModel::None),
+        (format!("memory://{}", space()), LeaseModel::None),
+        (format!("memory://{}?expiry=connection", space()), LeaseModel::None),
+        (format!("memory://{}?expiry=session&lease=5s", space()), LeaseModel::PerSession),
+        (format!("memory://{}?lease=5s", space()), LeaseModel::PerLock),
+    ] {
+        let p = interlock::connect(&url).await.unwrap();
+        assert_eq!(p.lease_model(), model, "{url}");
+        assert_eq!(p.default_lease().is_some(), model.expires(), "{url}");
+        let m = p.mutex("x").unwrap();
+        for opts in
+            [AcquireOptions::forever().lease(own), AcquireOptions::try_once().renew_every(Duration::from_secs(1))]
+        {
+            match m.lock_with(opts).await {
+                Ok(Some(g)) if model == LeaseModel::PerLock => {
+                    let left = g.valid_until().unwrap().saturating_duration_since(Instant::now());
+                    assert!(
+                        left > Duration::from_secs(5) || opts.wait() != AcquireOptions::forever().wait(),
+                        "{left:?}"
+                    );
+                    g.release().await.unwrap();
+                }
+                Err(Error::Unsupported { backend, operation }) if model != LeaseModel::PerLock => {
+                    assert!(
+                        operation.contains("a lease for one acquisition") && operation.contains("\"x\""),
+                        "{url}: {operation}"
+                    );
+                    assert!(["file", "memory"].contains(&backend), "{backend}");
+                }
+                other => panic!("{url} {opts:?}: {other:?}"),
+            }
+        }
+        // Without a lease of its own, an acquisition takes the provider's (or none).
+        let g = m.lock().await.unwrap();
+        assert_eq!(g.valid_until().is_some(), model.expires(), "{url}");
+        g.release().await.unwrap();
+    }
+}
+
+/// A lock granted with less of its lease left than a renewal period (its answer took long, as a
+/// lock handed over near the end of its lease, a TTL rounded down or a session near its timeout
+/// would) is renewed in time, because the monitor renews by the validity the backend reported
+/// (the margin before it: lease minus renewal interval), not a fixed period after the grant; it
+/// is not declared lost. Both with the default renewal (the lock is renewed at once) and with a
+/// renewal interval close to the lease (renewed with the margin left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_granted_with_little_validity_left_is_renewed_in_time() {
+    for (options, answer) in [("lease=2s", 1600), ("lease=3s&renew=2500ms", 1500)] {
+        let s = space();
+        let sp = MemorySpace::named(&s);
+        let p = interlock::connect(&format!("memory://{s}?{options}")).await.unwrap();
+        let renew_every = p.default_lease().unwrap().renew_every;
+        sp.set_delay(Step::Grant, Some(Duration::from_millis(answer)));
+        let g = p.mutex("n").unwrap().lock().await.unwrap();
+        sp.set_delay(Step::Grant, None);
+        let left = g.valid_until().unwrap().saturating_duration_since(Instant::now());
+        assert!(left < renew_every, "{options}: the lock came with {left:?} left, not less than {renew_every:?}");
+        tokio::time::sleep(p.default_lease().unwrap().lease + Duration::from_millis(500)).await;
+        assert!(!g.is_lost(), "{options}: a lock granted with {left:?} left was not renewed in time");
+        g.release().await.expect("released, never lost");
+    }
 }
 
 /// Ten waiters in one process send one waiter to the backend, and get the lock in FIFO order.
@@ -250,7 +325,7 @@ fn eventually_blocking(what: &str, mut cond: impl FnMut() -> bool) {
 /// Nothing is left of a name: no backend holder or waiter, no operation inside a step, no local
 /// queue entry, no monitor task.
 async fn assert_nothing_left(sp: &MemorySpace, name: &str, providers: &[&interlock::Provider]) {
-    let steps = [Step::Acquire, Step::Grant, Step::Undo, Step::Release, Step::Renew];
+    let steps = [Step::Acquire, Step::Grant, Step::Undo, Step::Release, Step::Renew, Step::TimedOut];
     eventually("no holder, waiter or step left", || {
         sp.counts(name).unwrap() == (0, 0) && steps.iter().all(|s| sp.in_step(*s) == 0)
     })
@@ -601,4 +676,233 @@ async fn paused_holder_loses_its_lock_to_the_next_one() {
     assert!(g.release().await.unwrap_err().is_lock_lost());
     assert_eq!(sp.counts("job").unwrap(), (1, 0), "the next holder still holds it");
     next.release().await.unwrap();
+}
+
+// ------------------------------------------------------------ server-side timeouts
+
+/// With `timeouts=server` a wait that runs out answers "not granted" by itself, through the
+/// backend's normal path: `Timeout` for the caller, no acquisition cancelled (nothing for an undo
+/// to do), no waiter left; also when the request and the answer take time (within the grace).
+/// Without it, the core cancels each timed-out wait at its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_timeouts_answer_by_themselves() {
+    for (timeouts, latency) in
+        [("timeouts=server&grace=5s", 0), ("timeouts=server&grace=5s", 30), ("timeouts=client", 0)]
+    {
+        let s = space();
+        let sp = MemorySpace::named(&s);
+        let url = format!("memory://{s}?{timeouts}");
+        let (holder, p) = (interlock::connect(&url).await.unwrap(), interlock::connect(&url).await.unwrap());
+        let g = holder.mutex("n").unwrap().lock().await.unwrap();
+        for step in [Step::Acquire, Step::TimedOut] {
+            sp.set_delay(step, Some(Duration::from_millis(latency)).filter(|d| !d.is_zero()));
+        }
+        let waited = Duration::from_millis(100);
+        for _ in 0..5 {
+            let started = Instant::now();
+            let e = p.mutex("n").unwrap().lock_timeout(waited).await.unwrap_err();
+            assert!(e.is_timeout(), "{timeouts}: {e}");
+            assert!(started.elapsed() >= waited, "{timeouts}: ended early");
+            assert_eq!(sp.counts("n").unwrap(), (1, 0), "{timeouts}: a waiter is left");
+        }
+        let expected = if timeouts.starts_with("timeouts=server") { 0 } else { 5 };
+        assert_eq!(sp.abandoned(), expected, "{timeouts} (latency {latency} ms): acquisitions cancelled");
+        g.release().await.unwrap();
+        for step in [Step::Acquire, Step::TimedOut] {
+            sp.set_delay(step, None);
+        }
+        assert_nothing_left(&sp, "n", &[&holder, &p]).await;
+    }
+}
+
+/// A grant that races a server-side timeout: the lock freed just before the server's deadline,
+/// granted there, its answer on its way. An answer that arrives within the grace is returned as
+/// held (after the deadline); one that arrives later is cancelled by the core and the undo
+/// releases the grant: never a lock held that nobody knows about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_racing_a_server_side_timeout_is_returned_or_released() {
+    for (answer_ms, held) in [(10, true), (600, false)] {
+        let s = space();
+        let sp = MemorySpace::named(&s);
+        let url = format!("memory://{s}?timeouts=server&grace=200ms");
+        let (holder, p) = (interlock::connect(&url).await.unwrap(), interlock::connect(&url).await.unwrap());
+        let g = holder.mutex("n").unwrap().lock().await.unwrap();
+        let m = p.mutex("n").unwrap();
+        let started = Instant::now();
+        let waiter = tokio::spawn(async move { m.lock_timeout(Duration::from_millis(300)).await });
+        eventually("the waiter waits on the backend", || sp.counts("n").unwrap() == (1, 1)).await;
+        sp.set_delay(Step::Grant, Some(Duration::from_millis(answer_ms)));
+        tokio::time::sleep(Duration::from_millis(280).saturating_sub(started.elapsed())).await;
+        g.release().await.unwrap();
+        match waiter.await.unwrap() {
+            Ok(g) => {
+                assert!(held, "an answer {answer_ms} ms late, past the grace, was returned");
+                g.release().await.unwrap();
+                assert_eq!(sp.abandoned(), 0);
+            }
+            Err(e) => {
+                assert!(e.is_timeout() && !held, "answer {answer_ms} ms late: {e}");
+                assert_eq!(sp.abandoned(), 1, "cancelled by the core after the grace");
+            }
+        }
+        sp.set_delay(Step::Grant, None);
+        assert_nothing_left(&sp, "n", &[&holder, &p]).await;
+    }
+}
+
+/// The same race with delays at every step (the request, the grant's answer, the timeout's
+/// answer, the undo) around and past a short grace, the holder releasing just before, at, or just
+/// after the deadline: each wait ends as held or `Timeout`, and afterwards nothing is left (no
+/// holder, no waiter, no operation in a step, no local queue place or monitor; the lock free).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_timeouts_with_delays_at_every_step_leave_nothing_behind() {
+    let s = space();
+    let sp = MemorySpace::named(&s);
+    let url = format!("memory://{s}?timeouts=server&grace=30ms&expiry=connection");
+    let (holder, p) = (interlock::connect(&url).await.unwrap(), interlock::connect(&url).await.unwrap());
+    let timeout = Duration::from_millis(60);
+    let (mut held, mut timed_out) = (0, 0);
+    for request in [0, 10] {
+        for answer in [0, 50] {
+            for refusal in [0, 50] {
+                for release_at in [40, 55, 60, 65, 80] {
+                    let ms = |n: u64| Some(Duration::from_millis(n)).filter(|d| !d.is_zero());
+                    let g = holder.mutex("n").unwrap().lock().await.unwrap();
+                    sp.set_delay(Step::Acquire, ms(request));
+                    sp.set_delay(Step::Grant, ms(answer));
+                    sp.set_delay(Step::TimedOut, ms(refusal));
+                    sp.set_delay(Step::Undo, ms(20));
+                    let m = p.mutex("n").unwrap();
+                    let started = Instant::now();
+                    let waiter = tokio::spawn(async move { m.lock_timeout(timeout).await });
+                    tokio::time::sleep(Duration::from_millis(release_at).saturating_sub(started.elapsed())).await;
+                    g.release().await.unwrap();
+                    match waiter.await.unwrap() {
+                        Ok(g) => {
+                            held += 1;
+                            g.release().await.unwrap();
+                        }
+                        Err(e) => {
+                            assert!(e.is_timeout(), "{e}");
+                            timed_out += 1;
+                        }
+                    }
+                    for step in [Step::Acquire, Step::Grant, Step::TimedOut, Step::Undo] {
+                        sp.set_delay(step, None);
+                    }
+                    assert_nothing_left(&sp, "n", &[&holder, &p]).await;
+                }
+            }
+        }
+    }
+    eprintln!("{held} waits ended held, {timed_out} timed out, {} cancelled by the core", sp.abandoned());
+}
+
+// ------------------------------------------------------------ the session model
+
+/// `expiry=session`: every lock of a provider belongs to its session, which a task of the
+/// provider keeps alive (held locks outlive many leases without renewing anything of their own);
+/// when the server kills the session, every lock of it is lost at once, and the provider goes on
+/// with a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_session_loses_every_lock_of_it() {
+    let s = space();
+    let sp = MemorySpace::named(&s);
+    let url = format!("memory://{s}?expiry=session&lease=600ms");
+    let (p, q) = (interlock::connect(&url).await.unwrap(), interlock::connect(&url).await.unwrap());
+    assert_eq!(p.lease_model(), LeaseModel::PerSession);
+    assert_eq!(p.task_count(), 1, "the session's keep-alive");
+    let a = p.mutex("a").unwrap().lock().await.unwrap();
+    let b = p.mutex("b").unwrap().lock().await.unwrap();
+    let c = p.rwlock("c").unwrap().read().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(![&a, &b, &c].iter().any(|g| g.is_lost()), "locks of a live session were lost");
+    assert!(q.mutex("b").unwrap().try_lock().await.unwrap().is_none());
+    assert_eq!(sp.revoke("a").unwrap(), 3, "the session and its three locks");
+    for g in [&a, &b, &c] {
+        tokio::time::timeout(EVENTUALLY, g.lost()).await.expect("every lock of the killed session is lost");
+    }
+    for g in [a, b, c] {
+        assert!(g.release().await.unwrap_err().is_lock_lost());
+    }
+    let g = q.mutex("b").unwrap().try_lock().await.unwrap().expect("free once the session is gone");
+    g.release().await.unwrap();
+    let again = p.mutex("a").unwrap().lock_timeout(EVENTUALLY).await.expect("a new session for new locks");
+    assert!(!again.is_lost());
+    again.release().await.unwrap();
+}
+
+/// A session that lapses on the server (not told) is found gone by the provider's keep-alive (or
+/// a guard's renewal, which checks its lock, whichever comes first): every lock of it is lost
+/// within a renewal interval, not when the session's validity runs out by the local clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_session_is_found_by_its_keep_alive() {
+    let s = space();
+    let sp = MemorySpace::named(&s);
+    let p = interlock::connect(&format!("memory://{s}?expiry=session&lease=10s&renew=100ms")).await.unwrap();
+    let (a, b) = (p.mutex("a").unwrap().lock().await.unwrap(), p.mutex("b").unwrap().lock().await.unwrap());
+    assert_eq!(sp.expire("a").unwrap(), 2);
+    let found = Instant::now();
+    for g in [&a, &b] {
+        tokio::time::timeout(EVENTUALLY, g.lost()).await.expect("lost once the keep-alive finds the session gone");
+    }
+    assert!(found.elapsed() < Duration::from_secs(9), "found by the lease running out, not the keep-alive");
+    let e = b.release().await.unwrap_err().to_string();
+    assert!(e.contains("session expired") || e.contains("no longer holds"), "{e}");
+    drop(a);
+}
+
+/// A paused session (its process stopped: no keep-alive) loses every lock of it by the local
+/// clock once the session's validity runs out, before the server lets anyone else in; resumed,
+/// its guards report the loss and leave the next holder alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_session_loses_its_locks_by_the_local_clock() {
+    let s = space();
+    let sp = MemorySpace::named(&s);
+    let url = format!("memory://{s}?expiry=session&lease=400ms");
+    let (p, q) = (interlock::connect(&url).await.unwrap(), interlock::connect(&url).await.unwrap());
+    let (a, b) = (p.mutex("a").unwrap().lock().await.unwrap(), p.mutex("b").unwrap().lock().await.unwrap());
+    assert!(sp.pause_holders("a").unwrap() >= 1);
+    let next = q.mutex("b").unwrap().lock_timeout(EVENTUALLY).await.unwrap();
+    assert!(a.is_lost() && b.is_lost(), "the next holder got in while the paused session's locks still looked held");
+    assert!(next.fencing_token() > b.fencing_token());
+    sp.resume_holders("a").unwrap();
+    for g in [a, b] {
+        assert!(g.release().await.unwrap_err().is_lock_lost());
+    }
+    assert_eq!(sp.counts("b").unwrap(), (1, 0), "the next holder still holds it");
+    next.release().await.unwrap();
+}
+
+/// The session's keep-alive is a task of the provider: closing the provider stops it, and so
+/// does dropping the provider's last handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_keep_alive_ends_with_its_provider() {
+    let url = format!("memory://{}?expiry=session&lease=1s", space());
+    let p = interlock::connect(&url).await.unwrap();
+    assert_eq!(p.task_count(), 1);
+    p.close().await.unwrap();
+    assert_eq!(p.task_count(), 0, "close stopped the keep-alive");
+    let p = interlock::connect(&url).await.unwrap();
+    let tasks = p.tasks();
+    let g = p.mutex("x").unwrap().lock().await.unwrap();
+    drop(p);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(tasks.count(), 1, "a held lock keeps its provider, and its session, alive");
+    g.release().await.unwrap();
+    eventually("the keep-alive ends with the last handle", || tasks.count() == 0).await;
+}
+
+/// A blocking provider whose backend runs a task (a session's keep-alive) stops it when its last
+/// handle goes, and does not linger for it.
+#[test]
+fn a_blocking_provider_stops_its_session_keep_alive() {
+    let p = interlock::blocking::connect(&format!("memory://{}?expiry=session&lease=1s", space())).unwrap();
+    let tasks = p.as_async().tasks();
+    assert_eq!(tasks.count(), 1);
+    p.mutex("x").unwrap().lock().unwrap().release().unwrap();
+    let dropped = Instant::now();
+    drop(p);
+    eventually_blocking("the keep-alive ends with the blocking provider", || tasks.count() == 0);
+    assert!(dropped.elapsed() < EVENTUALLY);
 }

@@ -54,7 +54,7 @@ impl RawProvider for Counting {
 fn provider() -> (Provider, Arc<Counting>) {
     let raw = Arc::new(Counting::default());
     let lease = LeaseConfig::new(Duration::from_secs(10), Duration::from_secs(3)).unwrap();
-    (Provider::from_raw(raw.clone(), lease, "counting://".into()), raw)
+    (Provider::from_raw(raw.clone(), Some(lease), "counting://".into()), raw)
 }
 
 async fn eventually(what: &str, cond: impl Fn() -> bool) {
@@ -140,7 +140,7 @@ async fn primitives_a_backend_lacks_are_refused_by_the_core() {
         }
     }
     let lease = LeaseConfig::new(Duration::from_secs(10), Duration::from_secs(3)).unwrap();
-    let p = Provider::from_raw(Arc::new(MutexOnly::default()), lease, "mutex-only://".into());
+    let p = Provider::from_raw(Arc::new(MutexOnly::default()), Some(lease), "mutex-only://".into());
     for e in [
         p.rwlock("x").unwrap().try_read().await.unwrap_err(),
         p.semaphore("x", 2).unwrap().try_acquire().await.unwrap_err(),

@@ -10,14 +10,14 @@ use interlock::{AcquireOptions, Provider};
 use crate::harness::Harness;
 use crate::unique;
 
-use super::{EVENTUALLY, not_applicable};
+use super::{EVENTUALLY, leased, not_applicable};
 
 /// A lease far longer than `EVENTUALLY`, so that a lock left behind cannot pass for a free one by
 /// expiring during the check.
 const LONG_LEASE: Duration = Duration::from_secs(120);
 
-fn long_lease() -> AcquireOptions {
-    AcquireOptions::forever().lease(LONG_LEASE)
+fn long_lease(p: &Provider) -> AcquireOptions {
+    leased(p, AcquireOptions::forever(), LONG_LEASE)
 }
 
 /// Instants after which an operation is cancelled: at its first poll, then a spread that covers a
@@ -64,11 +64,11 @@ pub async fn acquire_cancelled_at_any_point_leaves_nothing_behind<H: Harness>(h:
         let (m, r) = (p2.mutex(&name).unwrap(), p2.rwlock(&name).unwrap());
         for ms in CANCEL_AFTER_MS {
             let after = Duration::from_millis(ms);
-            if let Ok(g) = tokio::time::timeout(after, m.lock_with(long_lease())).await {
+            if let Ok(g) = tokio::time::timeout(after, m.lock_with(long_lease(&p2))).await {
                 assert!(!held_elsewhere, "acquired a lock held elsewhere");
                 drop(g.unwrap());
             }
-            if let Ok(g) = tokio::time::timeout(after, r.read_with(long_lease())).await {
+            if let Ok(g) = tokio::time::timeout(after, r.read_with(long_lease(&p2))).await {
                 assert!(!held_elsewhere, "read a lock held elsewhere");
                 drop(g.unwrap());
             }
@@ -87,7 +87,7 @@ pub async fn cancelled_release_still_releases<H: Harness>(h: &H) {
     let p = h.provider().await;
     let name = unique("cancelrel");
     for ms in CANCEL_AFTER_MS {
-        let opts = AcquireOptions::timeout(EVENTUALLY).lease(LONG_LEASE);
+        let opts = leased(&p, AcquireOptions::timeout(EVENTUALLY), LONG_LEASE);
         let g = p.mutex(&name).unwrap().lock_with(opts).await.unwrap().unwrap();
         let m = p.mutex(&name).unwrap();
         let local_waiter = tokio::spawn(async move { m.lock_with(opts).await.map(Option::unwrap) });
@@ -108,7 +108,7 @@ pub async fn cancelled_release_still_releases<H: Harness>(h: &H) {
 pub async fn monitor_ends_with_its_guard<H: Harness>(h: &H) {
     let p = h.provider().await;
     let m = p.mutex(unique("monitor")).unwrap();
-    let opts = AcquireOptions::forever().lease(h.short_lease());
+    let opts = leased(&p, AcquireOptions::forever(), h.short_lease());
     let g = m.lock_with(opts).await.unwrap().unwrap();
     if p.monitor_count() == 0 {
         g.release().await.unwrap();
@@ -130,4 +130,42 @@ pub async fn monitor_ends_with_its_guard<H: Harness>(h: &H) {
         eventually("monitor gone after the loss, before release", || p.monitor_count() == 0).await;
         assert!(g.release().await.unwrap_err().is_lock_lost());
     }
+}
+
+/// The backend's background tasks (a session's keep-alive, a connection's driver, the requests
+/// of a quorum round whose answers nobody waits for any more) belong to the provider: after some
+/// work (acquisitions, a wait, a try that finds the lock held, a status), `close()` leaves none
+/// running, and neither does the drop of the provider's last handle.
+pub async fn background_tasks_end_with_the_provider<H: Harness>(h: &H) {
+    let name = unique("tasks");
+    let work = |p: Provider| {
+        let name = name.clone();
+        async move {
+            let m = p.mutex(&name).unwrap();
+            let g = m.lock_timeout(EVENTUALLY).await.unwrap();
+            let waiter = tokio::spawn({
+                let m = m.clone();
+                async move { m.lock_timeout(EVENTUALLY).await }
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            g.release().await.unwrap();
+            waiter.await.unwrap().unwrap().release().await.unwrap();
+            p.status(&name).await.unwrap();
+            p.task_count()
+        }
+    };
+    let p = h.provider().await;
+    let during = work(p.clone()).await;
+    let other = h.provider().await;
+    assert!(other.mutex(&name).unwrap().try_lock().await.unwrap().is_some());
+    p.close().await.unwrap();
+    assert_eq!(p.task_count(), 0, "background tasks left after close ({during} after the work)");
+
+    let p = h.provider().await;
+    let tasks = p.tasks();
+    work(p).await;
+    eventually("no background task left once the last handle is gone", || tasks.count() == 0).await;
+    other.close().await.unwrap();
+    assert_eq!(other.task_count(), 0);
+    eprintln!("conformance: background_tasks_end_with_the_provider: {during} task(s) alive after the work");
 }

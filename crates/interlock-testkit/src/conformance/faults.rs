@@ -9,7 +9,7 @@ use crate::harness::Harness;
 use crate::process::Hold;
 use crate::unique;
 
-use super::{EVENTUALLY, not_applicable};
+use super::{EVENTUALLY, leased, not_applicable};
 
 /// `kill -9` of a holder process releases its lock (files: at once, by the kernel; leased
 /// backends: at lease expiry), and the next holder's token is higher.
@@ -34,7 +34,7 @@ pub async fn lost_lock_is_signalled<H: Harness>(h: &H) {
     }
     let name = unique("lost");
     let m = p.mutex(&name).unwrap();
-    let g = m.lock_with(AcquireOptions::forever().lease(h.short_lease())).await.unwrap().unwrap();
+    let g = m.lock_with(leased(&p, AcquireOptions::forever(), h.short_lease())).await.unwrap().unwrap();
     let token = g.fencing_token().unwrap();
     assert!(!g.is_lost());
     if !h.expire(&name).await {
@@ -60,7 +60,7 @@ pub async fn renewal_keeps_lock_past_its_lease<H: Harness>(h: &H) {
     // Long enough that a renewal (every third of it) delayed by a loaded machine's scheduler
     // does not lose the lock (300 ms did once, with eight test threads on two CPUs).
     let lease = Duration::from_secs(1);
-    let g = p.mutex(&name).unwrap().lock_with(AcquireOptions::forever().lease(lease)).await.unwrap().unwrap();
+    let g = p.mutex(&name).unwrap().lock_with(leased(&p, AcquireOptions::forever(), lease)).await.unwrap().unwrap();
     tokio::time::sleep(lease * 5 / 2).await;
     assert!(!g.is_lost(), "renewed lock reported lost");
     assert!(h.provider().await.mutex(&name).unwrap().try_lock().await.unwrap().is_none(), "lease expired");
@@ -74,7 +74,13 @@ pub async fn stale_release_never_frees_another_holder<H: Harness>(h: &H) {
         return not_applicable("stale_release_never_frees_another_holder", "no leases");
     }
     let name = unique("stale");
-    let a = p.mutex(&name).unwrap().lock_with(AcquireOptions::forever().lease(h.short_lease())).await.unwrap().unwrap();
+    let a = p
+        .mutex(&name)
+        .unwrap()
+        .lock_with(leased(&p, AcquireOptions::forever(), h.short_lease()))
+        .await
+        .unwrap()
+        .unwrap();
     if !h.expire(&name).await {
         a.release().await.unwrap();
         return not_applicable("stale_release_never_frees_another_holder", "the harness cannot take a lock away");

@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 use crate::harness::Harness;
 use crate::unique;
 
-use super::{EVENTUALLY, not_applicable};
+use super::{EVENTUALLY, lease_args, leased, not_applicable};
 
 /// The gone waiter's lease: a delay anywhere near it would be the defect.
 const GONE_LEASE: Duration = Duration::from_secs(30);
@@ -98,16 +98,16 @@ async fn gone_waiter<H: Harness>(h: &H, case: &str, gone: Gone) {
     let (mut task, mut child) = (None, None);
     match gone {
         Gone::TimedOut => {
-            let opts = AcquireOptions::timeout(Duration::from_secs(1)).lease(GONE_LEASE);
+            let opts = leased(&waiter_provider, AcquireOptions::timeout(Duration::from_secs(1)), GONE_LEASE);
             task = Some(tokio::spawn(async move { m.lock_with(opts).await.map(drop) }));
         }
         Gone::Dropped => {
-            let opts = AcquireOptions::forever().lease(GONE_LEASE);
+            let opts = leased(&waiter_provider, AcquireOptions::forever(), GONE_LEASE);
             task = Some(tokio::spawn(async move { m.lock_with(opts).await.map(drop) }));
         }
         _ => {
             let mut cmd = Command::new(bin.expect("checked"));
-            cmd.arg("run").args(["--lease", "30s"]);
+            cmd.arg("run").args(lease_args(&waiter_provider, GONE_LEASE));
             if matches!(gone, Gone::CliTimeout) {
                 cmd.args(["-w", "1"]);
             }

@@ -38,6 +38,29 @@ pub(crate) fn not_applicable(case: &str, why: &str) {
     eprintln!("conformance: {case}: not applicable ({why})");
 }
 
+/// `opts` with its own `lease`, on backends whose locks each have one
+/// ([`interlock::LeaseModel::PerLock`]); elsewhere `opts` as it is, since a per-call lease is refused
+/// there (locks that do not expire, or share their session's lease, which the harness's URL sets).
+pub(crate) fn leased(
+    p: &interlock::Provider,
+    opts: interlock::AcquireOptions,
+    lease: Duration,
+) -> interlock::AcquireOptions {
+    match p.lease_model() {
+        interlock::LeaseModel::PerLock => opts.lease(lease),
+        _ => opts,
+    }
+}
+
+/// The `--lease DUR` arguments of `interlock run` / `hold` for `lease`, where [`leased`] would set
+/// it; none elsewhere.
+pub(crate) fn lease_args(p: &interlock::Provider, lease: Duration) -> Vec<String> {
+    match p.lease_model() {
+        interlock::LeaseModel::PerLock => vec!["--lease".into(), format!("{}ms", lease.as_millis())],
+        _ => Vec::new(),
+    }
+}
+
 /// The primitives a case needs besides mutexes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Needs {
@@ -137,6 +160,7 @@ macro_rules! conformance_suite {
                 gone_waiter_kill_9_never_holds_up_the_next,
                 gone_waiter_sigstop_never_holds_up_the_next,
                 monitor_ends_with_its_guard,
+                background_tasks_end_with_the_provider,
                 fencing_tokens_strictly_increase,
                 fencing_tokens_shared_holders,
                 fencing_tokens_across_processes,

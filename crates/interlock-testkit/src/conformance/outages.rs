@@ -11,7 +11,7 @@ use crate::harness::Harness;
 use crate::process::Hold;
 use crate::unique;
 
-use super::{EVENTUALLY, not_applicable};
+use super::{EVENTUALLY, lease_args, leased, not_applicable};
 
 /// The lease of holders whose loss must come from the backend's signal, not from a lease expiry.
 /// The holder renews every third of it, so after a fault its lease still has at least two thirds
@@ -58,7 +58,9 @@ pub async fn paused_holder_reports_lost_on_resume<H: Harness>(h: &H) {
     let name = unique("paused");
     let lease = h.short_lease();
     if let (Some(bin), true) = (h.bin(), p.capabilities().cross_process) {
-        let hold = Hold::start(bin, &h.url(), &name, &["--lease", &format!("{}ms", lease.as_millis())]).await;
+        let args = lease_args(&p, lease);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let hold = Hold::start(bin, &h.url(), &name, &args).await;
         let token = hold.token.expect("hold prints a token");
         hold.pause();
         let next = p
@@ -74,7 +76,7 @@ pub async fn paused_holder_reports_lost_on_resume<H: Harness>(h: &H) {
         assert_still_held(h, &name, "the resumed holder freed the next holder's lock").await;
         return next.release().await.unwrap();
     }
-    let g = p.mutex(&name).unwrap().lock_with(AcquireOptions::forever().lease(lease)).await.unwrap().unwrap();
+    let g = p.mutex(&name).unwrap().lock_with(leased(&p, AcquireOptions::forever(), lease)).await.unwrap().unwrap();
     let token = g.fencing_token().unwrap();
     if !h.pause_holders(&name).await {
         g.release().await.unwrap();
@@ -112,7 +114,7 @@ pub async fn server_restart_signals_lost_to_every_holder<H: Harness>(h: &H) {
     // Backends without semaphores (Redlock) run the mutex and reader parts only.
     let sem = p.capabilities().semaphore;
     let (a, b, c) = (unique("restart-mutex"), unique("restart-rw"), unique("restart-sem"));
-    let opts = || AcquireOptions::forever().lease(h.short_lease());
+    let opts = || leased(&p, AcquireOptions::forever(), h.short_lease());
     let m = p.mutex(&a).unwrap().lock_with(opts()).await.unwrap().unwrap();
     let r1 = p.rwlock(&b).unwrap().read_with(opts()).await.unwrap().unwrap();
     let r2 = q.rwlock(&b).unwrap().read_with(opts()).await.unwrap().unwrap();
@@ -171,13 +173,13 @@ pub async fn killed_connection_signals_lost_and_wakes_the_next_waiter<H: Harness
         );
     }
     let name = unique("killed");
-    let long = || AcquireOptions::forever().lease(LONG_LEASE);
-    let g = p.mutex(&name).unwrap().lock_with(long()).await.unwrap().unwrap();
+    let g =
+        p.mutex(&name).unwrap().lock_with(leased(&p, AcquireOptions::forever(), LONG_LEASE)).await.unwrap().unwrap();
     let token = g.fencing_token().unwrap();
     let other = h.provider().await;
     let waiter = tokio::spawn({
         let (other, name) = (other.clone(), name.clone());
-        async move { other.mutex(&name).unwrap().lock_with(long()).await }
+        async move { other.mutex(&name).unwrap().lock_with(leased(&other, AcquireOptions::forever(), LONG_LEASE)).await }
     });
     // Gate: the waiter waits at the backend before the kill (where the backend counts waiters).
     let deadline = tokio::time::Instant::now() + EVENTUALLY;
@@ -225,7 +227,7 @@ pub async fn minority_of_members_killed_keeps_locks<H: Harness>(h: &H) {
     let name = unique("minority");
     // Short enough that the lock must be renewed by the survivors during the case.
     let lease = h.short_lease() * 2;
-    let held = p.mutex(&name).unwrap().lock_with(AcquireOptions::forever().lease(lease)).await.unwrap().unwrap();
+    let held = p.mutex(&name).unwrap().lock_with(leased(&p, AcquireOptions::forever(), lease)).await.unwrap().unwrap();
     let token = held.fencing_token();
     let Some(members) = h.kill_members(1).await else {
         held.release().await.unwrap();

@@ -12,7 +12,7 @@ use tokio::process::Command;
 use crate::harness::Harness;
 use crate::unique;
 
-use super::{EVENTUALLY, not_applicable};
+use super::{EVENTUALLY, lease_args, leased, not_applicable};
 
 /// Kills every client connection a few times while waiters wait (a library waiter, and an
 /// `interlock run -w` waiter): they keep waiting, and get the lock once it is released.
@@ -61,7 +61,7 @@ pub async fn a_release_after_killed_client_connections_frees_the_lock_at_once<H:
     let case = "a_release_after_killed_client_connections_frees_the_lock_at_once";
     let name = unique("killrelease");
     let p = h.provider().await;
-    let long = AcquireOptions::forever().lease(Duration::from_secs(60));
+    let long = leased(&p, AcquireOptions::forever(), Duration::from_secs(60));
     let g = p.mutex(&name).unwrap().lock_with(long).await.unwrap().unwrap();
     if !h.kill_client_connections().await {
         return not_applicable(case, "the harness cannot kill client connections");
@@ -74,7 +74,9 @@ pub async fn a_release_after_killed_client_connections_frees_the_lock_at_once<H:
 
     let Some(bin) = h.bin() else { return };
     let mut run = Command::new(bin)
-        .args(["run", "--lease", "60s", name.as_str(), "--", "sleep", "1"])
+        .arg("run")
+        .args(lease_args(&p, Duration::from_secs(60)))
+        .args([name.as_str(), "--", "sleep", "1"])
         .env("INTERLOCK_URL", h.url())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -116,7 +118,7 @@ pub async fn renewal_goes_on_after_killed_client_connections<H: Harness>(h: &H) 
     let case = "renewal_goes_on_after_killed_client_connections";
     let name = unique("killrenew");
     let p = h.provider().await;
-    let opts = AcquireOptions::forever().lease(Duration::from_millis(900)).renew_every(Duration::from_millis(300));
+    let opts = leased(&p, AcquireOptions::forever(), Duration::from_millis(900));
     let g = p.mutex(&name).unwrap().lock_with(opts).await.unwrap().unwrap();
     if !h.kill_client_connections().await {
         return not_applicable(case, "the harness cannot kill client connections");

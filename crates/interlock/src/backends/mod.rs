@@ -14,11 +14,9 @@ pub mod redlock;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::provider::DEFAULT_LEASE;
-use crate::raw::{BoxFuture, Capabilities, LeaseConfig, RawProvider};
+use crate::raw::{BoxFuture, Capabilities, LeaseConfig, LeaseModel, RawProvider, Tasks};
 use crate::url::LockUrl;
 
 /// Whether a backend can be used by this build.
@@ -33,12 +31,14 @@ pub enum Availability {
     Planned,
 }
 
-/// What a backend's constructor returns: the raw provider and its default lease settings.
-pub(crate) type Connected = (Arc<dyn RawProvider>, LeaseConfig);
+/// What a backend's constructor returns: the raw provider and the lease settings of acquisitions
+/// that set none (from [`LeaseConfig::from_url`]; `None` when its locks do not expire).
+pub(crate) type Connected = (Arc<dyn RawProvider>, Option<LeaseConfig>);
 
 /// A backend's async constructor: opens its connections, authenticates, creates what it needs,
-/// and reports [`Error::Unavailable`] / [`Error::Auth`] right there.
-pub(crate) type Connect = for<'a> fn(&'a LockUrl) -> BoxFuture<'a, Result<Connected>>;
+/// and reports [`Error::Unavailable`] / [`Error::Auth`] right there. Its background work goes
+/// through `tasks`, the provider's (see [`Tasks`]), from the first connection on.
+pub(crate) type Connect = for<'a> fn(&'a LockUrl, &'a Tasks) -> BoxFuture<'a, Result<Connected>>;
 
 /// One backend, as the registry knows it.
 #[non_exhaustive]
@@ -57,10 +57,9 @@ pub struct Backend {
     pub feature: Option<&'static str>,
     /// Its page, relative to the repository root (`docs/backends/file.md`).
     pub docs: &'static str,
-    /// The lease a lock gets by default where locks expire (`None`: they do not).
-    pub default_lease: Option<Duration>,
-    /// What it can do at best (a given URL may do less: `memory://` without a lease never loses
-    /// a lock).
+    /// What it can do at best, and how its locks expire ([`Capabilities::lease`]: none, per lock,
+    /// per session; the URL's `lease` and `renew` options are read from that model). A given URL
+    /// may do less (`memory://` without a lease never loses a lock, and runs in each model).
     pub capabilities: Capabilities,
     /// Whether this build has it.
     pub availability: Availability,
@@ -79,13 +78,6 @@ impl fmt::Debug for Backend {
 }
 
 impl Backend {
-    /// The lease settings for this backend when a URL sets none: its default lease, renewed
-    /// every third of it (backends without leases get the core's default, unused).
-    pub(crate) fn default_lease_config(&self) -> LeaseConfig {
-        let lease = self.default_lease.unwrap_or(DEFAULT_LEASE);
-        LeaseConfig { lease, renew_every: lease / 3 }
-    }
-
     /// An entry for a backend that is planned but not written yet.
     const fn planned(
         name: &'static str,
@@ -94,7 +86,7 @@ impl Backend {
         schemes: &'static [&'static str],
         url_form: &'static str,
         holds: &'static str,
-        lease: Option<Duration>,
+        lease: LeaseModel,
     ) -> Backend {
         Backend {
             name,
@@ -104,15 +96,12 @@ impl Backend {
             holds,
             feature: Some(feature),
             docs: "",
-            default_lease: lease,
-            capabilities: Capabilities::new(true, true, true),
+            capabilities: Capabilities::new(true, true, true).with_lease(lease),
             availability: Availability::Planned,
             connect: None,
         }
     }
 }
-
-const TEN_SECONDS: Option<Duration> = Some(Duration::from_secs(10));
 
 /// Every backend interlock knows, built or not: one line each.
 pub static BACKENDS: &[Backend] = &[
@@ -127,7 +116,7 @@ pub static BACKENDS: &[Backend] = &[
         &["zk", "zookeeper"],
         "zk://h1:2181,h2:2181/locks",
         "ephemeral sequential znode",
-        TEN_SECONDS,
+        LeaseModel::PerSession,
     ),
     Backend::planned(
         "etcd",
@@ -136,7 +125,7 @@ pub static BACKENDS: &[Backend] = &[
         &["etcd"],
         "etcd://h1:2379,h2:2379",
         "key with a lease, ordered by create revision",
-        TEN_SECONDS,
+        LeaseModel::PerSession,
     ),
     Backend::planned(
         "mysql",
@@ -145,7 +134,7 @@ pub static BACKENDS: &[Backend] = &[
         &["mysql", "mariadb"],
         "mysql://user:pass@host:3306/db",
         "GET_LOCK(name) on a dedicated session",
-        None,
+        LeaseModel::None,
     ),
     Backend::planned(
         "postgres",
@@ -154,7 +143,7 @@ pub static BACKENDS: &[Backend] = &[
         &["postgres", "postgresql"],
         "postgres://user@host:5432/db",
         "pg_advisory_lock(key) on a dedicated session",
-        None,
+        LeaseModel::None,
     ),
 ];
 
@@ -187,7 +176,7 @@ static TEST_BACKENDS: &[Backend] = &[
         &[test_schemes::PLANNED],
         "interlock-test-planned://host/path",
         "nothing (a test fixture)",
-        None,
+        LeaseModel::None,
     ),
     Backend {
         availability: Availability::FeatureOff,
@@ -198,7 +187,7 @@ static TEST_BACKENDS: &[Backend] = &[
             &[test_schemes::FEATURE_OFF],
             "interlock-test-feature-off://host/path",
             "nothing (a test fixture)",
-            None,
+            LeaseModel::None,
         )
     },
 ];
@@ -222,15 +211,16 @@ pub fn for_scheme(scheme: &str) -> Option<&'static Backend> {
     BACKENDS.iter().chain(TEST_BACKENDS).find(|b| b.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)))
 }
 
-/// Builds the raw backend for `url`, and its default lease settings.
-pub(crate) async fn connect_raw(url: &LockUrl) -> Result<Connected> {
+/// Builds the raw backend for `url`, and its default lease settings; its background work goes
+/// through `tasks`.
+pub(crate) async fn connect_raw(url: &LockUrl, tasks: &Tasks) -> Result<Connected> {
     let scheme = url.scheme();
     let Some(backend) = for_scheme(scheme) else {
         let known: Vec<&str> = BACKENDS.iter().flat_map(|b| b.schemes.iter().copied()).collect();
         return Err(url.invalid(format!("unknown scheme `{scheme}` (known: {})", known.join(", "))));
     };
     match (backend.connect, backend.availability) {
-        (Some(connect), _) => connect(url).await,
+        (Some(connect), _) => connect(url, tasks).await,
         (None, availability) => {
             let feature = backend.feature.unwrap_or(backend.name);
             let why = match availability {
@@ -270,11 +260,11 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_and_planned_schemes_are_refused_by_the_table() {
-        let e = connect_raw(&LockUrl::parse("gopher://x").unwrap()).await.err().unwrap().to_string();
+        let e = connect_raw(&LockUrl::parse("gopher://x").unwrap(), &Tasks::new()).await.err().unwrap().to_string();
         assert!(e.contains("unknown scheme `gopher`") && e.contains("zookeeper") && e.contains("postgresql"), "{e}");
         assert!(!e.contains("interlock-test"), "the test schemes are not listed: {e}");
         let url = format!("{}://u:hunter2@h/db", test_schemes::PLANNED);
-        let e = connect_raw(&LockUrl::parse(&url).unwrap()).await.err().unwrap();
+        let e = connect_raw(&LockUrl::parse(&url).unwrap(), &Tasks::new()).await.err().unwrap();
         assert!(matches!(e, Error::Unsupported { backend: "test-planned", .. }), "{e}");
         assert_eq!(
             e.to_string(),
@@ -282,7 +272,7 @@ mod tests {
              backend, which needs cargo feature `test-planned`, not implemented yet"
         );
         let url = format!("{}://h", test_schemes::FEATURE_OFF.to_ascii_uppercase());
-        let e = connect_raw(&LockUrl::parse(&url).unwrap()).await.err().unwrap();
+        let e = connect_raw(&LockUrl::parse(&url).unwrap(), &Tasks::new()).await.err().unwrap();
         assert!(matches!(e, Error::Unsupported { backend: "test-feature-off", .. }), "{e}");
         assert!(
             e.to_string()

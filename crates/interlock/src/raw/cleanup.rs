@@ -67,8 +67,9 @@ where
 }
 
 /// [`spawn_cleanup`] for work that [`finish_cleanups`] does not wait for: work whose loss at exit
-/// harms nobody and that may take long on purpose (an unsubscribe that waits a while for a next
-/// waiter first, and that the connection's close at exit does anyway).
+/// harms nobody and that may take long on purpose (the end of a dropped provider's background
+/// tasks: their loops are aborted in the first poll, and what is left are requests under way,
+/// bounded by their own timeouts, that the connections' close at exit ends anyway).
 pub fn spawn_detached<F>(work: F)
 where
     F: Future<Output = ()> + Send + 'static,

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use crate::error::{Error, Result};
+use crate::raw::LeaseConfig;
 use crate::url::LockUrl;
 
 /// What a `file:` URL says.
@@ -43,7 +44,10 @@ impl FileConfig {
                 )));
             }
         }
-        url.options().finish(OPTIONS)?;
+        let mut opts = url.options();
+        // No leases: a `lease` or `renew` option is refused, saying why.
+        LeaseConfig::from_url(url, &mut opts, super::BACKEND.capabilities.lease)?;
+        opts.finish(OPTIONS)?;
         let dir = if url.path().is_empty() {
             default_dir_path()
         } else {
@@ -190,7 +194,9 @@ mod tests {
         assert!(cfg(&format!("file://localhost{}", d.display())).is_ok());
         assert!(cfg("file://somehost/x").unwrap_err().to_string().contains("not a host"));
         assert!(cfg("file:relative/dir").unwrap_err().to_string().contains("absolute"));
-        assert!(cfg(&format!("file://{}?lease=1s", d.display())).unwrap_err().to_string().contains("unknown option"));
+        let e = cfg(&format!("file://{}?lease=1s", d.display())).unwrap_err();
+        assert!(e.is_usage() && e.to_string().contains("option `lease`: this backend has no leases"), "{e}");
+        assert!(cfg(&format!("file://{}?ttl=1s", d.display())).unwrap_err().to_string().contains("unknown option"));
         assert!(cfg("file://u:pw@/x").is_err());
         assert_eq!(cfg("file://").unwrap().dir, default_dir_path());
     }

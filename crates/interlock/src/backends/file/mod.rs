@@ -45,7 +45,7 @@ use std::sync::Arc;
 
 use super::{Availability, Backend, Connected};
 use crate::error::Result;
-use crate::raw::{BoxFuture, Capabilities};
+use crate::raw::{BoxFuture, Capabilities, Tasks};
 use crate::url::LockUrl;
 
 /// The file backend's registry entry.
@@ -57,16 +57,15 @@ pub(crate) const BACKEND: Backend = Backend {
     holds: "flock(2) on DIR/NAME",
     feature: None,
     docs: "docs/backends/file.md",
-    default_lease: None,
     capabilities: Capabilities::new(true, false, true),
     availability: Availability::Built,
     connect: Some(connect),
 };
 
-fn connect(url: &LockUrl) -> BoxFuture<'_, Result<Connected>> {
+fn connect<'a>(url: &'a LockUrl, _: &'a Tasks) -> BoxFuture<'a, Result<Connected>> {
     Box::pin(async move {
         let provider = FileProvider::new(FileConfig::from_url(url)?);
-        Ok((Arc::new(provider) as _, BACKEND.default_lease_config()))
+        Ok((Arc::new(provider) as _, None))
     })
 }
 

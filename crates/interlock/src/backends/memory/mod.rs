@@ -9,7 +9,9 @@
 //! | primitives | mutex, rwlock, semaphore (mutex and rwlock of one name are one lock) |
 //! | fencing | a per-name counter kept for the life of the process |
 //! | lost locks | only through the fault hooks in [`MemorySpace`] (`revoke` and `restart` are pushed to the guard at once, with or without a lease), or with `?lease=DUR`, when locks expire unless renewed, like a server's |
-//! | options | `lease=DUR` (enables expiry), `renew=DUR` (default lease/3) |
+//! | lease models | `?expiry=`: `none` (the default), `connection` (no lease; each lock on a connection the fault hooks can kill, as on MySQL or PostgreSQL), `lock` (a lease per lock, as on Redis; the default with `lease=`), `session` (one lease for the provider's session, kept alive by a task of the provider, as on ZooKeeper or etcd) |
+//! | timeouts | `?timeouts=server`: waits time out by themselves at their deadline, as `GET_LOCK(name, t)` does, answering "not granted" (the core cancels only `grace` after the deadline, default 1 s) |
+//! | options | `expiry`, `lease=DUR`, `renew=DUR` (default lease/3), `timeouts=client\|server`, `grace=DUR`, `connect_delay=DUR` |
 //!
 //! # Examples
 //!
@@ -33,32 +35,32 @@ use raw::MemoryProvider;
 use super::{Availability, Backend, Connected};
 use crate::error::Result;
 use crate::name::LockName;
-use crate::raw::{BoxFuture, Capabilities};
+use crate::raw::{BoxFuture, Capabilities, LeaseModel, Tasks};
 use crate::url::LockUrl;
 
-/// The memory backend's registry entry. Its locks expire only when the URL gives a lease.
+/// The memory backend's registry entry. Its locks expire only when the URL gives a lease, and
+/// the URL picks the lease model (`expiry=`): per lock is the best it does as a reference.
 pub(crate) const BACKEND: Backend = Backend {
     name: "memory",
     title: "memory (in-process reference)",
     schemes: &["memory"],
-    url_form: "memory://[SPACE][?lease=DUR&renew=DUR]",
+    url_form: "memory://[SPACE][?expiry=none|connection|lock|session&lease=DUR&renew=DUR&timeouts=client|server&grace=DUR]",
     holds: "in-process state",
     feature: None,
     docs: "docs/backends/memory.md",
-    default_lease: None,
-    capabilities: Capabilities::new(false, true, true),
+    capabilities: Capabilities::new(false, true, true).with_lease(LeaseModel::PerLock),
     availability: Availability::Built,
     connect: Some(connect),
 };
 
-fn connect(url: &LockUrl) -> BoxFuture<'_, Result<Connected>> {
+fn connect<'a>(url: &'a LockUrl, tasks: &'a Tasks) -> BoxFuture<'a, Result<Connected>> {
     Box::pin(async move {
         let config = MemoryConfig::from_url(url)?;
         if let Some(delay) = config.connect_delay {
             tokio::time::sleep(delay).await;
         }
         let lease = config.lease;
-        Ok((Arc::new(MemoryProvider::new(config)) as _, lease))
+        Ok((Arc::new(MemoryProvider::new(config, tasks)) as _, lease))
     })
 }
 
@@ -77,8 +79,12 @@ pub enum Step {
     /// A release on its way, before it removes the holder. While this step is delayed,
     /// releases are asynchronous, as on a network backend.
     Release,
-    /// A lease renewal on its way, before it extends the lease.
+    /// A lease renewal on its way, before it extends the lease (with `expiry=session`: a renewal,
+    /// which checks the lock, or the session's keep-alive).
     Renew,
+    /// With `timeouts=server`: the "not granted" answer of a wait that timed out on the backend,
+    /// on its way back.
+    TimedOut,
 }
 
 /// Fault hooks and inspection for one `memory://` space, for tests of lease expiry, lost locks
@@ -92,8 +98,11 @@ impl MemorySpace {
         MemorySpace(raw::Space::named(name))
     }
 
-    /// Forgets every holder of `name`, as a server does when a lease runs out. The holders are
-    /// not told: they find out at their next renewal. Returns how many holders were dropped.
+    /// Forgets every holder of `name`, as a server does when a lease runs out (with
+    /// `expiry=session`, their sessions lapse: every lock of them goes). The holders are not told:
+    /// they find out at their next renewal (or the session's keep-alive). With
+    /// `expiry=connection`, their connections close, which a client sees at once: they are told,
+    /// as by [`MemorySpace::revoke`]. Returns how many holders were dropped.
     ///
     /// # Errors
     ///
@@ -103,7 +112,8 @@ impl MemorySpace {
     }
 
     /// Tells every holder of `name` that its lock is gone (as a ZooKeeper session expiry would)
-    /// and forgets them. The guards see it at once, with or without a lease (`lost()` completes,
+    /// and forgets them; with `expiry=session`, their sessions are killed, and every lock of them
+    /// is told. The guards see it at once, with or without a lease (`lost()` completes,
     /// `release()` is `LockLost`), through the backend's loss event
     /// ([`crate::raw::RawHeld::watch_lost`]).
     ///
@@ -128,7 +138,8 @@ impl MemorySpace {
     /// as a holder process stopped with SIGSTOP renews nothing: the lease runs out on the
     /// "server", which drops the holder and admits the next one, while the guard notices only
     /// by its local clock. Resume with [`MemorySpace::resume_holders`]. Only renewals wait
-    /// (releases and loss events do not). Returns how many holders were paused.
+    /// (releases and loss events do not); with `expiry=session`, the holders' sessions are paused:
+    /// their keep-alives and every renewal of them. Returns how many holders were paused.
     ///
     /// # Errors
     ///
@@ -165,6 +176,18 @@ impl MemorySpace {
     /// before cancelling there, and for 0 to see that nothing is stuck).
     pub fn in_step(&self, step: Step) -> usize {
         self.0.in_step(step)
+    }
+
+    /// How many acquisitions in this space were dropped before they answered: cancelled by their
+    /// caller, or by the core at a deadline. With `timeouts=server` a wait that times out answers
+    /// by itself and is not counted: cancellation stays the exception.
+    pub fn abandoned(&self) -> u64 {
+        self.0.abandoned()
+    }
+
+    /// How many sessions (`expiry=session`: one per provider, replaced when it ends) are alive.
+    pub fn sessions(&self) -> usize {
+        self.0.sessions()
     }
 
     /// `(holders, waiters)` of the mutex / read-write lock `name`.

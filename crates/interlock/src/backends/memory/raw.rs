@@ -3,18 +3,19 @@
 
 use std::collections::HashMap;
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex as StdMutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
 use super::Step;
-use super::config::MemoryConfig;
+use super::config::{Expiry, MemoryConfig};
 use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::raw::{
-    BoxFuture, Capabilities, Cleanup, HeldMode, LockKind, LockStatus, LostSignal, RawHeld, RawProvider, Renewal,
-    Request, Wait, instant_after,
+    BoxFuture, Capabilities, Cleanup, HeldMode, LeaseConfig, LockKind, LockStatus, LostSignal, RawHeld, RawProvider,
+    Renewal, Request, Tasks, Wait, instant_after,
 };
 
 const BACKEND: &str = "memory";
@@ -28,6 +29,9 @@ pub(crate) struct Space {
     /// Wakes operations paused in a step when the delays change, and renewals of paused holders
     /// when they resume.
     delays_changed: Notify,
+    /// Acquisitions whose future was dropped before it answered (cancelled by the caller, or by
+    /// the core at a deadline): a diagnostic for "cancellation stays the exception".
+    abandoned: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -40,8 +44,20 @@ struct State {
     /// How many operations are inside each delayed step right now.
     in_step: HashMap<Step, usize>,
     /// Fault hook: holders (by id, with their name) whose renewals wait, as those of a stopped
-    /// process would.
+    /// process would; and sessions (by id) whose keep-alives and renewals wait.
     paused: HashMap<u64, LockName>,
+    /// The live sessions of `expiry=session` providers, by id: when one goes, every holder of it
+    /// goes.
+    sessions: HashMap<u64, Session>,
+}
+
+/// A session on the "server": one lease for every lock of one provider.
+#[derive(Debug)]
+struct Session {
+    expires: Instant,
+    /// Shared with the provider's side of the session and every lock of it: set when the server
+    /// ends the session and tells the client (a kill, a restart).
+    lost: LostSignal,
 }
 
 /// Mutexes and read-write locks of one name are one lock; a semaphore of that name is another.
@@ -73,15 +89,29 @@ struct Entry {
 struct Holder {
     id: u64,
     kind: LockKind,
+    /// `expiry=lock`: when its lease runs out.
     expires: Option<Instant>,
     lost: LostSignal,
+    /// `expiry=session`: its session, whose end ends it.
+    session: Option<u64>,
+    /// `expiry=connection`: a holder dropped by a fault hook is told at once (its connection
+    /// closed), not left to find out.
+    tell_on_expire: bool,
+}
+
+impl Holder {
+    /// Whether the "server" still keeps it at `now`: its lease has not run out, its session lives.
+    fn alive(&self, now: Instant, sessions: &HashMap<u64, Session>) -> bool {
+        self.expires.is_none_or(|e| e > now)
+            && self.session.is_none_or(|s| sessions.get(&s).is_some_and(|s| s.expires > now))
+    }
 }
 
 impl Entry {
-    /// Drops holders whose lease ran out, as a server would; wakes waiters if any went.
-    fn purge_expired(&mut self, now: Instant) {
+    /// Drops holders whose lease or session ran out, as a server would; wakes waiters if any went.
+    fn purge_expired(&mut self, now: Instant, sessions: &HashMap<u64, Session>) {
         let before = self.holders.len();
-        self.holders.retain(|h| h.expires.is_none_or(|e| e > now));
+        self.holders.retain(|h| h.alive(now, sessions));
         if self.holders.len() != before {
             self.changed.notify_waiters();
         }
@@ -102,8 +132,62 @@ impl Entry {
         })
     }
 
-    fn next_expiry(&self) -> Option<Instant> {
-        self.holders.iter().filter_map(|h| h.expires).min()
+    fn next_expiry(&self, sessions: &HashMap<u64, Session>) -> Option<Instant> {
+        let session_expiry = |h: &Holder| h.session.and_then(|s| sessions.get(&s)).map(|s| s.expires);
+        self.holders.iter().filter_map(|h| h.expires.or_else(|| session_expiry(h))).min()
+    }
+}
+
+impl State {
+    /// Ends session `id` on the "server": every holder of it is dropped (told, with `tell`, as
+    /// when the server kills the session; otherwise silently, as when it lapses). Returns how many
+    /// holders went.
+    fn end_session(&mut self, id: u64, tell: Option<&str>) -> usize {
+        let Some(session) = self.sessions.remove(&id) else { return 0 };
+        if let Some(reason) = tell {
+            session.lost.set(reason);
+        }
+        self.paused.remove(&id);
+        let mut n = 0;
+        for e in self.locks.values_mut() {
+            let before = e.holders.len();
+            e.holders.retain(|h| h.session != Some(id));
+            if e.holders.len() != before {
+                n += before - e.holders.len();
+                e.changed.notify_waiters();
+            }
+        }
+        n
+    }
+
+    /// The holders of `name` (its mutex / read-write lock and its semaphore).
+    fn holders_of<'a>(&'a self, name: &LockName) -> impl Iterator<Item = &'a Holder> + 'a {
+        let keys = [Key::new(name, LockKind::Mutex), Key::new(name, LockKind::Semaphore { permits: 1 })];
+        keys.into_iter().filter_map(|k| self.locks.get(&k)).flat_map(|e| e.holders.iter())
+    }
+
+    /// Takes every holder of `name` away: their sessions end with them (`expiry=session`);
+    /// holders that `tell_on_expire` (or all, with `tell_all`) are told why. Returns how many
+    /// holders went, of `name` and of the sessions that ended.
+    fn take_away(&mut self, name: &LockName, reason: &str, tell_all: bool) -> usize {
+        let sessions: Vec<u64> = self.holders_of(name).filter_map(|h| h.session).collect();
+        let mut n = 0;
+        for s in sessions {
+            n += self.end_session(s, tell_all.then_some(reason));
+        }
+        for kind in [LockKind::Mutex, LockKind::Semaphore { permits: 1 }] {
+            if let Some(e) = self.locks.get_mut(&Key::new(name, kind)) {
+                for h in &e.holders {
+                    if tell_all || h.tell_on_expire {
+                        h.lost.set(reason);
+                    }
+                }
+                n += e.holders.len();
+                e.holders.clear();
+                e.changed.notify_waiters();
+            }
+        }
+        n
     }
 }
 
@@ -117,35 +201,19 @@ impl Space {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Fault hook: the backend forgets every holder of `name`, as when a lease runs out on a server.
-    /// Holders are not told; they find out at their next renewal.
+    /// Fault hook: the backend forgets every holder of `name`, as when a lease runs out on a server
+    /// (with `expiry=session`: their sessions lapse, and every lock of them goes). Holders are not
+    /// told; they find out at their next renewal (or keep-alive). With `expiry=connection` the
+    /// holders' connections are killed, and a client sees that at once: they are told.
     pub(crate) fn expire(&self, name: &LockName) -> usize {
-        let mut st = self.state();
-        let mut n = 0;
-        for kind in [LockKind::Mutex, LockKind::Semaphore { permits: 1 }] {
-            if let Some(e) = st.locks.get_mut(&Key::new(name, kind)) {
-                n += e.holders.len();
-                e.holders.clear();
-                e.changed.notify_waiters();
-            }
-        }
-        n
+        self.state().take_away(name, "the memory backend's fault hook closed its connection", false)
     }
 
     /// Fault hook: the backend pushes a loss to every holder of `name` (like a session expiry
-    /// event) and forgets them.
+    /// event) and forgets them; with `expiry=session`, their sessions are killed, and every lock
+    /// of them is told.
     pub(crate) fn revoke(&self, name: &LockName) -> usize {
-        {
-            let st = self.state();
-            for kind in [LockKind::Mutex, LockKind::Semaphore { permits: 1 }] {
-                if let Some(e) = st.locks.get(&Key::new(name, kind)) {
-                    for h in &e.holders {
-                        h.lost.set("revoked by the memory backend's fault hook");
-                    }
-                }
-            }
-        }
-        self.expire(name)
+        self.state().take_away(name, "revoked by the memory backend's fault hook", true)
     }
 
     /// Fault hook: a server restart that keeps nothing but the fencing counters. Every holder of
@@ -153,10 +221,15 @@ impl Space {
     /// and try again, as clients that reconnect. Returns how many holders were dropped.
     pub(crate) fn restart(&self) -> usize {
         let mut st = self.state();
+        let reason = "the memory backend restarted (fault hook)";
+        let sessions: Vec<u64> = st.sessions.keys().copied().collect();
         let mut n = 0;
+        for s in sessions {
+            n += st.end_session(s, Some(reason));
+        }
         for e in st.locks.values_mut() {
             for h in &e.holders {
-                h.lost.set("the memory backend restarted (fault hook)");
+                h.lost.set(reason);
             }
             n += e.holders.len();
             e.holders.clear();
@@ -167,15 +240,11 @@ impl Space {
     }
 
     /// Fault hook: the renewals of the current holders of `name` wait (before they reach the
-    /// lock table) until [`Space::resume_holders`], as those of a stopped process would.
+    /// lock table) until [`Space::resume_holders`], as those of a stopped process would; with
+    /// `expiry=session`, their sessions' keep-alives and every renewal of them too.
     pub(crate) fn pause_holders(&self, name: &LockName) -> usize {
         let mut st = self.state();
-        let mut ids = Vec::new();
-        for kind in [LockKind::Mutex, LockKind::Semaphore { permits: 1 }] {
-            if let Some(e) = st.locks.get(&Key::new(name, kind)) {
-                ids.extend(e.holders.iter().map(|h| h.id));
-            }
-        }
+        let ids: Vec<u64> = st.holders_of(name).map(|h| h.session.unwrap_or(h.id)).collect();
         st.paused.extend(ids.iter().map(|&id| (id, name.clone())));
         ids.len()
     }
@@ -194,7 +263,7 @@ impl Space {
         n
     }
 
-    /// Waits while holder `id` is paused ([`Space::pause_holders`]).
+    /// Waits while holder or session `id` is paused ([`Space::pause_holders`]).
     async fn while_paused(&self, id: u64) {
         loop {
             let mut resumed = pin!(self.delays_changed.notified());
@@ -204,6 +273,19 @@ impl Space {
             }
             resumed.await;
         }
+    }
+
+    /// How many acquisitions were dropped before they answered.
+    pub(crate) fn abandoned(&self) -> u64 {
+        self.abandoned.load(Ordering::SeqCst)
+    }
+
+    /// How many sessions are alive on the "server".
+    pub(crate) fn sessions(&self) -> usize {
+        let mut st = self.state();
+        let now = Instant::now();
+        st.sessions.retain(|_, s| s.expires > now);
+        st.sessions.len()
     }
 
     pub(crate) fn set_renewals_failing(&self, fail: bool) {
@@ -289,25 +371,83 @@ impl Drop for StepMark<'_> {
 pub(crate) struct MemoryProvider {
     space: Arc<Space>,
     config: MemoryConfig,
+    /// `expiry=session`: the provider's current session (a new one replaces it when it ends).
+    session: Arc<StdMutex<Option<Arc<ClientSession>>>>,
+}
+
+/// The provider's side of its session: what it knows of it.
+#[derive(Debug)]
+struct ClientSession {
+    id: u64,
+    /// Until when the session is known to live, by the local clock: from when its last
+    /// successful keep-alive was sent.
+    valid_until: StdMutex<Instant>,
+    /// Set when the session ends (told by the server, or found gone by a keep-alive).
+    lost: LostSignal,
+}
+
+impl ClientSession {
+    fn valid_until(&self) -> Instant {
+        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counts an acquisition as abandoned unless it answered.
+struct Answered<'a> {
+    space: &'a Space,
+    done: bool,
+}
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.space.abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl MemoryProvider {
-    pub(crate) fn new(config: MemoryConfig) -> Self {
-        MemoryProvider { space: Space::named(&config.space), config }
+    /// The provider; with `expiry=session`, its session's keep-alive runs as a task of `tasks`,
+    /// as a ZooKeeper client's event loop keeps its session alive.
+    pub(crate) fn new(config: MemoryConfig, tasks: &Tasks) -> Self {
+        let provider = MemoryProvider { space: Space::named(&config.space), config, session: Arc::default() };
+        if let (Expiry::Session, Some(lease)) = (provider.config.expiry, provider.config.lease) {
+            let keep_alive = keep_alive(provider.space.clone(), provider.session.clone(), lease);
+            if !tasks.spawn(keep_alive) {
+                tracing::warn!("memory: no runtime for the session's keep-alive; the session lapses unless renewed");
+            }
+        }
+        provider
     }
 
     async fn acquire_inner(&self, req: Request, wait: Wait) -> Result<Option<Arc<dyn RawHeld>>> {
+        let mut answered = Answered { space: &self.space, done: false };
+        let result = self.acquire_answer(req, wait).await;
+        answered.done = true;
+        result
+    }
+
+    async fn acquire_answer(&self, req: Request, wait: Wait) -> Result<Option<Arc<dyn RawHeld>>> {
+        let sent = self.config.server_timeouts.map(|_| Instant::now());
         // The request on its way to the "server".
         self.space.pause(Step::Acquire).await;
+        // With server-side timeouts, the server's own deadline: the wait's time left when it was
+        // sent, counted from its arrival (as `GET_LOCK(name, t)` counts).
+        let server_deadline = match (sent, wait) {
+            (Some(sent), Wait::Until(Some(d))) => d.checked_add(Instant::now().saturating_duration_since(sent)),
+            _ => None,
+        };
         let key = Key::new(&req.name, req.kind);
         let mut waiting: Option<WaiterMark> = None;
         loop {
             let granted = {
                 let mut st = self.space.state();
                 let now = Instant::now();
-                let id = st.next_id;
-                let entry = st.locks.entry(key.clone()).or_default();
-                entry.purge_expired(now);
+                let session = self.session_for(&mut st, now)?;
+                let State { locks, sessions, next_id, .. } = &mut *st;
+                let id = *next_id;
+                let entry = locks.entry(key.clone()).or_default();
+                entry.purge_expired(now, sessions);
                 let admitted = entry.admits(req.kind).map_err(|e| match e {
                     Error::PermitsMismatch { existing, requested, .. } => {
                         Error::PermitsMismatch { name: req.name.display(), existing, requested }
@@ -315,44 +455,64 @@ impl MemoryProvider {
                     other => other,
                 })?;
                 if admitted {
-                    let expires = match self.config.expiring {
-                        true => Some(req.lease.valid_from(now)?),
-                        false => None,
+                    let expires = match self.config.expiry {
+                        Expiry::Lock => Some(req.lease.valid_from(now)?),
+                        _ => None,
                     };
                     if req.kind != LockKind::Read {
                         entry.fence += 1;
                     }
                     let token = entry.fence;
-                    let lost = LostSignal::new();
-                    entry.holders.push(Holder { id, kind: req.kind, expires, lost: lost.clone() });
-                    st.next_id += 1;
+                    let lost = session.as_ref().map_or_else(LostSignal::new, |s| s.lost.clone());
+                    entry.holders.push(Holder {
+                        id,
+                        kind: req.kind,
+                        expires,
+                        lost: lost.clone(),
+                        session: session.as_ref().map(|s| s.id),
+                        tell_on_expire: self.config.expiry == Expiry::Connection,
+                    });
+                    *next_id += 1;
                     Ok(MemoryHeld {
                         space: self.space.clone(),
                         key: key.clone(),
                         id,
                         token,
-                        valid_until: expires,
+                        valid_until: expires.or_else(|| session.as_ref().map(|s| s.valid_until())),
                         lost,
+                        session,
                     })
+                } else if wait == Wait::Try {
+                    return Ok(None);
+                } else if server_deadline.is_some_and(|d| now >= d) {
+                    // Timed out on the "server": no longer a waiter there.
+                    Err(None)
                 } else {
-                    if wait == Wait::Try {
-                        return Ok(None);
-                    }
                     if waiting.is_none() {
                         entry.waiters += 1;
                         waiting = Some(WaiterMark { space: self.space.clone(), key: key.clone() });
                     }
-                    Err((entry.changed.clone().notified_owned(), entry.next_expiry()))
+                    Err(Some((entry.changed.clone().notified_owned(), entry.next_expiry(sessions))))
                 }
             };
             let (notified, wake_at) = match granted {
-                Err(wait) => wait,
+                Err(Some(wait)) => wait,
+                Err(None) => {
+                    drop(waiting);
+                    // "Not granted", on its way back.
+                    self.space.pause(Step::TimedOut).await;
+                    return Ok(None);
+                }
                 Ok(held) => {
                     drop(waiting);
                     return Ok(Some(self.answer(held).await));
                 }
             };
             // `notified` was created under the state lock, so a release after that point wakes it.
+            let wake_at = match (wake_at, server_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             match wake_at {
                 Some(t) => {
                     tokio::select! {
@@ -361,6 +521,69 @@ impl MemoryProvider {
                     }
                 }
                 None => notified.await,
+            }
+        }
+    }
+
+    /// With `expiry=session`: the provider's session, a new one if it has none or the server
+    /// ended it (as a ZooKeeper client opens a new session after an expiry).
+    fn session_for(&self, st: &mut State, now: Instant) -> Result<Option<Arc<ClientSession>>> {
+        let (Expiry::Session, Some(lease)) = (self.config.expiry, self.config.lease) else { return Ok(None) };
+        let mut current = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = current.as_ref()
+            && st.sessions.get(&s.id).is_some_and(|live| live.expires > now)
+            && !s.lost.is_set()
+        {
+            return Ok(Some(s.clone()));
+        }
+        if let Some(old) = current.take() {
+            st.end_session(old.id, None);
+            old.lost.set("the memory backend's session expired");
+        }
+        let expires = lease.valid_from(now)?;
+        let id = st.next_id;
+        st.next_id += 1;
+        let lost = LostSignal::new();
+        st.sessions.insert(id, Session { expires, lost: lost.clone() });
+        let session = Arc::new(ClientSession { id, valid_until: StdMutex::new(expires), lost });
+        *current = Some(session.clone());
+        Ok(Some(session))
+    }
+}
+
+/// The session's keep-alive (`expiry=session`): every renewal interval, extends the provider's
+/// current session on the "server"; when the server no longer has it, the session is lost, and
+/// with it every lock of it. Keep-alives take the `Renew` step's delay, wait while the session is
+/// paused, and fail while renewals fail (then the next one is tried sooner).
+async fn keep_alive(space: Arc<Space>, current: Arc<StdMutex<Option<Arc<ClientSession>>>>, lease: LeaseConfig) {
+    let retry = (lease.renew_every / 4).max(Duration::from_millis(10));
+    let mut pause = lease.renew_every;
+    loop {
+        tokio::time::sleep(pause).await;
+        pause = lease.renew_every;
+        let Some(session) = current.lock().unwrap_or_else(|p| p.into_inner()).clone() else { continue };
+        if session.lost.is_set() {
+            continue;
+        }
+        let sent = Instant::now();
+        space.pause(Step::Renew).await;
+        space.while_paused(session.id).await;
+        let mut st = space.state();
+        if st.renewals_fail {
+            pause = retry;
+            continue;
+        }
+        let now = Instant::now();
+        match st.sessions.get_mut(&session.id) {
+            Some(s) if s.expires > now => {
+                s.expires = now + lease.lease;
+                drop(st);
+                *session.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = sent + lease.lease;
+            }
+            _ => {
+                st.end_session(session.id, None);
+                drop(st);
+                session.lost.set("the memory backend's session expired (found by its keep-alive)");
             }
         }
     }
@@ -406,7 +629,11 @@ impl RawProvider for MemoryProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(false, self.config.expiring, true)
+        Capabilities::new(false, self.config.expiry != Expiry::None, true).with_lease(self.config.expiry.model())
+    }
+
+    fn deadline_grace(&self) -> Option<Duration> {
+        self.config.server_timeouts
     }
 
     fn acquire(&self, request: Request, wait: Wait) -> BoxFuture<'_, Result<Option<Arc<dyn RawHeld>>>> {
@@ -416,9 +643,10 @@ impl RawProvider for MemoryProvider {
     fn status<'a>(&'a self, name: &'a LockName) -> BoxFuture<'a, Result<LockStatus>> {
         Box::pin(async move {
             let mut st = self.space.state();
+            let State { locks, sessions, .. } = &mut *st;
             let mut status = LockStatus::free();
-            if let Some(e) = st.locks.get_mut(&Key::Rw(name.clone())) {
-                e.purge_expired(Instant::now());
+            if let Some(e) = locks.get_mut(&Key::Rw(name.clone())) {
+                e.purge_expired(Instant::now(), sessions);
                 status.held = match e.holders.first() {
                     None => None,
                     Some(h) if h.kind.is_exclusive() => Some(HeldMode::Exclusive),
@@ -428,9 +656,9 @@ impl RawProvider for MemoryProvider {
                 status.waiters = Some(e.waiters);
             }
             if status.held.is_none()
-                && let Some(e) = st.locks.get_mut(&Key::Semaphore(name.clone()))
+                && let Some(e) = locks.get_mut(&Key::Semaphore(name.clone()))
             {
-                e.purge_expired(Instant::now());
+                e.purge_expired(Instant::now(), sessions);
                 if let Some(LockKind::Semaphore { permits }) = e.holders.first().map(|h| h.kind) {
                     status.held = Some(HeldMode::Shared(e.holders.len()));
                     status.permits = Some(permits);
@@ -450,8 +678,11 @@ struct MemoryHeld {
     id: u64,
     token: u64,
     valid_until: Option<Instant>,
-    /// Set by the `revoke` fault hook; watched by the core through `watch_lost`.
+    /// Set by the `revoke` fault hook (for a lock of a session: when the session ends); watched
+    /// by the core through `watch_lost`.
     lost: LostSignal,
+    /// `expiry=session`: the session it belongs to.
+    session: Option<Arc<ClientSession>>,
 }
 
 impl MemoryHeld {
@@ -482,7 +713,7 @@ impl RawHeld for MemoryHeld {
         Box::pin(async move {
             let sent = Instant::now();
             self.space.pause(Step::Renew).await;
-            self.space.while_paused(self.id).await;
+            self.space.while_paused(self.session.as_ref().map_or(self.id, |s| s.id)).await;
             let mut st = self.space.state();
             if st.renewals_fail {
                 return Err(Error::Unavailable {
@@ -492,15 +723,19 @@ impl RawHeld for MemoryHeld {
                 });
             }
             let now = Instant::now();
-            let Some(e) = st.locks.get_mut(&self.key) else { return Ok(Renewal::Lost) };
-            e.purge_expired(now);
-            match e.holders.iter_mut().find(|h| h.id == self.id) {
-                Some(h) => {
+            let State { locks, sessions, .. } = &mut *st;
+            let Some(e) = locks.get_mut(&self.key) else { return Ok(Renewal::Lost) };
+            e.purge_expired(now, sessions);
+            match (e.holders.iter_mut().find(|h| h.id == self.id), &self.session) {
+                // A lock of a session: still there, valid as long as the session is (its
+                // keep-alive extends it); nothing of its own to extend.
+                (Some(_), Some(session)) => Ok(Renewal::Until(session.valid_until())),
+                (Some(h), None) => {
                     h.expires = Some(instant_after(now, lease)?);
                     // Valid from when the renewal was sent, as a network client must count.
                     Ok(Renewal::Until(instant_after(sent, lease)?))
                 }
-                None => Ok(Renewal::Lost),
+                (None, _) => Ok(Renewal::Lost),
             }
         })
     }

@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use crate::error::{Error, Result};
-use crate::provider::DEFAULT_LEASE;
+use crate::error::Result;
 use crate::raw::LeaseConfig;
 use crate::url::LockUrl;
 
@@ -115,17 +114,13 @@ impl RedisConfig {
         }
         let mut opts = url.options();
         let prefix = opts.take("prefix").unwrap_or_default().to_owned();
-        let lease = opts.take_duration("lease")?;
-        let renew = opts.take_duration("renew")?;
+        let lease = LeaseConfig::from_url(url, &mut opts, super::BACKEND.capabilities.lease)?.unwrap_or_default();
         let command_timeout = opts.take_duration("command_timeout")?.unwrap_or(DEFAULT_COMMAND_TIMEOUT);
         let tls = tls_files(url, &mut opts, tls, "rediss:// or rediss+cluster://")?;
         opts.finish(OPTIONS)?;
         if command_timeout < Duration::from_millis(1) {
             return Err(url.invalid("option `command_timeout` must be at least 1ms"));
         }
-        let lease = lease.unwrap_or(DEFAULT_LEASE);
-        let renew_every = renew.unwrap_or(lease / 3);
-        let lease = LeaseConfig::new(lease, renew_every).map_err(|e| url.invalid(lease_reason(e)))?;
         Ok(RedisConfig {
             host,
             port,
@@ -200,17 +195,10 @@ pub(crate) fn split_host_port(h: &str) -> std::result::Result<(String, u16), Str
     Ok((host.to_owned(), port))
 }
 
-/// The message of a lease error without its "invalid argument: " prefix, for an `InvalidUrl`.
-pub(crate) fn lease_reason(e: Error) -> String {
-    match e {
-        Error::InvalidArgument(msg) => msg,
-        other => other.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     fn cfg(s: &str) -> Result<RedisConfig> {
         RedisConfig::from_url(&LockUrl::parse(s)?)
@@ -220,7 +208,7 @@ mod tests {
     fn parses() {
         let c = cfg("redis://").unwrap();
         assert_eq!((c.host.as_str(), c.port, c.db, c.prefix.as_str()), ("127.0.0.1", 6379, 0, ""));
-        assert_eq!(c.lease.lease, DEFAULT_LEASE);
+        assert_eq!(c.lease.lease, crate::DEFAULT_LEASE);
         let c =
             cfg("redis://app:s3cret@db.example:6380/3?prefix=locks:&lease=30s&renew=5s&command_timeout=2s").unwrap();
         assert_eq!((c.host.as_str(), c.port, c.db), ("db.example", 6380, 3));

@@ -43,9 +43,13 @@ pub(crate) use keys::side_base_of;
 #[cfg(feature = "redis")]
 use super::Connected;
 use super::{Availability, Backend};
-use crate::raw::Capabilities;
+use crate::raw::{Capabilities, LeaseModel};
 #[cfg(feature = "redis")]
-use crate::{error::Result, raw::BoxFuture, url::LockUrl};
+use crate::{
+    error::Result,
+    raw::{BoxFuture, Tasks},
+    url::LockUrl,
+};
 
 pub(crate) const BACKEND_NAME: &str = "redis";
 
@@ -59,8 +63,7 @@ pub(crate) const BACKEND: Backend = Backend {
     holds: "SET key token NX PX lease",
     feature: Some("redis"),
     docs: "docs/backends/redis.md",
-    default_lease: Some(crate::provider::DEFAULT_LEASE),
-    capabilities: Capabilities::new(true, true, true),
+    capabilities: Capabilities::new(true, true, true).with_lease(LeaseModel::PerLock),
     availability: if cfg!(feature = "redis") { Availability::Built } else { Availability::FeatureOff },
     connect: CONNECT,
 };
@@ -71,12 +74,12 @@ const CONNECT: Option<super::Connect> = Some(connect);
 const CONNECT: Option<super::Connect> = None;
 
 #[cfg(feature = "redis")]
-fn connect(url: &LockUrl) -> BoxFuture<'_, Result<Connected>> {
+fn connect<'a>(url: &'a LockUrl, _: &'a Tasks) -> BoxFuture<'a, Result<Connected>> {
     Box::pin(async move {
         let config = config::RedisConfig::from_url(url)?;
         let lease = config.lease;
         let provider = raw::RedisProvider::connect(config).await?;
-        Ok((std::sync::Arc::new(provider) as _, lease))
+        Ok((std::sync::Arc::new(provider) as _, Some(lease)))
     })
 }
 

@@ -298,31 +298,21 @@ impl RedisProvider {
                 }
                 _ => return Err(op.bad_reply(&reply)),
             };
-            let mut valid_until = req.lease.valid_from(sent)?;
+            // Valid from when the request that took it was sent (a lock claimed behind a long
+            // wait has less left than its lease: the monitor renews it in time).
             let held = RedisHeld {
                 conn: self.conn.clone(),
                 config: self.config.clone(),
                 op: op.clone(),
                 fence: op.token_from(fence)?,
-                valid_until,
+                valid_until: req.lease.valid_from(sent)?,
                 released: AtomicBool::new(false),
             };
-            // A lock handed over after a long wait may have less left than a renewal period:
-            // renew it now, or the monitor would see it run out before its first renewal.
-            if valid_until.saturating_duration_since(Instant::now())
-                <= req.lease.renew_every + req.lease.renew_every / 4
-            {
-                match held.renew(req.lease.lease).await? {
-                    Renewal::Until(t) => valid_until = t,
-                    // Gone already (expired meanwhile): try again, as a waiter.
-                    _ => continue,
-                }
-            }
             undo.disarm();
             if let Some(c) = waiter {
                 self.keep_idle(c);
             }
-            return Ok(Some(Arc::new(RedisHeld { valid_until, ..held })));
+            return Ok(Some(Arc::new(held)));
         }
     }
 
@@ -943,9 +933,19 @@ pub(crate) async fn wrong_type(
 }
 
 /// Whether `e` says the connection was lost (killed by `CLIENT KILL`, reset, closed by a restart,
-/// refused while the server comes back): worth the same request again on a new connection.
+/// refused while the server comes back), or that a cluster that just came back has not yet found
+/// its nodes or agreed on its slots (`ClusterConnectionNotFound`, `CLUSTERDOWN`, `TRYAGAIN`,
+/// `LOADING`): worth the same request again on a new connection.
 fn lost_connection(e: &RedisError) -> bool {
-    e.is_connection_dropped() || e.is_connection_refusal()
+    e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::ClusterDown | ServerErrorKind::TryAgain | ServerErrorKind::BusyLoading
+                )
+        )
 }
 
 /// Repeats a request whose connection was lost, on the connection that the `ConnectionManager`

@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use crate::backends::redis::config::{DEFAULT_COMMAND_TIMEOUT, RedisConfig, lease_reason, split_host_port, tls_files};
+use crate::backends::redis::config::{DEFAULT_COMMAND_TIMEOUT, RedisConfig, split_host_port, tls_files};
 use crate::error::Result;
-use crate::provider::DEFAULT_LEASE;
 use crate::raw::LeaseConfig;
 use crate::url::LockUrl;
 
@@ -73,17 +72,13 @@ impl RedlockConfig {
         };
         let mut opts = url.options();
         let prefix = opts.take("prefix").unwrap_or_default().to_owned();
-        let lease = opts.take_duration("lease")?;
-        let renew = opts.take_duration("renew")?;
+        let lease = LeaseConfig::from_url(url, &mut opts, super::BACKEND.capabilities.lease)?.unwrap_or_default();
         let command_timeout = opts.take_duration("command_timeout")?.unwrap_or(DEFAULT_COMMAND_TIMEOUT);
         let tls = tls_files(url, &mut opts, url.scheme() == TLS_SCHEME, "redlocks://")?;
         opts.finish(OPTIONS)?;
         if command_timeout < Duration::from_millis(1) {
             return Err(url.invalid("option `command_timeout` must be at least 1ms"));
         }
-        let lease = lease.unwrap_or(DEFAULT_LEASE);
-        let renew_every = renew.unwrap_or(lease / 3);
-        let lease = LeaseConfig::new(lease, renew_every).map_err(|e| url.invalid(lease_reason(e)))?;
         let masters = hosts
             .into_iter()
             .map(|(host, port)| RedisConfig {

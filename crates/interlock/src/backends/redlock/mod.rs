@@ -42,9 +42,13 @@ use std::time::Duration;
 #[cfg(feature = "redlock")]
 use super::Connected;
 use super::{Availability, Backend};
-use crate::raw::Capabilities;
+use crate::raw::{Capabilities, LeaseModel};
 #[cfg(feature = "redlock")]
-use crate::{error::Result, raw::BoxFuture, url::LockUrl};
+use crate::{
+    error::Result,
+    raw::{BoxFuture, Tasks},
+    url::LockUrl,
+};
 
 pub(crate) const BACKEND_NAME: &str = "redlock";
 
@@ -58,8 +62,7 @@ pub(crate) const BACKEND: Backend = Backend {
     holds: "the same key on a majority of masters",
     feature: Some("redlock"),
     docs: "docs/backends/redlock.md",
-    default_lease: Some(crate::provider::DEFAULT_LEASE),
-    capabilities: Capabilities::new(true, true, true).without_semaphore(),
+    capabilities: Capabilities::new(true, true, true).without_semaphore().with_lease(LeaseModel::PerLock),
     availability: if cfg!(feature = "redlock") { Availability::Built } else { Availability::FeatureOff },
     connect: CONNECT,
 };
@@ -70,12 +73,12 @@ const CONNECT: Option<super::Connect> = Some(connect);
 const CONNECT: Option<super::Connect> = None;
 
 #[cfg(feature = "redlock")]
-fn connect(url: &LockUrl) -> BoxFuture<'_, Result<Connected>> {
+fn connect<'a>(url: &'a LockUrl, tasks: &'a Tasks) -> BoxFuture<'a, Result<Connected>> {
     Box::pin(async move {
         let config = config::RedlockConfig::from_url(url)?;
         let lease = config.lease;
-        let provider = raw::RedlockProvider::connect(config).await?;
-        Ok((std::sync::Arc::new(provider) as _, lease))
+        let provider = raw::RedlockProvider::connect(config, tasks.clone()).await?;
+        Ok((std::sync::Arc::new(provider) as _, Some(lease)))
     })
 }
 

@@ -1,7 +1,10 @@
 //! The `redlock://` backend: one RESP3 `ConnectionManager` per master (commands and the
 //! subscriptions of waiters, reconnecting by itself), opened lazily so that a master that is
 //! down when the provider connects joins when it comes back; every operation is one round of
-//! requests sent to all masters at once, decided by a quorum.
+//! requests sent to all masters at once, decided by a quorum. The requests are tasks of the
+//! provider ([`Tasks`]): a round's answers that nobody waits for any more still land, and the
+//! provider's `close` waits for them (each is bounded by its master's command timeout), then closes
+//! the masters' connections.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Client, ProtocolVersion, RedisError};
-use tokio::sync::{Notify, OnceCell, mpsc};
+use tokio::sync::{Notify, mpsc};
 
 use super::config::{RedlockConfig, drift};
 use super::keys::{Keys, READERS_VALUE};
@@ -24,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::raw::{
     BoxFuture, Capabilities, Cleanup, HeldMode, LeaseConfig, LockKind, LockStatus, RawHeld, RawProvider, Renewal,
-    Request, Wait, instant_after,
+    Request, Tasks, Wait, instant_after,
 };
 
 pub(crate) const BACKEND: &str = super::BACKEND_NAME;
@@ -48,8 +51,16 @@ pub(crate) struct Master {
     index: usize,
     config: RedisConfig,
     client: Client,
-    conn: OnceCell<ConnectionManager>,
+    /// Its connection, opened on first use (`None` until then, and after a failed open).
+    conn: StdMutex<Option<ConnectionManager>>,
+    /// Held while the connection is being opened, so that one open serves every request.
+    opening: tokio::sync::Mutex<()>,
+    /// Set by the provider's `close`: only the undo of what the provider set (releases) may still
+    /// use (or open) a connection.
+    closed: AtomicBool,
     wakeups: Arc<Wakeups>,
+    /// The provider's tasks, which run the requests of every round.
+    tasks: Tasks,
     /// The master has our scripts cached (checked, and the missing ones loaded, when the
     /// connection opened; or a script of ours ran here), so an `EVALSHA` is one request (without
     /// them it is a `NOSCRIPT` answer, then the script sent again).
@@ -130,11 +141,28 @@ fn rebrand(e: Error) -> Error {
 }
 
 impl Master {
-    fn new(index: usize, config: RedisConfig, wakeups: Arc<Wakeups>, peers: Arc<Peers>) -> Result<Master> {
+    fn new(
+        index: usize,
+        config: RedisConfig,
+        wakeups: Arc<Wakeups>,
+        peers: Arc<Peers>,
+        tasks: Tasks,
+    ) -> Result<Master> {
         // The redis backend's client (plain, or TLS with the URL's certificates), in RESP3 for
         // the wake-ups' push messages.
         let client = client_speaking(&config, Some(ProtocolVersion::RESP3)).map_err(rebrand)?;
-        Ok(Master { index, config, client, conn: OnceCell::new(), wakeups, scripted: AtomicBool::new(false), peers })
+        Ok(Master {
+            index,
+            config,
+            client,
+            conn: StdMutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+            wakeups,
+            tasks,
+            scripted: AtomicBool::new(false),
+            peers,
+        })
     }
 
     fn err(&self, what: &str, e: RedisError) -> Error {
@@ -146,9 +174,53 @@ impl Master {
     }
 
     /// The master's connection, opened on first use (and retried at the next use when that
-    /// fails).
+    /// fails); refused once the provider is closed.
     async fn conn(&self) -> Result<ConnectionManager> {
-        self.conn.get_or_try_init(|| self.open()).await.cloned()
+        self.conn_for(false).await
+    }
+
+    /// [`Master::conn`]; with `cleanup` (a release, the undo of an acquisition) also once the
+    /// provider is closed, so that what it set is still removed: a dropped provider is closed while
+    /// the undo of its last abandoned acquisition may still be on its way.
+    async fn conn_for(&self, cleanup: bool) -> Result<ConnectionManager> {
+        if let Some(c) = self.current(cleanup)? {
+            return Ok(c);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(c) = self.current(cleanup)? {
+            return Ok(c);
+        }
+        let c = self.open().await?;
+        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if !cleanup && self.closed.load(Ordering::SeqCst) {
+            return Err(self.closed_error());
+        }
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The connection if it is open; an error once the provider is closed (unless `cleanup`).
+    fn current(&self, cleanup: bool) -> Result<Option<ConnectionManager>> {
+        if !cleanup && self.closed.load(Ordering::SeqCst) {
+            return Err(self.closed_error());
+        }
+        Ok(self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::Unavailable {
+            backend: BACKEND,
+            message: format!("{}: the provider was closed", self.config.shown),
+            source: None,
+        }
+    }
+
+    /// Closes the master's connection (the provider's `close`): requests still using it finish
+    /// first (they hold clones of it); from then on only releases use a connection (one they open
+    /// again if need be, kept until the last of them is done and the master is dropped).
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        drop(self.conn.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 
     async fn open(&self) -> Result<ConnectionManager> {
@@ -218,8 +290,8 @@ impl Master {
 
     /// Unsubscribes where a connection is open (a master never reached has no subscription).
     pub(crate) async fn unsubscribe(&self, channel: &str) -> Result<()> {
-        let Some(c) = self.conn.get() else { return Ok(()) };
-        c.clone().unsubscribe(channel).await.map_err(|e| self.err("UNSUBSCRIBE", e))
+        let Ok(Some(mut c)) = self.current(false) else { return Ok(()) };
+        c.unsubscribe(channel).await.map_err(|e| self.err("UNSUBSCRIBE", e))
     }
 
     async fn ping(&self) -> Result<()> {
@@ -231,14 +303,16 @@ impl Master {
     /// (`CLIENT KILL`, a reset, a restart), within the master's command timeout (the round bounds
     /// the whole): a killed connection costs a reconnect, not this master's vote. `retried` is set
     /// when a try failed that may have run on the master (its answer lost with the connection).
+    /// `cleanup`: a release, which goes through also after the provider's close.
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         inv: &redis::ScriptInvocation<'_>,
         retried: &mut bool,
+        cleanup: bool,
     ) -> std::result::Result<T, Failed> {
         let mut reconnect = Reconnect::within(self.timeout());
         loop {
-            let mut c = self.conn().await.map_err(Failed::Connect)?;
+            let mut c = self.conn_for(cleanup).await.map_err(Failed::Connect)?;
             match inv.invoke_async(&mut c).await {
                 Ok(v) => return Ok(v),
                 Err(e) if reconnect.again(&e).await => *retried = true,
@@ -338,7 +412,7 @@ impl Master {
         let mut inv = scripts::WRITEBACK.prepare_invoke();
         inv.key(&op.keys.lock).key(&op.keys.fence).key(&op.keys.readers);
         inv.arg(&op.token).arg(token.to_string()).arg(op.side).arg(READERS_VALUE);
-        match self.invoke(&inv, &mut false).await {
+        match self.invoke(&inv, &mut false, false).await {
             Ok(v) => Ok(v),
             Err(f) => Err(self.explain(op, "write back the fencing token of", f).await),
         }
@@ -348,7 +422,7 @@ impl Master {
         let mut inv = scripts::RENEW.prepare_invoke();
         inv.key(&op.keys.lock).key(&op.keys.readers);
         inv.arg(&op.token).arg(duration_ms(lease)).arg(op.side).arg(READERS_VALUE);
-        match self.invoke(&inv, &mut false).await {
+        match self.invoke(&inv, &mut false, false).await {
             Ok(v) => Ok(v),
             Err(f) => Err(self.explain(op, "renew", f).await),
         }
@@ -365,7 +439,7 @@ impl Master {
             "0"
         });
         let mut retried = false;
-        let held: i64 = match self.invoke(&inv, &mut retried).await {
+        let held: i64 = match self.invoke(&inv, &mut retried, true).await {
             Ok(v) => v,
             Err(f) => return Err(self.explain(op, "release", f).await),
         };
@@ -376,7 +450,7 @@ impl Master {
         let mut inv = scripts::STATUS.prepare_invoke();
         inv.key(&keys.lock).key(&keys.readers).key(&keys.qx).arg(READERS_VALUE);
         let [kind, readers, pttl, waiting]: [i64; 4] = self
-            .invoke::<Vec<i64>>(&inv, &mut false)
+            .invoke::<Vec<i64>>(&inv, &mut false, false)
             .await
             .map_err(|f| f.into_error(|e| self.err("status", e)))?
             .try_into()
@@ -410,9 +484,10 @@ fn duration_ms(d: Duration) -> u64 {
 }
 
 /// Sends one request to every master at once, each bounded by its master's command timeout, and
-/// returns their answers as they come (`(master index, answer)`). The requests are tasks of their
-/// own: a caller that has its quorum stops reading, and the rest still complete (a late grant
-/// is ours and is released with the lock; a late release still releases).
+/// returns their answers as they come (`(master index, answer)`). The requests are tasks of the
+/// provider ([`Tasks::spawn_finishing`]): a caller that has its quorum stops reading, and the rest
+/// still complete (a late grant is ours and is released with the lock; a late release still
+/// releases), also across the provider's `close`, which waits for them.
 pub(crate) fn round<T, F, Fut>(masters: &[Arc<Master>], f: F) -> Round<T>
 where
     T: Send + 'static,
@@ -436,7 +511,8 @@ where
         let (i, tx, t, shown) = (m.index, tx.clone(), m.timeout(), m.config.shown.clone());
         let request = f(m.clone());
         let after = after.cloned();
-        tokio::spawn(async move {
+        let refused = tx.clone();
+        let spawned = m.tasks.spawn_finishing(async move {
             if let Some(op) = after {
                 op.sent_to(i).await;
             }
@@ -449,6 +525,16 @@ where
             });
             let _ = tx.send((i, answer));
         });
+        if !spawned {
+            let _ = refused.send((
+                i,
+                Err(Error::Unavailable {
+                    backend: BACKEND,
+                    message: format!("{}: no tokio runtime to send the request on", m.config.shown),
+                    source: None,
+                }),
+            ));
+        }
     }
     Round { rx }
 }
@@ -653,8 +739,15 @@ async fn release_everywhere(
 
 /// The rest of a failed attempt's answers, in the background: a late grant (or an answer that
 /// did not come: it may still land) is released on its master, after the acquire.
-fn undo_late_answers(masters: Arc<[Arc<Master>]>, op: Arc<Op>, mut replies: Round<Vec<i64>>, keep_waiting: bool) {
-    tokio::spawn(async move {
+fn undo_late_answers(
+    tasks: &Tasks,
+    masters: Arc<[Arc<Master>]>,
+    op: Arc<Op>,
+    mut replies: Round<Vec<i64>>,
+    keep_waiting: bool,
+) {
+    // Each answer is bounded by its master's command timeout, and so is each release.
+    tasks.spawn_finishing(async move {
         while let Some((i, r)) = replies.recv().await {
             if matches!(r.as_deref(), Ok([0, _])) {
                 continue;
@@ -678,6 +771,8 @@ pub(crate) struct RedlockProvider {
     config: RedlockConfig,
     masters: Arc<[Arc<Master>]>,
     wakeups: Arc<Wakeups>,
+    /// The provider's background tasks (the core shuts them down after `close`).
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for RedlockProvider {
@@ -701,14 +796,14 @@ impl RedlockProvider {
     /// Connects to every master at once and verifies it (`HELLO 3` with `AUTH`, `SELECT`,
     /// `PING`). A quorum must answer; a master that does not is connected at its first use later.
     /// A refused password on any master is `Error::Auth`.
-    pub(crate) async fn connect(config: RedlockConfig) -> Result<RedlockProvider> {
-        let wakeups = Arc::new(Wakeups::default());
+    pub(crate) async fn connect(config: RedlockConfig, tasks: Tasks) -> Result<RedlockProvider> {
+        let wakeups = Arc::new(Wakeups::new(tasks.clone()));
         let peers = Peers::new(&config);
         let masters: Arc<[Arc<Master>]> = config
             .masters
             .iter()
             .enumerate()
-            .map(|(i, c)| Master::new(i, c.clone(), wakeups.clone(), peers.clone()).map(Arc::new))
+            .map(|(i, c)| Master::new(i, c.clone(), wakeups.clone(), peers.clone(), tasks.clone()).map(Arc::new))
             .collect::<Result<Vec<_>>>()?
             .into();
         let (n, quorum) = (masters.len(), config.quorum());
@@ -749,7 +844,7 @@ impl RedlockProvider {
                  goes on in the background, and is retried at its next use)"
             );
         }
-        Ok(RedlockProvider { config, masters, wakeups })
+        Ok(RedlockProvider { config, masters, wakeups, tasks })
     }
 
     fn quorum(&self) -> usize {
@@ -917,7 +1012,7 @@ impl RedlockProvider {
         // its acquire requests. A waiter keeps its place in the queues and publishes nothing (its
         // competitors retry on their own).
         if !waiting && answered.iter().any(|a| !a) {
-            undo_late_answers(self.masters.clone(), op.clone(), replies, waiting);
+            undo_late_answers(&self.tasks, self.masters.clone(), op.clone(), replies, waiting);
         }
         if to_undo.iter().any(|u| *u) {
             let undo = release_everywhere(self.masters.clone(), op.clone(), waiting, Until::These(to_undo));
@@ -1091,6 +1186,10 @@ impl RawHeld for RedlockHeld {
     /// error otherwise (the core retries until the validity runs out).
     fn renew(&self, lease: Duration) -> BoxFuture<'_, Result<Renewal>> {
         Box::pin(async move {
+            // The provider was closed: no round (the lock runs out with its lease).
+            if let Some(m) = self.masters.iter().find(|m| m.closed.load(Ordering::SeqCst)) {
+                return Err(m.closed_error());
+            }
             let (n, quorum) = (self.masters.len(), self.quorum);
             let sent = Instant::now();
             let mut replies = {
@@ -1156,6 +1255,18 @@ impl RawProvider for RedlockProvider {
 
     fn status<'a>(&'a self, name: &'a LockName) -> BoxFuture<'a, Result<LockStatus>> {
         Box::pin(self.status_inner(name))
+    }
+
+    /// Closes every master's connection (their subscriptions with them): acquisitions, renewals
+    /// and status through this provider fail with `Unavailable` from then on (held locks are then
+    /// lost when their lease runs out), while releases (of guards, and the undos of abandoned
+    /// acquisitions) still go through, opening a connection again if need be. The core then waits
+    /// for the requests still on their way ([`round`]) and aborts the lingering unsubscribes.
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        for m in self.masters.iter() {
+            m.close();
+        }
+        Box::pin(async { Ok(()) })
     }
 }
 

@@ -16,7 +16,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::watch;
 
 use super::raw::{Master, round};
-use crate::raw::spawn_detached;
+use crate::raw::Tasks;
 
 /// How many recent wake-up messages a channel keeps for its waiters to look through.
 const RECENT: usize = 16;
@@ -57,12 +57,15 @@ struct Chan {
 }
 
 /// The provider's subscriptions, by channel.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Wakeups {
     table: StdMutex<HashMap<String, Chan>>,
     /// Serialises SUBSCRIBE and UNSUBSCRIBE, so that an unsubscribe of a channel's last interest
     /// never overtakes the subscribe of the next one.
     order: tokio::sync::Mutex<()>,
+    /// The provider's tasks: a channel's unsubscribe, which lingers, is one of them (the
+    /// provider's close stops it; the connection's close unsubscribes anyway).
+    tasks: Tasks,
 }
 
 /// The push sender of every master connection of one provider.
@@ -76,6 +79,10 @@ impl redis::aio::AsyncPushSender for PushRouter {
 }
 
 impl Wakeups {
+    pub(crate) fn new(tasks: Tasks) -> Wakeups {
+        Wakeups { table: StdMutex::default(), order: tokio::sync::Mutex::default(), tasks }
+    }
+
     fn on_push(&self, info: &PushInfo) {
         let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         match info.kind {
@@ -179,7 +186,8 @@ impl Drop for Interest {
         if !last {
             return;
         }
-        spawn_detached(async move {
+        let tasks = wakeups.tasks.clone();
+        tasks.spawn(async move {
             tokio::time::sleep(LINGER).await;
             let _order = wakeups.order.lock().await;
             let unsubscribe = {
