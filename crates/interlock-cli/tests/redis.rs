@@ -564,8 +564,8 @@ async fn an_acl_user_limited_to_its_prefix_reaches_every_key_of_its_locks() {
     assert!(!one_line(&e).contains("app-pw-1"), "{e}");
 }
 
-/// `maxmemory` with `allkeys-lru`: filler written past the limit evicts the lock key and its
-/// fencing counter (they have not been used as recently). The holder learns it from its next
+/// `maxmemory` with `allkeys-lru`: filler written past the limit, while the holder is paused,
+/// evicts the lock key and its fencing counter (they have not been used as recently). The holder learns it from its next
 /// renewal (`interlock hold` exits 75, as for a deleted key), and the next acquisition's token is
 /// still higher (tokens never fall below the server clock in µs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -580,11 +580,15 @@ async fn eviction_under_maxmemory_is_a_lost_lock_and_tokens_still_increase() {
     let name = unique("evicted");
     let hold = Hold::start(h.bin().unwrap(), &h.url(), &name, &["--lease", "3s"]).await;
     let token = hold.token.unwrap();
+    // The holder is paused while the filler goes in, so that no renewal makes its key recently
+    // used (an LRU keeps a key renewed every second, and the case depended on timing).
+    hold.pause();
     let filler = "x".repeat(10_000);
     for i in 0..1000 {
         h.ns().cmd(&["SET", &format!("filler:{i}"), &filler]).expect("SET filler");
     }
     let gone = h.ns().cmd(&["EXISTS", &h.key(&name), &format!("{}:fence", h.side(&name))]).unwrap().int();
+    hold.resume();
     assert_eq!(gone, Some(0), "the lock key and its counter were evicted");
     assert_eq!(hold.wait_exit(EVENTUALLY).await, Some(75), "the holder reports the evicted lock as lost");
     r.cmd(0, &["CONFIG", "SET", "maxmemory", "0"]).unwrap();
