@@ -198,7 +198,9 @@ class Locks:
         """A semaphore: at most `permits` holders at a time. Raises ``InvalidName``, or
         ``InvalidArgument`` for fewer than 1 permit or more than 2**32 - 1 (a backend may allow
         fewer: the file backend 1024, said when acquiring)."""
-        if not isinstance(permits, int) or isinstance(permits, bool) or permits < 1:
+        if not isinstance(permits, int) or isinstance(permits, bool):
+            raise InvalidArgument(f"invalid argument: a semaphore's permits are an int (got {permits!r})")
+        if permits < 1:
             raise InvalidArgument(f"invalid argument: a semaphore needs at least 1 permit (got {permits!r})")
         if permits > _MAX_PERMITS:
             raise InvalidArgument(f"invalid argument: a semaphore has at most {_MAX_PERMITS} permits (got {permits})")
