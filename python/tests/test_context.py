@@ -453,12 +453,21 @@ def test_fastapi_sync_yield_dependency_counts_exactly(locks):
     assert _fastapi_count(lambda: locks.mutex("counter")) == 40
 
 
+@pytest.mark.parametrize("endpoint", ["async", "sync"])
+def test_fastapi_with_one_lock_object_for_every_request(locks, endpoint):
+    # The lock object made once (a module global of the app), entered by every request's
+    # dependency at once; with a sync endpoint too (run on the thread pool, as the dependency).
+    shared = locks.mutex("counter")
+    assert _fastapi_count(lambda: shared, sync_endpoint=endpoint == "sync") == 40
+    assert shared._entries == []
+
+
 def test_fastapi_without_the_lock_loses_updates():
     # The control: the same app and load without the lock loses updates.
     assert _fastapi_count(contextlib.nullcontext) < 40
 
 
-def _fastapi_count(make_lock) -> int:
+def _fastapi_count(make_lock, sync_endpoint: bool = False) -> int:
     try:
         import fastapi
         import httpx
@@ -472,12 +481,23 @@ def _fastapi_count(make_lock) -> int:
         with make_lock():
             yield
 
-    @app.post("/inc")
-    async def inc(_: None = fastapi.Depends(locked)):
-        n = state["count"]
-        await asyncio.sleep(0.005)
-        state["count"] = n + 1
-        return {"n": n + 1}
+    if sync_endpoint:
+
+        @app.post("/inc")
+        def inc_sync(_: None = fastapi.Depends(locked)):
+            n = state["count"]
+            time.sleep(0.005)
+            state["count"] = n + 1
+            return {"n": n + 1}
+
+    else:
+
+        @app.post("/inc")
+        async def inc(_: None = fastapi.Depends(locked)):
+            n = state["count"]
+            await asyncio.sleep(0.005)
+            state["count"] = n + 1
+            return {"n": n + 1}
 
     async def main():
         transport = httpx.ASGITransport(app=app)
