@@ -21,7 +21,7 @@ import functools
 import inspect
 import os
 import sys
-from asyncio import current_task
+from asyncio import all_tasks, current_task
 from threading import get_ident
 from typing import Any, Callable, Optional, TypeVar, Union
 
@@ -109,6 +109,37 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_interlock._after_fork_in_child)
 
 
+# Code flags of frames that can be suspended (generators, coroutines, async generators): such a
+# frame, on no thread's stack, may be waiting to resume rather than returned.
+_SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+
+
+def _running_frames() -> tuple:
+    """The ids of the frames running now on every thread's stack, and of the coroutine frames
+    that the tasks of this thread's running event loop (if any) are awaiting in."""
+    running = set()
+    for top in sys._current_frames().values():
+        f = top
+        while f is not None:
+            running.add(id(f))
+            f = f.f_back
+    awaiting = set()
+    try:
+        tasks = all_tasks()
+    except RuntimeError:  # no running event loop in this thread
+        tasks = set()
+    for task in tasks:
+        coro = task.get_coro()
+        for _ in range(1000):  # an await chain; a Future (no frame) ends it
+            if coro is None:
+                break
+            f = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if f is not None:
+                awaiting.add(id(f))
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return running, awaiting
+
+
 # The core counts permits in a u32.
 _MAX_PERMITS = 2**32 - 1
 
@@ -167,7 +198,9 @@ class Locks:
         """A semaphore: at most `permits` holders at a time. Raises ``InvalidName``, or
         ``InvalidArgument`` for fewer than 1 permit or more than 2**32 - 1 (a backend may allow
         fewer: the file backend 1024, said when acquiring)."""
-        if not isinstance(permits, int) or isinstance(permits, bool) or permits < 1:
+        if not isinstance(permits, int) or isinstance(permits, bool):
+            raise InvalidArgument(f"invalid argument: a semaphore's permits are an int (got {permits!r})")
+        if permits < 1:
             raise InvalidArgument(f"invalid argument: a semaphore needs at least 1 permit (got {permits!r})")
         if permits > _MAX_PERMITS:
             raise InvalidArgument(f"invalid argument: a semaphore has at most {_MAX_PERMITS} permits (got {permits})")
@@ -293,14 +326,30 @@ class Lock:
         """The entry an exit from outside its ``with`` statement ends: ``__exit__`` called by an
         ``ExitStack`` (maybe closed in another thread) or by hand. A block whose frame is on the
         calling stack is still running (it exits from that frame), so it is never the one. Of
-        the others: the newest entered by this thread or task, else the only one, else the
-        newest (the permits of a semaphore or read lock are equivalent: see docs/python.md)."""
+        the others, those whose frame has returned come first (an ``ExitStack``'s
+        ``enter_context``: nothing else will ever exit them), then those whose frame may have
+        (a coroutine's, not awaited by a task of this thread's event loop), and last the blocks
+        still running in a frame of another thread or task, which would otherwise exit
+        themselves later. In the first tier that has any: the newest entered by this thread or
+        task, else the only one, else the newest (the permits of a semaphore or read lock are
+        equivalent: see docs/python.md)."""
         on_stack = set()
         f = frame
         while f is not None:
             on_stack.add(id(f))
             f = f.f_back
         candidates = [e for e in self._entries if e.frame is not None and id(e.frame) not in on_stack]
+        if len(candidates) > 1:
+            running, awaiting = _running_frames()
+            tiers: list = [[], [], []]
+            for e in candidates:
+                if id(e.frame) in running or id(e.frame) in awaiting:
+                    tiers[2].append(e)
+                elif e.frame.f_code.co_flags & _SUSPENDABLE:
+                    tiers[1].append(e)
+                else:
+                    tiers[0].append(e)
+            candidates = next(t for t in tiers if t)
         for entry in reversed(candidates):
             if entry.owner is owner or entry.owner == owner:
                 return entry

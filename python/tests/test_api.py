@@ -132,8 +132,13 @@ def test_semaphore(locks):
     with s:
         assert s.acquire(blocking=False) is None
     b.release()
-    with pytest.raises(interlock.InvalidArgument):
-        locks.semaphore("gpu", 0)
+    for too_few in (0, -1):
+        with pytest.raises(interlock.InvalidArgument, match="at least 1 permit"):
+            locks.semaphore("gpu", too_few)
+    # Not an int: said so, not "at least 1 permit" for 2.0.
+    for not_int in (2.0, "2", None, True):
+        with pytest.raises(interlock.InvalidArgument, match="permits are an int"):
+            locks.semaphore("gpu", not_int)
     # Beyond what the core counts (a u32): InvalidArgument too, not OverflowError.
     for too_many in (2**32, 2**64, 10**30):
         with pytest.raises(interlock.InvalidArgument, match="at most 4294967295 permits"):

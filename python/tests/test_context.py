@@ -180,6 +180,66 @@ def test_several_exit_stacks_closed_elsewhere_keep_the_count(locks):
         g.release()
 
 
+@pytest.mark.parametrize("kind", ["semaphore", "read"])
+def test_an_exit_stack_closed_elsewhere_never_ends_a_block_running_in_another_thread(locks, kind):
+    # An ExitStack enters a permit, then a plain `with` of the same object runs in thread A;
+    # thread C closes the stack: the stack's own permit ends (its entering frame has returned),
+    # not A's block, whose guard stays held until A leaves it.
+    lock = locks.semaphore("steal", permits=3) if kind == "semaphore" else locks.rwlock("steal").read()
+    stack = contextlib.ExitStack()
+    by_stack = stack.enter_context(lock)
+    inside, leave, seen = threading.Event(), threading.Event(), {}
+
+    def a():
+        with lock as g:
+            seen["guard"] = g
+            inside.set()
+            leave.wait(30)
+            seen["held at the end"] = g.held
+
+    t = threading.Thread(target=a, daemon=True)
+    t.start()
+    assert inside.wait(30)
+    elsewhere(stack.close)
+    assert not by_stack.held, "the stack's close ended another block"
+    assert seen["guard"].held
+    leave.set()
+    t.join(30)
+    assert seen["held at the end"] is True
+    assert not seen["guard"].held
+    assert lock._entries == []
+
+
+def test_an_async_exit_stack_closed_by_another_task_never_ends_a_running_task_block(locks):
+    # The same with asyncio: an AsyncExitStack's permit, then a task inside `async with` of the
+    # same semaphore object; another task closes the stack: the stack's permit ends.
+    s = locks.semaphore("steal-aio", permits=3)
+
+    async def main():
+        stack = contextlib.AsyncExitStack()
+        by_stack = await stack.enter_async_context(s)
+        inside, leave, seen = asyncio.Event(), asyncio.Event(), {}
+
+        async def holder():
+            async with s as g:
+                seen["guard"] = g
+                inside.set()
+                await leave.wait()
+                seen["held at the end"] = g.held
+
+        task = asyncio.create_task(holder())
+        await asyncio.wait_for(inside.wait(), 30)
+        await asyncio.create_task(stack.aclose())
+        assert not by_stack.held, "the stack's close ended the task's block"
+        assert seen["guard"].held
+        leave.set()
+        await asyncio.wait_for(task, 30)
+        assert seen["held at the end"] is True
+
+    asyncio.run(main())
+    assert s._entries == []
+
+
 def test_exit_without_an_entry_is_not_held(locks):
     m = locks.mutex("none")
     with pytest.raises(interlock.NotHeld, match="not held by a `with` block"):
@@ -393,12 +453,21 @@ def test_fastapi_sync_yield_dependency_counts_exactly(locks):
     assert _fastapi_count(lambda: locks.mutex("counter")) == 40
 
 
+@pytest.mark.parametrize("endpoint", ["async", "sync"])
+def test_fastapi_with_one_lock_object_for_every_request(locks, endpoint):
+    # The lock object made once (a module global of the app), entered by every request's
+    # dependency at once; with a sync endpoint too (run on the thread pool, as the dependency).
+    shared = locks.mutex("counter")
+    assert _fastapi_count(lambda: shared, sync_endpoint=endpoint == "sync") == 40
+    assert shared._entries == []
+
+
 def test_fastapi_without_the_lock_loses_updates():
     # The control: the same app and load without the lock loses updates.
     assert _fastapi_count(contextlib.nullcontext) < 40
 
 
-def _fastapi_count(make_lock) -> int:
+def _fastapi_count(make_lock, sync_endpoint: bool = False) -> int:
     try:
         import fastapi
         import httpx
@@ -412,12 +481,23 @@ def _fastapi_count(make_lock) -> int:
         with make_lock():
             yield
 
-    @app.post("/inc")
-    async def inc(_: None = fastapi.Depends(locked)):
-        n = state["count"]
-        await asyncio.sleep(0.005)
-        state["count"] = n + 1
-        return {"n": n + 1}
+    if sync_endpoint:
+
+        @app.post("/inc")
+        def inc_sync(_: None = fastapi.Depends(locked)):
+            n = state["count"]
+            time.sleep(0.005)
+            state["count"] = n + 1
+            return {"n": n + 1}
+
+    else:
+
+        @app.post("/inc")
+        async def inc(_: None = fastapi.Depends(locked)):
+            n = state["count"]
+            await asyncio.sleep(0.005)
+            state["count"] = n + 1
+            return {"n": n + 1}
 
     async def main():
         transport = httpx.ASGITransport(app=app)
